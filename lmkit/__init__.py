@@ -1,0 +1,3 @@
+"""lmkit: train small language models from scratch, end to end."""
+
+__version__ = "0.1.0"

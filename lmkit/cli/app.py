@@ -1,0 +1,79 @@
+"""The `lmkit` entry point: the Typer app, its command groups, and how failures become exit statuses."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from lmkit import __version__
+from lmkit.cli.common import err_console
+from lmkit.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+EXIT_RUNTIME_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _belongs_to_the_cli_framework(exc: Exception) -> bool:
+    """Usage errors and exits raised by click/typer, which they report themselves (exit 2 for usage)."""
+    return type(exc).__module__.split(".")[0] in {"click", "typer"}
+
+
+class _LmkitGroup(TyperGroup):
+    """Runs a command and turns what it raises into one line on stderr and an exit status.
+
+    InputError (bad input) exits 2; any other failure exits 1; Ctrl-C exits 130.
+    With LMKIT_DEBUG=1 the exception propagates with its traceback.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            if os.environ.get("LMKIT_DEBUG"):
+                raise
+            err_console.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if os.environ.get("LMKIT_DEBUG") or _belongs_to_the_cli_framework(exc):
+                raise
+            status = EXIT_INPUT_ERROR if isinstance(exc, InputError) else EXIT_RUNTIME_ERROR
+            message = str(exc) or type(exc).__name__
+            if status == EXIT_RUNTIME_ERROR:
+                message = f"{type(exc).__name__}: {message} (set LMKIT_DEBUG=1 for a traceback)"
+            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+            raise typer.Exit(status) from None
+
+
+app = typer.Typer(
+    cls=_LmkitGroup,
+    name="lmkit",
+    help="Train small language models from scratch: tokenizer, model, training, sampling.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"lmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Train small language models from scratch: tokenizer, model, training, sampling."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

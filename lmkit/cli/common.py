@@ -1,0 +1,48 @@
+"""What every command shares: the consoles and the way a report is printed (a rich table or JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _plain(value: object) -> object:
+    """Turn a report value into something json.dumps accepts."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def print_json(facts: Mapping[str, object]) -> None:
+    """Print `facts` as one JSON object on stdout, for scripts."""
+    print(json.dumps(_plain(facts), ensure_ascii=False))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(title: str, facts: Mapping[str, object]) -> None:
+    """Print a two-column table (name, value) of `facts`."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in facts.items():
+        table.add_row(name, _cell(value))
+    console.print(table)

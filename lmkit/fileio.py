@@ -1,0 +1,44 @@
+"""Writing output files atomically: a reader never sees a half-written file, and a failure leaves nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from lmkit.errors import InputError
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Return `path` as a Path, raising InputError if its folder does not exist or it is a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"output path {out} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist; create it first")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; on success fsync it and rename it onto `path`.
+
+    On any exception the temporary file is removed and `path` is left as it was.
+    """
+    out = check_output_path(path)
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise

@@ -1,0 +1,79 @@
+"""One progress bar for every long-running job: a description, a unit, a rate and an ETA (on stderr)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+_stderr = Console(stderr=True)
+
+
+class _AmountColumn(ProgressColumn):
+    """Shows `done/total unit` and the rate, with the amounts divided by the task's scale."""
+
+    def render(self, task: Task) -> Text:
+        scale, unit = task.fields["scale"], task.fields["unit"]
+        done = task.completed / scale
+        total = "?" if task.total is None else f"{task.total / scale:,.{task.fields['digits']}f}"
+        rate = f"{task.speed / scale:,.1f} {unit}/s" if task.speed else ""
+        return Text(f"{done:,.{task.fields['digits']}f}/{total} {unit} {rate}", style="progress.download")
+
+
+class ProgressBar:
+    """A handle on one running bar: `advance(amount)` moves it by `amount` raw units (bytes, steps...)."""
+
+    def __init__(self, progress: Progress | None, task_id: int | None) -> None:
+        self._progress, self._task_id = progress, task_id
+
+    def advance(self, amount: float = 1) -> None:
+        """Move the bar forward by `amount` raw units."""
+        if self._progress is not None:
+            self._progress.advance(self._task_id, amount)
+
+    def update(self, description: str | None = None, **fields: object) -> None:
+        """Change the description (e.g. to show the current loss)."""
+        if self._progress is not None:
+            kwargs = {"description": description} if description is not None else {}
+            self._progress.update(self._task_id, **kwargs, **fields)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str, total: float | None, unit: str, *, scale: float = 1.0, enabled: bool = True
+) -> Iterator[ProgressBar]:
+    """Show a bar while the block runs. Amounts are given in raw units and shown divided by `scale`.
+
+    For bytes shown as MB: `progress_bar("Encoding", total=n_bytes, unit="MB", scale=1e6)`.
+    With `enabled=False` nothing is drawn and `advance` costs nothing.
+    """
+    if not enabled:
+        yield ProgressBar(None, None)
+        return
+    digits = 1 if scale != 1.0 else 0
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        _AmountColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=_stderr,
+        transient=False,
+    )
+    with progress:
+        task_id = progress.add_task(description, total=total, unit=unit, scale=scale, digits=digits)
+        yield ProgressBar(progress, task_id)
