@@ -1,0 +1,215 @@
+"""Tokenizer files: the HuggingFace `tokenizer.json` layout for byte-level BPE, and GPT-2's vocab.json + merges.txt.
+
+A tokenizer here is three plain values: `vocab` (id -> bytes, special tokens included), `merges` (pairs of
+bytes in rank order) and `special_tokens` (strings). Token strings in the files use GPT-2's byte-to-unicode
+mapping, so every byte sequence has a printable spelling (a space is "Ġ").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from pathlib import Path
+
+from lmkit.errors import InputError
+from lmkit.fileio import atomic_write
+
+Vocab = dict[int, bytes]
+Merges = list[tuple[bytes, bytes]]
+
+
+@cache
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from each byte to a printable character."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+@cache
+def unicode_to_byte() -> dict[str, int]:
+    """The inverse of `byte_to_unicode`."""
+    return {c: b for b, c in byte_to_unicode().items()}
+
+
+def token_to_str(token: bytes) -> str:
+    """Spell a token's bytes in GPT-2's byte-level alphabet."""
+    table = byte_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def str_to_token(text: str) -> bytes | None:
+    """Read a byte-level spelling back into bytes; None if it holds a character outside the alphabet."""
+    table = unicode_to_byte()
+    try:
+        return bytes(table[c] for c in text)
+    except KeyError:
+        return None
+
+
+def special_token_ids(vocab: Vocab, special_tokens: list[str]) -> dict[str, int]:
+    """The id of each special token in `vocab` (looked up by its UTF-8 bytes)."""
+    by_bytes = {}
+    for token_id, token in vocab.items():
+        by_bytes.setdefault(token, token_id)
+    return {t: by_bytes[t.encode("utf-8")] for t in special_tokens}
+
+
+def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
+    """The tokenizer as a HuggingFace `tokenizer.json` object (byte-level BPE, GPT-2 pre-tokenizer).
+
+    Special tokens go in `added_tokens` only. Where two ids share the same bytes (BPE can reach one
+    string by two merge paths), the file keeps the lower id: a JSON object cannot hold the key twice.
+    """
+    specials = special_token_ids(vocab, special_tokens)
+    special_id_set = set(specials.values())
+    model_vocab: dict[str, int] = {}
+    for token_id in sorted(vocab):
+        if token_id not in special_id_set:
+            model_vocab.setdefault(token_to_str(vocab[token_id]), token_id)
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": token_id,
+                "content": content,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for content, token_id in specials.items()
+        ],
+        "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": None,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": model_vocab,
+            "merges": [[token_to_str(a), token_to_str(b)] for a, b in merges],
+        },
+    }
+
+
+def _merge_pair(entry: object) -> tuple[str, str] | None:
+    """A merge entry as two strings: `["a", "b"]` (current layout) or `"a b"` (older layout)."""
+    if isinstance(entry, str):
+        parts = entry.split(" ")
+        return (parts[0], parts[1]) if len(parts) == 2 else None
+    if isinstance(entry, list) and len(entry) == 2 and all(isinstance(p, str) for p in entry):
+        return entry[0], entry[1]
+    return None
+
+
+def from_hf_json(obj: object, source: str = "tokenizer file") -> tuple[Vocab, Merges, list[str]]:
+    """Read `(vocab, merges, special_tokens)` from a parsed `tokenizer.json`; InputError if it is not one."""
+    model = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise InputError(f"{source} is not a byte-level BPE tokenizer.json (no BPE model with a vocab)")
+    if obj.get("version") != "1.0":
+        raise InputError(f"{source} has tokenizer.json version {obj.get('version')!r}; only '1.0' is supported")
+    vocab: Vocab = {}
+    for text, token_id in model["vocab"].items():
+        token = str_to_token(text)
+        if token is None or not isinstance(token_id, int):
+            raise InputError(f"{source}: vocab entry {text!r} is not a byte-level token with an integer id")
+        vocab[token_id] = token
+    special_tokens = []
+    for added in obj.get("added_tokens") or []:
+        if not isinstance(added, dict) or not isinstance(added.get("id"), int) or not added.get("content"):
+            raise InputError(f"{source}: malformed entry in added_tokens: {added!r}")
+        vocab[added["id"]] = added["content"].encode("utf-8")
+        special_tokens.append(added["content"])
+    merges = []
+    for entry in model.get("merges") or []:
+        pair = _merge_pair(entry)
+        a, b = (None, None) if pair is None else (str_to_token(pair[0]), str_to_token(pair[1]))
+        if a is None or b is None:
+            raise InputError(f"{source}: malformed merge {entry!r}")
+        merges.append((a, b))
+    return vocab, merges, special_tokens
+
+
+def _read_json(path: str | os.PathLike, what: str) -> object:
+    """Parse a JSON file, turning a missing, unreadable or corrupt file into one clear InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{what} {path} is not valid JSON ({err}); is it the right file?") from None
+
+
+def save_tokenizer(path: str | os.PathLike, vocab: Vocab, merges: Merges, special_tokens: list[str]) -> None:
+    """Write the tokenizer as one `tokenizer.json` file, atomically."""
+    text = json.dumps(to_hf_json(vocab, merges, special_tokens), ensure_ascii=False, indent=1)
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def load_tokenizer(path: str | os.PathLike) -> tuple[Vocab, Merges, list[str]]:
+    """Read `(vocab, merges, special_tokens)` from a `tokenizer.json` file."""
+    return from_hf_json(_read_json(path, "tokenizer file"), source=str(path))
+
+
+def read_gpt2_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> tuple[Vocab, Merges]:
+    """Read GPT-2's `vocab.json` and `merges.txt`.
+
+    Lines of merges.txt that are not two tokens (the `#version` header, blank lines) are skipped; the
+    caller drops merges whose halves or product are not in the vocabulary.
+    """
+    raw_vocab = _read_json(vocab_path, "vocab file")
+    if not isinstance(raw_vocab, dict):
+        raise InputError(f"vocab file {vocab_path} is not a JSON object of token -> id")
+    vocab: Vocab = {}
+    for text, token_id in raw_vocab.items():
+        token = str_to_token(text)
+        vocab[token_id] = token if token is not None else text.encode("utf-8")
+    path = Path(merges_path)
+    if not path.is_file():
+        raise InputError(f"merges file {path} does not exist")
+    merges: Merges = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split(" ")
+        if len(parts) != 2 or line.startswith("#version"):
+            continue
+        a, b = str_to_token(parts[0]), str_to_token(parts[1])
+        if a is not None and b is not None:
+            merges.append((a, b))
+    return vocab, merges
+
+
+def write_gpt2_files(folder: str | os.PathLike, vocab: Vocab, merges: Merges) -> None:
+    """Write GPT-2-style `vocab.json` and `merges.txt` into `folder`, atomically each."""
+    folder = Path(folder)
+    spelled = {}
+    for token_id in sorted(vocab):
+        spelled.setdefault(token_to_str(vocab[token_id]), token_id)
+    with atomic_write(folder / "vocab.json", "w") as handle:
+        json.dump(spelled, handle, ensure_ascii=False)
+    with atomic_write(folder / "merges.txt", "w") as handle:
+        handle.write("#version: 0.2\n")
+        handle.writelines(f"{token_to_str(a)} {token_to_str(b)}\n" for a, b in merges)
