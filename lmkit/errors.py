@@ -6,3 +6,16 @@ class InputError(ValueError):
 
     The message should say what is wrong and, where it helps, what to do about it.
     """
+
+
+def validation_error_message(err: Exception) -> str:
+    """One line naming the offending field and why, from a pydantic ValidationError.
+
+    Only the first problem is reported: fixing it and trying again is how users work through a config.
+    """
+    first = err.errors()[0]  # type: ignore[attr-defined]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {field!r}: check its spelling"
+    return f"{field}: {message}" if field else message

@@ -1,0 +1,178 @@
+"""Attention: rotary position embeddings, scaled dot-product attention, causal multi-head self-attention,
+and the KV cache that lets generation feed one new token at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from lmkit.model.layers import Linear, softmax
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """RoPE: rotates each pair of dims (2k, 2k+1) of a head at position i by the angle i / theta^(2k/d_k).
+
+    The cos/sin tables, (max_seq_len, d_k/2) in float32, are non-persistent buffers: they are rebuilt
+    from (theta, d_k, max_seq_len), never saved in a checkpoint.
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if d_k % 2:
+            raise ValueError(f"RoPE needs an even head size, got {d_k}")
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)
+        angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        """Rotate x (..., seq_len, d_k); token_positions (..., seq_len), default 0 … seq_len-1.
+
+        token_positions' leading dims must broadcast against x's (for x of shape (B, H, T, d_k) pass
+        positions of shape (T,) or (B, 1, T)).
+        """
+        if token_positions is None:
+            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
+        else:
+            cos, sin = self.cos[token_positions], self.sin[token_positions]
+        # Cast the tables, not x: bf16 activations stay bf16 (float32 tables would promote them).
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        even, odd = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return rotated.flatten(-2)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(Q Kᵀ / sqrt(d_k)) V for q (..., n, d_k), k (..., m, d_k), v (..., m, d_v) -> (..., n, d_v).
+
+    `mask` (n, m) or broadcastable: True where a query may attend to a key; False becomes -inf.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ v
+
+
+def causal_mask(num_queries: int, num_keys: int, device: torch.device) -> Tensor:
+    """(num_queries, num_keys) bool: the queries are the last positions, each may see keys up to itself."""
+    offset = num_keys - num_queries
+    queries = torch.arange(offset, num_keys, device=device)
+    return torch.arange(num_keys, device=device)[None, :] <= queries[:, None]
+
+
+class KVCache:
+    """The keys and values of every layer for the tokens seen so far, so generation feeds only new tokens.
+
+    Create it with `model.new_kv_cache(batch_size)`: buffers of shape
+    (num_layers, batch_size, num_heads, max_len, head_dim) on the model's device, in its dtype.
+    `length` is how many positions are filled, which is also the position of the next token fed.
+
+        cache = model.new_kv_cache(batch_size=1)
+        logits = model(prompt_ids, kv_cache=cache)      # (1, T0, V); cache.length == T0
+        logits = model(next_id[:, None], kv_cache=cache)  # (1, 1, V) at position T0; cache.length == T0 + 1
+
+    Setting `cache.length = n` rewinds it (positions n and later are forgotten). The model raises
+    ValueError when a call would go past `max_len`; to keep generating, start a fresh cache and feed
+    the last tokens again.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        shape = (num_layers, batch_size, num_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per call."""
+        return self.keys.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        """The most positions the cache can hold."""
+        return self.keys.shape[3]
+
+    def store(self, layer_index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write one layer's new k, v (B, H, T, d) at positions length … length+T-1.
+
+        Returns that layer's keys and values for positions 0 … length+T-1. `length` itself is advanced
+        by the model once every layer has stored its part.
+        """
+        end = self.length + k.shape[-2]
+        self.keys[layer_index, :, :, self.length : end] = k
+        self.values[layer_index, :, :, self.length : end] = v
+        return self.keys[layer_index, :, :, :end], self.values[layer_index, :, :, :end]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention with optional RoPE on queries and keys.
+
+    q_proj, k_proj, v_proj and output_proj are d_model × d_model; the heads split d_model evenly.
+    `fused` (default True) computes attention with torch.nn.functional.scaled_dot_product_attention;
+    False uses this module's own `scaled_dot_product_attention`. Both give the same numbers (tested).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        rope: RotaryPositionalEmbedding | None = None,
+        fused: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        self.num_heads = num_heads
+        self.fused = fused
+        self.rope = rope
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer_index: int = 0) -> Tensor:
+        """(batch, seq, d_model) -> (batch, seq, d_model).
+
+        With a kv_cache, x holds the tokens at positions kv_cache.length onwards; their keys and values
+        are stored in the cache under `layer_index` and the queries attend to every cached position.
+        """
+        start = 0 if kv_cache is None else kv_cache.length
+        q, k, v = (
+            rearrange(proj(x), "b t (h d) -> b h t d", h=self.num_heads)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        if self.rope is not None:
+            positions = None if start == 0 else torch.arange(start, start + x.shape[1], device=x.device)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if kv_cache is not None:
+            k, v = kv_cache.store(layer_index, k, v)
+        out = self._attend(q, k, v)
+        return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention of the queries, the last q.shape[-2] positions, over all keys."""
+        num_queries, num_keys = q.shape[-2], k.shape[-2]
+        if not self.fused:
+            return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, q.device))
+        if num_queries == num_keys:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if num_queries == 1:  # one new token sees everything cached
+            return F.scaled_dot_product_attention(q, k, v)
+        # is_causal aligns the mask top-left, which is wrong when keys outnumber queries.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))

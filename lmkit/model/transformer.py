@@ -1,0 +1,127 @@
+"""The decoder-only Transformer LM: token embeddings, a stack of blocks, a final norm and the LM head."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lmkit.model.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
+from lmkit.model.config import ModelConfig
+from lmkit.model.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
+
+
+def _norm(config: ModelConfig, device: torch.device | str | None, dtype: torch.dtype | None) -> nn.Module:
+    """An RMSNorm, or the identity (no parameters) when the config's norm is "none"."""
+    if config.norm == "none":
+        return nn.Identity()
+    return RMSNorm(config.d_model, device=device, dtype=dtype)
+
+
+class TransformerBlock(nn.Module):
+    """One Transformer block: attention then feed-forward, each with a residual connection.
+
+    norm "pre" (default): z = x + attn(ln1(x)); y = z + ffn(ln2(z)).
+    norm "post":          z = ln1(x + attn(x)); y = ln2(z + ffn(z)).
+    norm "none":          z = x + attn(x);      y = z + ffn(z).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        rope: RotaryPositionalEmbedding | None = None,
+        fused: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.post_norm = config.norm == "post"
+        self.ln1 = _norm(config, device, dtype)
+        self.attn = MultiHeadSelfAttention(
+            config.d_model, config.num_heads, rope=rope, fused=fused, device=device, dtype=dtype
+        )
+        self.ln2 = _norm(config, device, dtype)
+        ffn_class = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward
+        self.ffn = ffn_class(config.d_model, config.d_ff, fused=fused, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer_index: int = 0) -> Tensor:
+        """(batch, seq, d_model) -> (batch, seq, d_model); see MultiHeadSelfAttention for the cache."""
+        if self.post_norm:
+            z = self.ln1(x + self.attn(x, kv_cache, layer_index))
+            return self.ln2(z + self.ffn(z))
+        z = x + self.attn(self.ln1(x), kv_cache, layer_index)
+        return z + self.ffn(self.ln2(z))
+
+
+class TransformerLM(nn.Module):
+    """A Llama-style decoder-only LM: token_embeddings → layers → ln_final → lm_head → logits.
+
+    `fused` (default True) uses torch's fused kernels where they give the same math (attention through
+    F.scaled_dot_product_attention, F.silu); False runs every formula as written in lmkit.model.
+    With `tie_embeddings` the LM head and the token embeddings share one matrix, initialised as the LM
+    head (the small std keeps the first logits near uniform).
+
+    Incremental decoding: `cache = model.new_kv_cache(batch_size)`, then `model(ids, kv_cache=cache)`
+    with the prompt, then with each new token (B, 1); see KVCache. Logits equal the full forward pass's.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        fused: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embeddings = Embedding(config.vocab_size, config.d_model, device=device, dtype=dtype)
+        rope = None
+        if config.position == "rope":
+            rope = RotaryPositionalEmbedding(config.rope_theta, config.head_dim, config.context_length, device=device)
+        self.layers = nn.ModuleList(
+            TransformerBlock(config, rope=rope, fused=fused, device=device, dtype=dtype)
+            for _ in range(config.num_layers)
+        )
+        self.ln_final = _norm(config, device, dtype)
+        self.lm_head = Linear(config.d_model, config.vocab_size, device=device, dtype=dtype)
+        if config.tie_embeddings:
+            self.token_embeddings.weight = self.lm_head.weight
+
+    def forward(self, token_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        """(batch, seq) int64 token ids -> (batch, seq, vocab_size) unnormalised logits.
+
+        With a kv_cache the ids are the tokens at positions kv_cache.length onwards; the cache is
+        advanced past them. Raises ValueError if the sequence would run past the context length.
+        """
+        seq_len = token_ids.shape[-1]
+        start = 0 if kv_cache is None else kv_cache.length
+        limit = self.config.context_length if kv_cache is None else kv_cache.max_len
+        if start + seq_len > limit:
+            raise ValueError(
+                f"{start + seq_len} positions do not fit: the model reads at most {limit} "
+                "(crop the input, or start a fresh KV cache with the last tokens)"
+            )
+        if kv_cache is not None and token_ids.shape[0] != kv_cache.batch_size:
+            raise ValueError(f"batch of {token_ids.shape[0]} does not match the KV cache's {kv_cache.batch_size}")
+        x = self.token_embeddings(token_ids)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, kv_cache, index)
+        if kv_cache is not None:
+            kv_cache.length += seq_len
+        return self.lm_head(self.ln_final(x))
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KVCache for `batch_size` sequences of up to `max_len` (default and most:
+        context_length) positions, on this model's device and in its dtype."""
+        max_len = self.config.context_length if max_len is None else max_len
+        if not 0 < max_len <= self.config.context_length:
+            raise ValueError(f"max_len must be in 1 … {self.config.context_length}, got {max_len}")
+        weight = self.lm_head.weight
+        return KVCache(
+            self.config.num_layers,
+            batch_size,
+            self.config.num_heads,
+            self.config.head_dim,
+            max_len,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
