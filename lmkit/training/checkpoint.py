@@ -1,0 +1,216 @@
+"""Checkpoint files: one `torch.save` zip of tensors and plain Python types, never a pickled program.
+
+A checkpoint is a dict:
+- `format` ("lmkit-checkpoint"), `format_version`, `lmkit_version`;
+- `iteration` (steps done), `model` (state dict of the unwrapped model: no `_orig_mod.` prefixes),
+  `optimizer` (its state dict, or None);
+and, in the run checkpoints that `lmkit train` writes, also `tokens_seen`, `config` (the resolved run
+config as plain data; `config["model"]` is the ModelConfig), `tokenizer_json` (the text of the tokenizer
+file, so the checkpoint needs nothing else), `rng` (torch, CUDA and batch-sampler generator states),
+`elapsed_s`, `lr`, `train_loss`, `val_loss` and `best_val_loss`.
+Every file is loaded with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from lmkit import __version__
+from lmkit.errors import InputError
+from lmkit.fileio import atomic_write
+
+FORMAT = "lmkit-checkpoint"
+FORMAT_VERSION = 1
+_COMPILE_PREFIX = "_orig_mod."
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict under its own names, even when `model` (or a part) went through torch.compile."""
+    return {name.replace(_COMPILE_PREFIX, ""): value for name, value in model.state_dict().items()}
+
+
+def save_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    iteration: int,
+    out: str | os.PathLike | IO[bytes],
+    **run_state: Any,
+) -> None:
+    """Write the model, optimizer state and iteration (plus any plain-typed `run_state`) to `out`.
+
+    `out` is a path (written atomically: a temporary file renamed into place) or an open binary file.
+    """
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lmkit_version": __version__,
+        "iteration": int(iteration),
+        "model": model_state(model),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        **run_state,
+    }
+    if isinstance(out, str | os.PathLike):
+        with atomic_write(out) as handle:
+            torch.save(payload, handle)
+    else:
+        torch.save(payload, out)
+
+
+def _name(src: str | os.PathLike | IO[bytes]) -> str:
+    return str(src) if isinstance(src, str | os.PathLike) else getattr(src, "name", "the checkpoint")
+
+
+def _is_zip(src: str | os.PathLike | IO[bytes]) -> bool:
+    if isinstance(src, str | os.PathLike):
+        return zipfile.is_zipfile(src)
+    start = src.tell()
+    try:
+        return zipfile.is_zipfile(src)
+    finally:
+        src.seek(start)
+
+
+def read_checkpoint(src: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
+    """Load an lmkit checkpoint onto the CPU with `weights_only=True`; InputError for anything else.
+
+    Refused with one clear line: a missing file, a truncated or non-PyTorch file, a file holding pickled
+    objects other than tensors and plain types (it could run code), a PyTorch file that lmkit did not
+    write, and a checkpoint from a newer lmkit format.
+    """
+    name = _name(src)
+    if isinstance(src, str | os.PathLike) and not Path(src).is_file():
+        raise InputError(f"checkpoint {name} does not exist")
+    if not _is_zip(src):
+        raise InputError(f"{name} is not a complete PyTorch checkpoint (truncated, or another kind of file)")
+    try:
+        payload = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"refusing to load {name}: it holds pickled Python objects, not only tensors and plain types "
+            "(a checkpoint is data, not a program)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise InputError(f"{name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{name} is a PyTorch file but not an lmkit checkpoint")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{name} was written by lmkit {payload.get('lmkit_version')} in a newer format; upgrade lmkit")
+    return payload
+
+
+def check_weights_fit(state: dict[str, torch.Tensor], model: nn.Module, name: str = "checkpoint") -> None:
+    """InputError naming the first missing, unexpected or differently shaped tensor, if any."""
+    expected = model_state(model)
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise InputError(f"{name}'s weights do not fit this model ({detail})")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise InputError(
+                f"{name}'s weights do not fit this model ({key} is {tuple(value.shape)} in the checkpoint, "
+                f"{tuple(expected[key].shape)} in the model)"
+            )
+
+
+def load_checkpoint(
+    src: str | os.PathLike | IO[bytes], model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> int:
+    """Restore `model` (and `optimizer`, if given) from `src`, a path or an open binary file; return the iteration."""
+    payload = read_checkpoint(src)
+    check_weights_fit(payload["model"], model, _name(src))
+    getattr(model, "_orig_mod", model).load_state_dict(payload["model"])
+    if optimizer is not None:
+        if payload["optimizer"] is None:
+            raise InputError(f"{_name(src)} holds no optimizer state")
+        optimizer.load_state_dict(payload["optimizer"])
+    return payload["iteration"]
+
+
+@dataclass(frozen=True)
+class InferenceCheckpoint:
+    """What generation needs from a run checkpoint: the model's config and weights and the tokenizer."""
+
+    model_config: Any  # lmkit.model.ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    tokenizer_json: str
+    step: int
+
+
+def load_inference_checkpoint(path: str | os.PathLike) -> InferenceCheckpoint:
+    """Read a checkpoint written by `lmkit train` for generation (weights on the CPU, no optimizer needed).
+
+    Returns an InferenceCheckpoint with `model_config` (a validated lmkit.model.ModelConfig),
+    `state_dict` (names as in DESIGN.md), `tokenizer_json` (the text of the run's tokenizer.json file)
+    and `step`. Typical use:
+
+        ckpt = load_inference_checkpoint("runs/tinystories/best.pt")
+        model = TransformerLM(ckpt.model_config)
+        model.load_state_dict(ckpt.state_dict)
+
+    Raises InputError for a file that is not a complete lmkit run checkpoint (see read_checkpoint).
+    """
+    from lmkit.model import ModelConfig
+
+    payload = read_checkpoint(path)
+    config, tokenizer_json = payload.get("config"), payload.get("tokenizer_json")
+    if not isinstance(config, dict) or not isinstance(tokenizer_json, str):
+        raise InputError(f"{path} holds weights but no model config or tokenizer; was it written by `lmkit train`?")
+    return InferenceCheckpoint(
+        model_config=ModelConfig.model_validate(config["model"]),
+        state_dict=payload["model"],
+        tokenizer_json=tokenizer_json,
+        step=payload["iteration"],
+    )
+
+
+def parameter_count(state: dict[str, torch.Tensor]) -> int:
+    """Number of parameters in a state dict, counting a tensor shared by two names (tied weights) once."""
+    seen: dict[tuple[int, int], int] = {}
+    for tensor in state.values():
+        seen[(tensor.untyped_storage().data_ptr(), tensor.storage_offset())] = tensor.numel()
+    return sum(seen.values())
+
+
+def _tokenizer_facts(tokenizer_json: str) -> dict[str, object]:
+    from lmkit.tokenizer.formats import from_hf_json
+
+    vocab, merges, special_tokens = from_hf_json(json.loads(tokenizer_json), source="the stored tokenizer")
+    return {
+        "tokenizer.vocab_size": max(vocab) + 1,
+        "tokenizer.merges": len(merges),
+        "tokenizer.special_tokens": ", ".join(special_tokens) or "none",
+    }
+
+
+def checkpoint_facts(path: str | os.PathLike) -> dict[str, object]:
+    """The facts `lmkit ckpt info` reports, flat (`model.d_model`, `train.batch_size`, ...)."""
+    payload = read_checkpoint(path)
+    facts: dict[str, object] = {
+        "file": str(path),
+        "file_size_mb": round(Path(path).stat().st_size / 1e6, 2),
+        "lmkit_version": payload.get("lmkit_version"),
+        "step": payload["iteration"],
+        "tokens_seen": payload.get("tokens_seen"),
+        "parameters": parameter_count(payload["model"]),
+        "train_loss": payload.get("train_loss"),
+        "last_val_loss": payload.get("val_loss"),
+        "best_val_loss": payload.get("best_val_loss"),
+        "lr": payload.get("lr"),
+        "has_optimizer_state": payload.get("optimizer") is not None,
+    }
+    for table, fields in (payload.get("config") or {}).items():
+        facts.update({f"{table}.{key}": value for key, value in fields.items()})
+    if isinstance(payload.get("tokenizer_json"), str):
+        facts.update(_tokenizer_facts(payload["tokenizer_json"]))
+    return facts

@@ -1,0 +1,56 @@
+"""metrics.jsonl: one JSON object per line and event, so runs can be compared and plotted.
+
+Each line has `event` ("train" or "eval"), `step`, `tokens` (tokens trained on so far) and `time_s`
+(wall-clock seconds of training, carried across resumes); "train" lines add `loss`, `lr`, `grad_norm` and
+`tokens_per_s`, "eval" lines add `val_loss`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+
+from lmkit.fileio import atomic_write
+
+
+class MetricsLog:
+    """Appends events to `path`, flushing every line so a crash or Ctrl-C loses nothing already logged.
+
+    A fresh run (`resume_step=None`) starts the file anew. A resumed run keeps the lines up to its
+    checkpoint's step and drops later ones, which the run is about to redo, so the curve has no repeats.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+        path = Path(path)
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines(keepends=True) if _step(line) <= resume_step]
+            with atomic_write(path, "w") as handle:
+                handle.writelines(kept)
+            self._file = path.open("a", encoding="utf-8")
+        else:
+            self._file = path.open("w", encoding="utf-8")
+
+    def write(self, event: str, **fields: float | int | None) -> None:
+        """Append one event line."""
+        self._file.write(json.dumps({"event": event, **fields}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def _step(line: str) -> float:
+    """The step of a metrics line; a damaged line (cut off by a crash) sorts after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -1,0 +1,158 @@
+"""AdamW written out (with a multi-tensor path), its parameter groups, and gradient clipping.
+
+Weight decay and which parameters get it: decay pulls weights towards zero, which is what regularises a
+weight matrix, but it has no business on the gains of RMSNorm (they start at one and scale activations:
+decaying them shrinks the signal) and, by default, on the token embeddings (each row only sees gradient
+when its token appears, so decay erodes rare tokens between visits). `param_groups` puts every parameter
+with fewer than two dimensions and every embedding table in a group with `weight_decay=0`; set
+`decay_embeddings=True` to decay the embeddings too. A tied output head shares the embedding's tensor and
+follows the embedding's choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+class AdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), step for step as in DESIGN.md.
+
+    For every parameter with a gradient, at its step t (counted from 1):
+    `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`, `a_t = lr sqrt(1-b2^t) / (1-b1^t)`,
+    `p -= a_t m / (sqrt(v) + eps)`, then `p -= lr * weight_decay * p`.
+    With `foreach=True` (the default) each group is updated with a handful of `torch._foreach_*` calls
+    per device and dtype instead of a Python loop over tensors; `foreach=False` runs the plain loop.
+    The state (`step`, `exp_avg`, `exp_avg_sq`) holds only tensors and ints, so it saves in a checkpoint.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        foreach: bool = True,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "foreach": foreach}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Update every parameter that has a gradient; `closure` re-evaluates the loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            update = _update_foreach if group["foreach"] else _update_loop
+            for same_kind in _by_device_and_dtype(params):
+                update(same_kind, [self._state_for(p) for p in same_kind], group)
+        return loss
+
+    def _state_for(self, param: nn.Parameter) -> dict:
+        """The parameter's state, created at zero on its first step; advances its step count."""
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        return state
+
+
+def _by_device_and_dtype(params: list[nn.Parameter]) -> list[list[nn.Parameter]]:
+    """Split params so each multi-tensor call sees one device and dtype."""
+    groups: dict[tuple, list[nn.Parameter]] = defaultdict(list)
+    for p in params:
+        groups[(p.device, p.dtype)].append(p)
+    return list(groups.values())
+
+
+def _step_size(group: dict, step: int) -> float:
+    """The bias-corrected step size a_t = lr sqrt(1 - b2^t) / (1 - b1^t)."""
+    beta1, beta2 = group["betas"]
+    return group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
+def _update_loop(params: list[nn.Parameter], states: list[dict], group: dict) -> None:
+    beta1, beta2 = group["betas"]
+    decay = 1 - group["lr"] * group["weight_decay"]
+    for p, state in zip(params, states, strict=True):
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-_step_size(group, state["step"]))
+        if group["weight_decay"]:
+            p.mul_(decay)
+
+
+def _update_foreach(params: list[nn.Parameter], states: list[dict], group: dict) -> None:
+    beta1, beta2 = group["betas"]
+    grads = [p.grad for p in params]
+    ms = [s["exp_avg"] for s in states]
+    vs = [s["exp_avg_sq"] for s in states]
+    torch._foreach_mul_(ms, beta1)
+    torch._foreach_add_(ms, grads, alpha=1 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
+    denoms = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denoms, group["eps"])
+    torch._foreach_addcdiv_(params, ms, denoms, [-_step_size(group, s["step"]) for s in states])
+    if group["weight_decay"]:
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+
+
+def _is_embedding(module: nn.Module) -> bool:
+    """nn.Embedding or lmkit's own Embedding (matched by name so the optimizer needs no model import)."""
+    return isinstance(module, nn.Embedding) or type(module).__name__ == "Embedding"
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+    """Two AdamW groups: matrices with `weight_decay`, and norm gains, biases (and embeddings) without.
+
+    See the module docstring for why. Shared (tied) tensors appear once, in the group of the first module
+    that owns them.
+    """
+    decayed: list[nn.Parameter] = []
+    undecayed: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            skip = param.ndim < 2 or (_is_embedding(module) and not decay_embeddings)
+            (undecayed if skip else decayed).append(param)
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": undecayed, "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def clip_grad_norm(parameters: Iterable[nn.Parameter], max_l2_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """Scale all gradients together so their joint L2 norm is at most `max_l2_norm`; return the norm before.
+
+    Where the norm exceeds `max_l2_norm` every gradient is multiplied by `max_l2_norm / (norm + eps)`.
+    The factor is computed on the device (no host sync), so clipping costs no pause on a GPU.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    scale = torch.where(total > max_l2_norm, max_l2_norm / (total + eps), torch.ones_like(total))
+    torch._foreach_mul_(grads, scale)
+    return total
