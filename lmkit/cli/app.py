@@ -9,6 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from lmkit import __version__
+from lmkit.cli import ckpt as ckpt_cli
+from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
 from lmkit.errors import InputError
 
@@ -72,6 +74,10 @@ def _root(
     ),
 ) -> None:
     """Train small language models from scratch: tokenizer, model, training, sampling."""
+
+
+app.command(name="train")(train_cli.train)
+app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 
 
 def main() -> None:

@@ -1,0 +1,57 @@
+"""`lmkit train`: train a model from a TOML run config, or resume a run from its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lmkit.cli.common import err_console, print_table
+
+_EXIT_INTERRUPTED = 130
+
+
+def train(
+    config: Path = typer.Option(None, "--config", "-c", help="TOML run config (data, model, optim and train tables)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override one config value, e.g. --set optim.lr=3e-4 (repeatable)."
+    ),
+    resume: Path = typer.Option(None, "--resume", help="Continue exactly from this checkpoint (e.g. last.pt)."),
+    until_step: int = typer.Option(
+        None, "--until-step", help="Stop after this step with a checkpoint, to resume later."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (metrics.jsonl is still written)."),
+) -> None:
+    """Train a language model from a TOML run config (or resume a run).
+
+    Example:
+
+        lmkit train --config examples/tinystories-cpu.toml --set optim.lr=1e-3
+
+    Checkpoints (last.pt, best.pt), metrics.jsonl and the resolved config.toml go to train.out_dir.
+    Ctrl-C finishes the current step, saves last.pt and exits 130; continue with
+    `lmkit train --resume OUT_DIR/last.pt`.
+    """
+    from lmkit.training.loop import train_from_files
+
+    result = train_from_files(config, overrides, resume, until_step, show_progress=not quiet)
+    print_table(
+        "Training",
+        {
+            "step": f"{result.step:,} / {result.total_steps:,}",
+            "tokens seen": result.tokens_seen,
+            "train loss": result.train_loss,
+            "val loss": result.val_loss,
+            "best val loss": result.best_val_loss,
+            "tokens/s": result.tokens_per_s,
+            "time (s)": result.elapsed_s,
+            "checkpoint": str(result.checkpoint),
+        },
+    )
+    if result.step < result.total_steps:
+        reason = "interrupted" if result.interrupted else "stopped"
+        err_console.print(
+            f"{reason} at step {result.step}; resume with: lmkit train --resume {result.checkpoint}", highlight=False
+        )
+        if result.interrupted:
+            raise typer.Exit(_EXIT_INTERRUPTED)

@@ -1,0 +1,354 @@
+"""The training loop behind `lmkit train`: set-up, steps, evaluation, checkpoints, exact resume.
+
+One step: the learning rate from the schedule; `grad_accum` micro-batches drawn by get_batch from a
+dedicated generator (its state is checkpointed, so a resumed run draws the very batches the unbroken run
+would have); forward under autocast, cross-entropy, backward; a finite-loss check before anything is
+updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes to metrics.jsonl, every
+`eval_every` steps the loss over a fixed set of validation batches (`best.pt` when it improves), every
+`ckpt_every` steps and at the end `last.pt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmkit.errors import InputError
+from lmkit.fileio import atomic_write
+from lmkit.model import TransformerLM
+from lmkit.progress import progress_bar
+from lmkit.training.checkpoint import read_checkpoint, save_checkpoint
+from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
+from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
+from lmkit.training.loss import cross_entropy
+from lmkit.training.metrics import MetricsLog
+from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
+from lmkit.training.schedule import get_lr_cosine_schedule
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the weights of the failing step were not applied."""
+
+
+@dataclass
+class TrainResult:
+    """How a run (or this stretch of it) ended."""
+
+    step: int
+    total_steps: int
+    tokens_seen: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed_s: float
+    tokens_per_s: float | None
+    checkpoint: Path
+    interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" picks cuda, then mps, then cpu; a named device must be present."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError('train.device is "cuda" but no CUDA GPU is visible; use "auto" or "cpu"')
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError('train.device is "mps" but MPS is not available; use "auto" or "cpu"')
+    return device
+
+
+def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: plain float32). "auto" uses bfloat16 only on a CUDA GPU that supports it;
+    on CPUs and MPS bfloat16 is usually slower than float32 or unsupported, so "auto" keeps float32 there."""
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if name == "float32" or (name == "auto" and not cuda_bf16):
+        return None
+    if device.type == "cuda" and not cuda_bf16:
+        raise InputError('this GPU does not support bfloat16; set train.dtype = "float32"')
+    return torch.bfloat16
+
+
+def _read_tokenizer(config: RunConfig) -> str:
+    """The tokenizer file's text, after checking it loads and its ids fit the model's vocabulary."""
+    from lmkit.tokenizer.formats import load_tokenizer
+
+    vocab, _, _ = load_tokenizer(config.data.tokenizer)
+    needed = max(vocab) + 1
+    if config.model.vocab_size < needed:
+        raise InputError(
+            f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary "
+            f"({needed} ids in {config.data.tokenizer})"
+        )
+    return Path(config.data.tokenizer).read_text(encoding="utf-8")
+
+
+def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
+    saved = checkpoint.get("config", {}).get("model", {})
+    wanted = config.model.model_dump(mode="json")
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise InputError(
+                f"cannot resume {name}: it was trained with model.{key} = {saved.get(key)!r}, "
+                f"the config says {value!r} (resuming needs the same model)"
+            )
+
+
+def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "batches": batch_rng.get_state(),
+    }
+
+
+def _restore_rng(state: dict[str, Any], batch_rng: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    batch_rng.set_state(state["batches"])
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """While the block runs, a first Ctrl-C only sets the yielded event (the loop finishes its step and
+    saves); a second one interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    """One training run: built from a validated config (and a checkpoint to resume), run with `run()`."""
+
+    def __init__(self, config: RunConfig, checkpoint: dict[str, Any] | None = None, resume_name: str = "") -> None:
+        self.config = config
+        self.out_dir = Path(config.train.out_dir)
+        self.total_steps = config.total_steps
+        if checkpoint is not None:
+            _check_same_model(config, checkpoint, resume_name)
+        elif (self.out_dir / "last.pt").exists():
+            raise InputError(
+                f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
+                "or set train.out_dir to a new folder"
+            )
+        self.device = resolve_device(config.train.device)
+        self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self._load_data(checkpoint)
+        torch.manual_seed(config.train.seed)
+        self.batch_rng = torch.Generator().manual_seed(config.train.seed)
+        self.model = TransformerLM(config.model).to(self.device)
+        optim = config.optim
+        self.optimizer = AdamW(
+            param_groups(self.model, optim.weight_decay, optim.decay_embeddings),
+            lr=optim.lr,
+            betas=optim.betas,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+        )
+        self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
+        self.train_loss: float | None = None
+        self.val_loss: float | None = None
+        self.best_val_loss: float | None = None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.forward = torch.compile(self.model) if config.train.compile else self.model
+
+    def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
+        data, model = self.config.data, self.config.model
+        self.train_tokens = load_tokens(data.train, "train data")
+        val_tokens = load_tokens(data.val, "validation data")
+        check_tokens(self.train_tokens, model.vocab_size, model.context_length, f"train data {data.train}")
+        check_tokens(val_tokens, model.vocab_size, model.context_length, f"validation data {data.val}")
+        # A resumed run keeps the tokenizer it started with (the file may have moved since).
+        self.tokenizer_json = checkpoint["tokenizer_json"] if checkpoint else _read_tokenizer(self.config)
+        self.val_batches = validation_batches(
+            val_tokens, self.config.train.batch_size, model.context_length, self.config.train.eval_batches
+        )
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        _restore_rng(checkpoint["rng"], self.batch_rng)
+        self.step, self.tokens_seen = checkpoint["iteration"], checkpoint["tokens_seen"]
+        self.elapsed_before = checkpoint["elapsed_s"]
+        self.train_loss, self.val_loss = checkpoint["train_loss"], checkpoint["val_loss"]
+        self.best_val_loss = checkpoint["best_val_loss"]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def lr_at(self, step: int) -> float:
+        """The scheduled learning rate for the step that starts after `step` steps."""
+        optim = self.config.optim
+        return get_lr_cosine_schedule(step, optim.lr, optim.min_lr, optim.warmup_steps, self.total_steps)
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, lr, grad norm)."""
+        train = self.config.train
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(train.grad_accum):
+            inputs, targets = get_batch(
+                self.train_tokens, train.batch_size, self.config.model.context_length, self.device, self.batch_rng
+            )
+            with self._autocast():
+                loss = cross_entropy(self.forward(inputs), targets)
+            (loss / train.grad_accum).backward()
+            loss_sum += loss.detach()
+        loss_value = loss_sum.item() / train.grad_accum
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the loss is {loss_value} at step {self.step + 1}; stopped before applying it "
+                f"(the last checkpoint in {self.out_dir} is untouched); try a lower optim.lr or a grad_clip"
+            )
+        grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.config.tokens_per_step
+        return loss_value, lr, grad_norm.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches."""
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        for window in self.val_batches:
+            inputs, targets = to_device(window, self.device)
+            with self._autocast():
+                total += cross_entropy(self.forward(inputs), targets)
+        self.model.train()
+        return total.item() / len(self.val_batches)
+
+    def save(self, name: str, elapsed_s: float) -> Path:
+        """Write the full run checkpoint `name` in the run folder."""
+        path = self.out_dir / name
+        save_checkpoint(
+            self.model,
+            self.optimizer,
+            self.step,
+            path,
+            tokens_seen=self.tokens_seen,
+            config=self.config.model_dump(mode="json"),
+            tokenizer_json=self.tokenizer_json,
+            rng=_rng_state(self.batch_rng),
+            elapsed_s=elapsed_s,
+            lr=self.lr_at(self.step),
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            best_val_loss=self.best_val_loss,
+        )
+        return path
+
+    def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
+        """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step."""
+        train = self.config.train
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.out_dir / "config.toml", "w") as handle:
+            handle.write(to_toml(self.config))
+        resumed_at = self.step if self.step else None
+        last_step = min(self.total_steps, until_step or self.total_steps)
+        started = time.perf_counter()
+        interval_tokens, interval_time, tokens_per_s = 0, 0.0, None
+        with (
+            MetricsLog(self.out_dir / "metrics.jsonl", resumed_at) as metrics,
+            _stop_on_ctrl_c() as stop,
+            progress_bar("Training", last_step - self.step, "steps", enabled=show_progress) as bar,
+        ):
+            while self.step < last_step and not stop.is_set():
+                step_start = time.perf_counter()
+                self.train_loss, lr, grad_norm = self.train_step()
+                interval_time += time.perf_counter() - step_start
+                interval_tokens += self.config.tokens_per_step
+                elapsed = self.elapsed_before + time.perf_counter() - started
+                done = self.step == self.total_steps
+                facts = {"step": self.step, "tokens": self.tokens_seen, "time_s": round(elapsed, 3)}
+                if self.step % train.log_every == 0 or done:
+                    tokens_per_s = interval_tokens / interval_time
+                    metrics.write(
+                        "train", **facts, loss=self.train_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s
+                    )
+                    interval_tokens, interval_time = 0, 0.0
+                if self.step % train.eval_every == 0 or done:
+                    self.val_loss = self.evaluate()
+                    metrics.write("eval", **facts, val_loss=self.val_loss)
+                    if self.best_val_loss is None or self.val_loss < self.best_val_loss:
+                        self.best_val_loss = self.val_loss
+                        self.save("best.pt", elapsed)
+                if self.step % train.ckpt_every == 0 or done:
+                    self.save("last.pt", elapsed)
+                bar.advance(1)
+                rate = f" {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
+                bar.update(description=f"step {self.step} loss {self.train_loss:.3f} lr {lr:.2e}{rate}")
+            elapsed = self.elapsed_before + time.perf_counter() - started
+            if self.step < self.total_steps and self.step % train.ckpt_every:
+                self.save("last.pt", elapsed)
+        return TrainResult(
+            step=self.step,
+            total_steps=self.total_steps,
+            tokens_seen=self.tokens_seen,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            best_val_loss=self.best_val_loss,
+            elapsed_s=elapsed,
+            tokens_per_s=tokens_per_s,
+            checkpoint=self.out_dir / "last.pt",
+            interrupted=stop.is_set(),
+        )
+
+
+def train_from_files(
+    config_path: str | Path | None,
+    overrides: list[str] = (),
+    resume: str | Path | None = None,
+    until_step: int | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """What `lmkit train` does: read the config (or, resuming without one, the checkpoint's), apply the
+    `--set` overrides, and train, resuming from `resume` if given."""
+    if config_path is None and resume is None:
+        raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
+    checkpoint = read_checkpoint(resume) if resume is not None else None
+    if checkpoint is not None and "rng" not in checkpoint:
+        raise InputError(f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume")
+    if config_path is not None:
+        config = load_config(config_path, overrides)
+    else:
+        raw = checkpoint["config"]
+        apply_overrides(raw, list(overrides))
+        config = validate_config(raw, f"config in {resume}")
+    if until_step is not None and until_step <= (checkpoint["iteration"] if checkpoint else 0):
+        raise InputError(f"--until-step {until_step} is not after the step the run starts from")
+    trainer = Trainer(config, checkpoint, str(resume))
+    return trainer.run(until_step, show_progress)
