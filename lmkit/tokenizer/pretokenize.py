@@ -85,7 +85,7 @@ def _safe_cut(buffer: bytes, special_re: regex.Pattern | None, max_special: int)
     usable = [m for m in matches if m.start() + max_special <= len(buffer)]
     if usable:
         return usable[-1].end()
-    limit = len(buffer) - max_special
+    limit = len(buffer) - max(max_special, 1)  # the byte after the newline must be in the buffer
     if matches:
         limit = min(limit, matches[0].start())
     pos = buffer.rfind(b"\n", 0, limit)
