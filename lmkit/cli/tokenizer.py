@@ -45,3 +45,113 @@ def train(
         print_table(
             "Tokenizer trained", {**facts, "longest tokens": longest, "special tokens": ", ".join(special_token)}
         )
+
+
+@app.command()
+def encode(
+    corpus: Path | None = typer.Argument(None, help="The UTF-8 text file to encode (or give --text)."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="A tokenizer.json file, or the folder holding one."),
+    out: Path | None = typer.Option(
+        None, "--out", help="The .npy file to write; with --val-fraction, OUT.train.npy and OUT.val.npy instead."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Processes encoding in parallel (default: all cores)."),
+    val_fraction: float = typer.Option(
+        0.0, "--val-fraction", help="Share of the documents (split at the first special token) kept for validation."
+    ),
+    text: str | None = typer.Option(None, "--text", help="Encode this string and print its ids instead of a file."),
+    show: bool = typer.Option(False, "--show", help="With --text: print each token beside its id."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary (or the ids) as one JSON object."),
+) -> None:
+    """Encode a corpus into a .npy array of token ids (uint16 or uint32), or a --text string into ids.
+
+    Example: lmkit tokenizer encode corpus.txt --tokenizer tokenizer.json --out tokens.npy --val-fraction 0.01
+    (writes tokens.train.npy and tokens.val.npy); lmkit tokenizer encode --text "Hello world" --tokenizer
+    tokenizer.json --show
+    """
+    import os
+
+    from lmkit.errors import InputError
+    from lmkit.tokenizer.tokenizer import Tokenizer
+
+    if (corpus is None) == (text is None):
+        raise InputError("give either a CORPUS file to encode (with --out) or --text, not both")
+    if corpus is not None and out is None:
+        raise InputError("--out is required to encode a corpus, e.g. --out tokens.npy")
+    tok = Tokenizer.load(tokenizer)
+    if text is not None:
+        _print_ids(tok, text, show, json_output)
+        return
+    from lmkit.tokenizer.encode import encode_file
+
+    workers = workers if workers is not None else os.cpu_count() or 1
+    summary = encode_file(corpus, tok, out, workers=workers, val_fraction=val_fraction)
+    if json_output:
+        print_json(summary)
+    else:
+        print_table("Corpus encoded", summary)
+
+
+@app.command()
+def decode(
+    ids: list[int] = typer.Argument(..., help="Token ids, e.g. 15496 995."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="A tokenizer.json file, or the folder holding one."),
+) -> None:
+    """Decode token ids back into text (bytes that are not valid UTF-8 print as U+FFFD).
+
+    Example: lmkit tokenizer decode 15496 995 --tokenizer tokenizer.json
+    """
+    from lmkit.tokenizer.tokenizer import Tokenizer
+
+    print(Tokenizer.load(tokenizer).decode(ids))
+
+
+def _print_ids(tok: object, text: str, show: bool, json_output: bool) -> None:
+    """Print the ids of `text`: a list, a table of (id, token) with --show, or JSON."""
+    from lmkit.tokenizer.train import display_token
+
+    ids = tok.encode(text)
+    tokens = [display_token(tok.vocab[i]) for i in ids]
+    if json_output:
+        print_json({"ids": ids, "tokens": tokens} if show else {"ids": ids})
+    elif show:
+        from rich.table import Table
+
+        from lmkit.cli.common import console
+
+        table = Table("id", "token", title=f"{len(ids)} tokens", title_justify="left")
+        for token_id, token in zip(ids, tokens, strict=True):
+            table.add_row(str(token_id), f"'{token}'")
+        console.print(table)
+    else:
+        print(ids)
+
+
+@app.command(name="inspect")
+def inspect_tokenizer(
+    path: Path = typer.Argument(..., help="A tokenizer.json file, or the folder holding one."),
+    sample: Path | None = typer.Option(
+        None, "--sample", help="A text file to encode: bytes per token, tokens/s and the most frequent tokens."
+    ),
+    top: int = typer.Option(10, "--top", min=1, help="How many longest and most frequent tokens to list."),
+    json_output: bool = typer.Option(False, "--json", help="Print the facts as one JSON object."),
+) -> None:
+    """Report a tokenizer: vocabulary size, merges, special tokens, longest tokens; with --sample, how it encodes.
+
+    Example: lmkit tokenizer inspect tokenizer.json --sample corpus.txt --top 20
+    """
+    from lmkit.tokenizer.report import describe_sample, describe_tokenizer
+    from lmkit.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(path)
+    facts = describe_tokenizer(tok, top)
+    if sample is not None:
+        facts.update(describe_sample(tok, sample, top))
+    if json_output:
+        print_json(facts)
+        return
+    readable = dict(facts)
+    readable["special tokens"] = ", ".join(facts["special tokens"])
+    readable["longest tokens"] = "  ".join(f"'{t}'" for t in facts["longest tokens"])
+    if sample is not None:
+        readable["most frequent tokens"] = "  ".join(f"'{t}' {n:,}" for t, n in facts["most frequent tokens"].items())
+    print_table(f"Tokenizer {path}", readable)

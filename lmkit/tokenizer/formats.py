@@ -68,8 +68,10 @@ def special_token_ids(vocab: Vocab, special_tokens: list[str]) -> dict[str, int]
 def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
     """The tokenizer as a HuggingFace `tokenizer.json` object (byte-level BPE, GPT-2 pre-tokenizer).
 
-    Special tokens go in `added_tokens` only. Where two ids share the same bytes (BPE can reach one
-    string by two merge paths), the file keeps the lower id: a JSON object cannot hold the key twice.
+    Special tokens go in `added_tokens`, and in the model vocab under their own text: `tokenizers` looks
+    an added token up there by its content and would otherwise give it a new id. Where two ids share the
+    same bytes (BPE can reach one string by two merge paths), the file keeps the lower id: a JSON object
+    cannot hold the key twice.
     """
     specials = special_token_ids(vocab, special_tokens)
     special_id_set = set(specials.values())
@@ -77,6 +79,7 @@ def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
     for token_id in sorted(vocab):
         if token_id not in special_id_set:
             model_vocab.setdefault(token_to_str(vocab[token_id]), token_id)
+    model_vocab.update(specials)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     return {
         "version": "1.0",
@@ -130,8 +133,11 @@ def from_hf_json(obj: object, source: str = "tokenizer file") -> tuple[Vocab, Me
         raise InputError(f"{source} is not a byte-level BPE tokenizer.json (no BPE model with a vocab)")
     if obj.get("version") != "1.0":
         raise InputError(f"{source} has tokenizer.json version {obj.get('version')!r}; only '1.0' is supported")
+    added_contents = {a.get("content") for a in obj.get("added_tokens") or [] if isinstance(a, dict)}
     vocab: Vocab = {}
     for text, token_id in model["vocab"].items():
+        if text in added_contents:
+            continue  # spelled as plain text, not in the byte-level alphabet; read from added_tokens below
         token = str_to_token(text)
         if token is None or not isinstance(token_id, int):
             raise InputError(f"{source}: vocab entry {text!r} is not a byte-level token with an integer id")

@@ -1,0 +1,209 @@
+"""Encoding a corpus file into `.npy` token arrays: parallel over chunks, streamed, with bounded memory.
+
+The corpus is read in chunks cut where no pre-token or special token crosses (`iter_chunks`), the chunks are
+encoded in worker processes, and the ids are written in corpus order as they come back, so the output is
+the same for any number of workers. A `.npy` file is written data first (after room for its header) and
+the header last, once the length is known, into a temporary file that is renamed into place at the end.
+
+With a validation fraction the corpus is split by documents: the pieces that end with the tokenizer's
+first special token (usually `<|endoftext|>`, which stays at the end of its document). Document i goes to
+the validation file when `floor((i + 1) * f) > floor(i * f)`, which spreads every 1/f-th document evenly
+through the corpus; `tokens.npy` becomes `tokens.train.npy` and `tokens.val.npy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from lmkit.errors import InputError
+from lmkit.fileio import atomic_write, check_output_path
+from lmkit.progress import progress_bar
+from lmkit.tokenizer.pretokenize import corpus_size, decode_chunk, iter_chunks
+from lmkit.tokenizer.tokenizer import Tokenizer
+
+CHUNK_BYTES = 1 << 20
+# A 1-D .npy header with up to 21 digits of length fits in 128 bytes; a fixed size lets the data go first.
+_NPY_HEADER_BYTES = 128
+
+
+def token_dtype(tokenizer: Tokenizer) -> np.dtype:
+    """uint16 when every id fits in 16 bits, else uint32."""
+    return np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+
+
+def split_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """The train and validation files for `out`: `tokens.npy` -> `tokens.train.npy`, `tokens.val.npy`."""
+    out = Path(out)
+    stem = out.name.removesuffix(".npy")
+    return out.with_name(f"{stem}.train.npy"), out.with_name(f"{stem}.val.npy")
+
+
+def npy_header(dtype: np.dtype, length: int) -> bytes:
+    """The `.npy` (version 1.0) header of a 1-D array, padded to `_NPY_HEADER_BYTES`."""
+    text = f"{{'descr': '{dtype.str}', 'fortran_order': False, 'shape': ({length},), }}"
+    room = _NPY_HEADER_BYTES - 10
+    return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + text.ljust(room - 1).encode("ascii") + b"\n"
+
+
+class _NpyWriter:
+    """Appends ids to a 1-D `.npy` file whose length is not known in advance."""
+
+    def __init__(self, handle: BinaryIO, dtype: np.dtype) -> None:
+        self.handle, self.dtype, self.count = handle, dtype, 0
+        handle.write(b"\0" * _NPY_HEADER_BYTES)
+
+    def write(self, ids: np.ndarray) -> None:
+        """Append `ids` (already of the file's dtype)."""
+        self.handle.write(ids.tobytes())
+        self.count += len(ids)
+
+    def finish(self) -> None:
+        """Write the header, now that the length is known."""
+        self.handle.seek(0)
+        self.handle.write(npy_header(self.dtype, self.count))
+
+
+class _DocumentSplitter:
+    """Routes each document's ids to the train or the validation writer (see the module docstring)."""
+
+    def __init__(self, train: _NpyWriter, val: _NpyWriter, separator_id: int, val_fraction: float) -> None:
+        self.train, self.val, self.separator_id, self.val_fraction = train, val, separator_id, val_fraction
+        self.documents = 0  # documents finished so far; the current one has this index
+        self._open = False  # whether the current document has ids yet
+
+    def _writer(self) -> _NpyWriter:
+        i, f = self.documents, self.val_fraction
+        return self.val if math.floor((i + 1) * f) > math.floor(i * f) else self.train
+
+    def write(self, ids: np.ndarray) -> None:
+        """Append the ids of the next chunk, which may start or end in the middle of a document."""
+        start = 0
+        for end in np.flatnonzero(ids == self.separator_id) + 1:
+            self._writer().write(ids[start:end])
+            self.documents += 1
+            start = end
+        self._open = start < len(ids)
+        if self._open:
+            self._writer().write(ids[start:])
+
+    def finish(self) -> None:
+        """Count a last document without a separator; refuse a split that leaves a file empty."""
+        if self._open:
+            self.documents += 1
+        for name, writer in (("training", self.train), ("validation", self.val)):
+            if writer.count == 0:
+                raise InputError(
+                    f"the {name} split would be empty: the corpus has {self.documents:,} documents "
+                    f"(separated by the tokenizer's first special token); change --val-fraction"
+                )
+        self.train.finish()
+        self.val.finish()
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _start_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes, dtype: np.dtype) -> np.ndarray:
+    return np.array(tokenizer.encode(decode_chunk(offset, chunk)), dtype=dtype)
+
+
+def _encode_in_worker(offset: int, chunk: bytes, dtype: np.dtype) -> np.ndarray:
+    return _encode_chunk(_worker_tokenizer, offset, chunk, dtype)
+
+
+def _encoded_chunks(
+    chunks: Iterable[tuple[int, bytes]],
+    tokenizer: Tokenizer,
+    dtype: np.dtype,
+    pool: multiprocessing.pool.Pool | None,
+    workers: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield `(chunk bytes, ids)` in corpus order, keeping at most a few chunks in flight per worker."""
+    if pool is None:
+        for offset, chunk in chunks:
+            yield len(chunk), _encode_chunk(tokenizer, offset, chunk, dtype)
+        return
+    in_flight: deque = deque()
+    limit = 2 * workers  # enough to keep every worker busy while the oldest result is written
+    for offset, chunk in chunks:
+        in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, chunk, dtype))))
+        if len(in_flight) > limit:
+            size, result = in_flight.popleft()
+            yield size, result.get()
+    while in_flight:
+        size, result = in_flight.popleft()
+        yield size, result.get()
+
+
+def encode_file(
+    corpus: str | os.PathLike,
+    tokenizer: Tokenizer,
+    out: str | os.PathLike,
+    *,
+    workers: int = 1,
+    val_fraction: float = 0.0,
+    chunk_bytes: int = CHUNK_BYTES,
+    show_progress: bool = True,
+) -> dict[str, object]:
+    """Encode `corpus` into `out` (or its train/val pair when `val_fraction` > 0); return a summary."""
+    size = corpus_size(corpus)
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction > 0 and not tokenizer.special_tokens:
+        raise InputError("--val-fraction splits documents at a special token, and this tokenizer has none")
+    paths = list(split_paths(out)) if val_fraction > 0 else [Path(out)]
+    for path in paths:
+        check_output_path(path)
+    dtype = token_dtype(tokenizer)
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        # Workers start before the progress bar's drawing thread, so none is forked while it holds a lock.
+        pool = None
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.Pool(workers, _start_worker, (tokenizer,)))
+        writers = [_NpyWriter(stack.enter_context(atomic_write(path)), dtype) for path in paths]
+        sink = writers[0] if len(writers) == 1 else None
+        if sink is None:
+            sink = _DocumentSplitter(*writers, tokenizer.special_ids[tokenizer.special_tokens[0]], val_fraction)
+        source = stack.enter_context(open(corpus, "rb"))
+        bar = stack.enter_context(progress_bar("Encoding", total=size, unit="MB", scale=1e6, enabled=show_progress))
+        chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
+        for chunk_size, ids in _encoded_chunks(chunks, tokenizer, dtype, pool, workers):
+            sink.write(ids)
+            bar.advance(chunk_size)
+        sink.finish()
+    seconds = time.perf_counter() - start
+    tokens = sum(w.count for w in writers)
+    summary: dict[str, object] = {
+        "corpus": str(corpus),
+        "bytes": size,
+        "tokens": tokens,
+        "bytes/token": size / max(tokens, 1),
+        "seconds": seconds,
+        "MB/s": size / seconds / 1e6,
+        "workers": workers,
+        "dtype": dtype.name,
+    }
+    for path, writer in zip(paths, writers, strict=True):
+        summary[f"tokens in {path.name}"] = writer.count
+    if isinstance(sink, _DocumentSplitter):
+        summary["documents"] = sink.documents
+    return summary

@@ -1,0 +1,249 @@
+"""`Tokenizer`: byte-level BPE encoding and decoding with a vocabulary, merges and special tokens.
+
+Encoding splits the text on special tokens, cuts the rest into GPT-2 pre-tokens, and turns each pre-token
+into ids by repeatedly merging its adjacent pair of lowest merge rank. Most pre-tokens repeat, so the ids of
+each pre-token are cached; a pre-token seen for the first time is merged with a rank lookup per adjacent
+pair, never a scan of the merge list.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from itertools import chain, repeat
+from pathlib import Path
+
+import regex
+
+from lmkit.errors import InputError
+from lmkit.tokenizer.formats import (
+    Merges,
+    Vocab,
+    from_hf_json,
+    load_tokenizer,
+    read_gpt2_files,
+    save_tokenizer,
+    to_hf_json,
+)
+from lmkit.tokenizer.pretokenize import (
+    PRETOKEN_RE,
+    check_special_tokens,
+    iter_chunks,
+    special_token_regex,
+    split_on_special,
+)
+
+TOKENIZER_FILE = "tokenizer.json"
+# Bounds the pre-token cache (about 150 bytes an entry): enough for every common word of a large corpus.
+_CACHE_LIMIT = 1 << 19
+_NO_MERGE = 1 << 62
+_BEYOND_BMP_RE = re.compile("[\U00010000-\U0010ffff]")
+
+
+@functools.cache
+def _bmp_pretoken_re() -> re.Pattern:
+    """GPT-2's pattern for text without characters above U+FFFF, compiled by the standard `re` module.
+
+    `re` matches about twice as fast as `regex` but has no `\\p{...}` classes, so each class is spelled out
+    as the ranges of Basic Multilingual Plane characters that `regex` puts in it. `re` keeps such a class
+    in a lookup table; characters above U+FFFF would turn it into a slow list of ranges, hence the limit.
+    """
+    bmp = "".join(map(chr, range(0x10000)))
+
+    def ranges(prop: str) -> str:
+        runs = ((m.start(), m.end() - 1) for m in regex.finditer(prop + "+", bmp))
+        return "".join(re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b))) for a, b in runs)
+
+    letters, numbers, spaces = ranges(r"\p{L}"), ranges(r"\p{N}"), ranges(r"\s")
+    return re.compile(
+        f"'(?:[sdmt]|ll|ve|re)| ?[{letters}]+| ?[{numbers}]+| ?[^{spaces}{letters}{numbers}]+"
+        f"|[{spaces}]+(?![^{spaces}])|[{spaces}]+"
+    )
+
+
+def split_pretokens(text: str) -> list[str]:
+    """The GPT-2 pre-tokens of a text without special tokens: `pretokens(text)`, about twice as fast."""
+    if _BEYOND_BMP_RE.search(text):
+        return PRETOKEN_RE.findall(text)
+    return _bmp_pretoken_re().findall(text)
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer: `encode(text) -> ids` and `decode(ids) -> text`.
+
+    `vocab` maps ids to bytes, `merges` lists pairs of bytes in rank order. A merge whose halves or
+    product are not in the vocabulary is ignored; a special token not in the vocabulary is appended
+    with the next free id. Where two ids share the same bytes, the lower one is used.
+    """
+
+    def __init__(self, vocab: Vocab, merges: Merges, special_tokens: Iterable[str] | None = None) -> None:
+        self.vocab: Vocab = dict(vocab)
+        self.special_tokens: list[str] = check_special_tokens(special_tokens)
+        token_ids: dict[bytes, int] = {}
+        for token_id in sorted(self.vocab):
+            token_ids.setdefault(self.vocab[token_id], token_id)
+        for token in self.special_tokens:
+            if token.encode("utf-8") not in token_ids:
+                new_id = max(self.vocab, default=-1) + 1
+                self.vocab[new_id] = token.encode("utf-8")
+                token_ids[token.encode("utf-8")] = new_id
+        missing = [b for b in range(256) if bytes([b]) not in token_ids]
+        if missing:
+            raise InputError(
+                f"the vocabulary lacks {len(missing)} of the 256 single bytes (e.g. 0x{missing[0]:02x}); "
+                "a byte-level BPE vocabulary must hold every byte"
+            )
+        self.special_ids: dict[str, int] = {t: token_ids[t.encode("utf-8")] for t in self.special_tokens}
+        self.merges: Merges = []
+        self._ranks: dict[tuple[int, int], int] = {}
+        self._products: list[int] = []  # the id each merge creates, by rank
+        for a, b in merges:
+            pair = (token_ids.get(a), token_ids.get(b))
+            product = token_ids.get(a + b)
+            if None in pair or product is None or pair in self._ranks:
+                continue
+            self._ranks[pair] = len(self.merges)
+            self._products.append(product)
+            self.merges.append((a, b))
+        self._byte_ids = [token_ids[bytes([b])] for b in range(256)]
+        self._special_re = special_token_regex(self.special_tokens)
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest id: the number of rows an embedding table needs."""
+        return max(self.vocab) + 1
+
+    @classmethod
+    def from_files(
+        cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike, special_tokens: Iterable[str] | None = None
+    ) -> Tokenizer:
+        """Build a tokenizer from GPT-2's `vocab.json` and `merges.txt`."""
+        vocab, merges = read_gpt2_files(vocab_path, merges_path)
+        return cls(vocab, merges, special_tokens)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load a `tokenizer.json` file, or the `tokenizer.json` inside a folder."""
+        path = Path(path)
+        if path.is_dir():
+            if not (path / TOKENIZER_FILE).is_file():
+                raise InputError(f"folder {path} holds no {TOKENIZER_FILE}; give a tokenizer file or its folder")
+            path = path / TOKENIZER_FILE
+        return cls(*load_tokenizer(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer as one HuggingFace-layout `tokenizer.json` file, atomically."""
+        save_tokenizer(path, self.vocab, self.merges, self.special_tokens)
+
+    def to_json(self) -> str:
+        """The tokenizer as `tokenizer.json` text (what `save` writes), e.g. to embed in a checkpoint."""
+        return json.dumps(to_hf_json(self.vocab, self.merges, self.special_tokens), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        """Rebuild a tokenizer from `to_json` text."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"the tokenizer JSON is not valid ({err})") from None
+        return cls(*from_hf_json(obj, source="tokenizer JSON"))
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text`; each special token becomes its one id."""
+        if self._special_re is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        for piece, is_special in split_on_special(text, self._special_re):
+            if is_special:
+                ids.append(self.special_ids[piece])
+            else:
+                ids.extend(self._encode_ordinary(piece))
+        return ids
+
+    def encode_iterable(self, texts: Iterable[str], chunk_bytes: int = 1 << 16) -> Iterator[int]:
+        """Yield the ids of the concatenated `texts` (e.g. the lines of an open file), with bounded memory.
+
+        The text is buffered up to a boundary that no pre-token crosses (see `iter_chunks`), so the ids
+        are exactly those of `encode` on the whole text.
+        """
+        for _, chunk in iter_chunks(_Utf8Stream(texts), self.special_tokens, chunk_bytes):
+            yield from self.encode(chunk.decode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`: their bytes joined and decoded as UTF-8, bad sequences replaced by U+FFFD."""
+        vocab = self.vocab
+        try:
+            data = b"".join([vocab[i] for i in ids])
+        except KeyError as err:
+            raise InputError(
+                f"token id {err.args[0]!r} is not in the vocabulary (ids run from 0 to {self.vocab_size - 1})"
+            ) from None
+        return data.decode("utf-8", errors="replace")
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """The ids of a text holding no special tokens, through the pre-token cache."""
+        pieces = split_pretokens(text)
+        found = list(map(self._cache.get, pieces))
+        if None in found:
+            self._fill_misses(pieces, found)
+        return list(chain.from_iterable(found))
+
+    def _fill_misses(self, pieces: list[str], found: list[tuple[int, ...] | None]) -> None:
+        """Merge the pre-tokens missing from the cache, cache them, and put their ids into `found`."""
+        cache = self._cache
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        i = -1
+        try:
+            while True:
+                i = found.index(None, i + 1)  # a scan in C: most pre-tokens are cached
+                piece = pieces[i]
+                ids = cache.get(piece)  # a pre-token may be new twice in one text
+                if ids is None:
+                    ids = cache[piece] = self._merge_pretoken(piece)
+                found[i] = ids
+        except ValueError:
+            pass
+
+    def _merge_pretoken(self, piece: str) -> tuple[int, ...]:
+        """BPE on one pre-token: merge the leftmost adjacent pair of lowest rank until no pair has a rank.
+
+        `ranks[i]` is the rank of the pair `(ids[i], ids[i + 1])`, and a final `_NO_MERGE` stands for the
+        end; a merge changes only the pairs on either side of the new token.
+        """
+        ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        rank_of, products = self._ranks.get, self._products
+        ranks = list(map(rank_of, zip(ids, ids[1:], strict=False), repeat(_NO_MERGE)))
+        ranks.append(_NO_MERGE)
+        while (best := min(ranks)) != _NO_MERGE:
+            i = ranks.index(best)
+            new = ids[i] = products[best]
+            del ids[i + 1], ranks[i]
+            if i + 1 < len(ids):
+                ranks[i] = rank_of((new, ids[i + 1]), _NO_MERGE)
+            if i > 0:
+                ranks[i - 1] = rank_of((ids[i - 1], new), _NO_MERGE)
+        return tuple(ids)
+
+
+class _Utf8Stream:
+    """An iterable of strings read as a binary stream of their UTF-8 bytes (what `iter_chunks` reads)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self._texts = iter(texts)
+        self._pending = bytearray()
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes; fewer only at the end of the texts."""
+        while len(self._pending) < size:
+            text = next(self._texts, None)
+            if text is None:
+                break
+            self._pending += text.encode("utf-8")
+        data = bytes(self._pending[:size])
+        del self._pending[:size]
+        return data
