@@ -10,6 +10,7 @@ from typer.core import TyperGroup
 
 from lmkit import __version__
 from lmkit.cli import ckpt as ckpt_cli
+from lmkit.cli import model as model_cli
 from lmkit.cli import tokenizer as tokenizer_cli
 from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
@@ -80,6 +81,7 @@ def _root(
 app.command(name="train")(train_cli.train)
 app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspect byte-level BPE tokenizers.")
+app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")
 
 
 def main() -> None:

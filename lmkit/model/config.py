@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmkit.errors import InputError, validation_error_message
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 def default_d_ff(d_model: int, ffn: str) -> int:
@@ -64,3 +74,46 @@ class ModelConfig(BaseModel):
 def _divisor_near(n: int, target: int) -> int:
     """The divisor of n closest to target, for a helpful error message."""
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - target), d))
+
+
+_GPT2 = dict(vocab_size=50257, context_length=1024)
+
+PRESETS: dict[str, ModelConfig] = {
+    # The GPT-2 family's shapes (d_ff = 4 d_model) built as lmkit models, and the curriculum's TinyStories LM.
+    "gpt2-small": ModelConfig(**_GPT2, d_model=768, num_layers=12, num_heads=12, d_ff=3072),
+    "gpt2-medium": ModelConfig(**_GPT2, d_model=1024, num_layers=24, num_heads=16, d_ff=4096),
+    "gpt2-large": ModelConfig(**_GPT2, d_model=1280, num_layers=36, num_heads=20, d_ff=5120),
+    "gpt2-xl": ModelConfig(**_GPT2, d_model=1600, num_layers=48, num_heads=25, d_ff=6400),
+    "tinystories-17m": ModelConfig(
+        vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344
+    ),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    """The named preset's config (a copy); InputError listing the known names if there is none."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name].model_copy()
+
+
+def load_model_table(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig in the [model] table of a TOML run config; the file's other tables are not read.
+
+    InputError (one line) if the file is missing or not TOML, has no [model] table, or the table has an
+    unknown key or an impossible shape.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"config file {path} is not valid TOML ({err})") from None
+    table = raw.get("model")
+    if not isinstance(table, dict):
+        raise InputError(f"config file {path} has no model table")
+    try:
+        return ModelConfig.model_validate(table)
+    except ValidationError as err:
+        raise InputError(f"{path}, model table: {validation_error_message(err)}") from None
