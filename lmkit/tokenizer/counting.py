@@ -1,8 +1,9 @@
 """Counting pre-tokens in a corpus file: streamed in chunks, counted in worker processes for large files.
 
 The file is read in chunks cut at safe boundaries (see `iter_chunks`), so memory holds a few chunks and the
-table of distinct pre-tokens, never the whole corpus. Counts are summed as chunks finish; addition does not
-care about order, so the result is the same for any number of workers and any chunk size.
+table of distinct pre-tokens, never the whole corpus. Each worker keeps a running total of the chunks it
+counted and hands it over once at the end; totals are summed, and addition does not care about order, so
+the result is the same for any number of workers and any chunk size.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import multiprocessing
 import os
 import sys
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 
@@ -38,29 +41,44 @@ class PretokenCounts:
     documents: int  # stretches of text separated by special tokens
 
 
-@dataclass
-class _ChunkCounts:
-    counts: Counter[str]
-    specials: int  # special tokens seen in the chunk
-    ends_in_text: bool  # whether text follows the chunk's last special token
-
-
 @cache
 def _special_re(special_tokens: tuple[str, ...]):
     return special_token_regex(special_tokens)
 
 
-def _count_chunk(offset: int, chunk: bytes, special_tokens: tuple[str, ...]) -> _ChunkCounts:
-    """Count the pre-tokens of one chunk (runs in a worker process for large files)."""
-    counts: Counter[str] = Counter()
+def _count_chunk(offset: int, chunk: bytes, special_tokens: tuple[str, ...], into: Counter[str]) -> tuple[int, bool]:
+    """Add the pre-tokens of one chunk to `into`.
+
+    Returns the number of special tokens in the chunk and whether text follows the last of them.
+    """
     specials, ends_in_text = 0, False
     for piece, is_special in split_on_special(decode_chunk(offset, chunk), _special_re(special_tokens)):
         if is_special:
             specials += 1
         else:
-            counts.update(PRETOKEN_RE.findall(piece))
+            into.update(PRETOKEN_RE.findall(piece))
         ends_in_text = not is_special
-    return _ChunkCounts(counts, specials, ends_in_text)
+    return specials, ends_in_text
+
+
+# In a worker process: its running total, and the barrier that its hand-over waits at.
+_worker_total: Counter[str] = Counter()
+_hand_over_barrier = None
+
+
+def _start_worker(barrier) -> None:
+    global _hand_over_barrier
+    _hand_over_barrier = barrier
+
+
+def _count_in_worker(offset: int, chunk: bytes, special_tokens: tuple[str, ...]) -> tuple[int, bool]:
+    return _count_chunk(offset, chunk, special_tokens, _worker_total)
+
+
+def _hand_over(_: int) -> Counter[str]:
+    """Return this worker's total. Each call waits until every worker holds one, so no worker gets two."""
+    _hand_over_barrier.wait()
+    return _worker_total
 
 
 def default_workers() -> int:
@@ -71,6 +89,43 @@ def default_workers() -> int:
 def _pool_context() -> multiprocessing.context.BaseContext:
     # fork starts workers in milliseconds; other platforms get their safe default.
     return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+
+
+def _count_here(
+    chunks: Iterator[tuple[int, bytes]], tokens: tuple[str, ...], total: Counter[str], bar
+) -> tuple[int, bool]:
+    """Count chunk after chunk in this process; returns (special tokens, whether text follows the last)."""
+    specials, ends_in_text = 0, False
+    for offset, chunk in chunks:
+        specials_here, ends_in_text = _count_chunk(offset, chunk, tokens, total)
+        specials += specials_here
+        bar.advance(len(chunk))
+    return specials, ends_in_text
+
+
+def _count_in_pool(
+    pool, workers: int, chunks: Iterator[tuple[int, bytes]], tokens: tuple[str, ...], total: Counter[str], bar
+) -> tuple[int, bool]:
+    """Count the chunks in the pool's workers, at most two per worker in flight, then sum their totals."""
+    specials, ends_in_text = 0, False
+    pending: deque = deque()
+
+    def collect_oldest() -> None:
+        nonlocal specials, ends_in_text
+        length, job = pending.popleft()
+        specials_here, ends_in_text = job.get()  # in file order, so the last one collected is the file's end
+        specials += specials_here
+        bar.advance(length)
+
+    for offset, chunk in chunks:
+        pending.append((len(chunk), pool.apply_async(_count_in_worker, (offset, chunk, tokens))))
+        while pending and (len(pending) > 2 * workers or pending[0][1].ready()):
+            collect_oldest()
+    while pending:
+        collect_oldest()
+    for part in pool.map(_hand_over, range(workers), chunksize=1):
+        total.update(part)
+    return specials, ends_in_text
 
 
 def count_pretokens(
@@ -84,45 +139,22 @@ def count_pretokens(
 ) -> PretokenCounts:
     """Count every pre-token of a UTF-8 corpus file (special tokens split the text and are not counted).
 
-    Files of at least `parallel_min_bytes` are counted by `num_workers` processes (default: one per core),
-    with at most two chunks per worker in flight; smaller files, or one worker, in this process.
-    Raises InputError for a missing, empty or non-UTF-8 file.
+    Files of at least `parallel_min_bytes` are counted by `num_workers` processes (default: one per core);
+    smaller files, or one worker, in this process. Raises InputError for a missing, empty or non-UTF-8 file.
     """
     size = corpus_size(input_path)
     workers = num_workers or default_workers()
     tokens = tuple(special_tokens)
     total: Counter[str] = Counter()
-    specials, ends_in_text = 0, False
-
-    def add(part: _ChunkCounts, last: bool) -> None:
-        nonlocal specials, ends_in_text
-        total.update(part.counts)
-        specials += part.specials
-        if last:
-            ends_in_text = part.ends_in_text
-
-    with open(input_path, "rb") as source:
-        chunks = iter_chunks(source, tokens, chunk_bytes)
-        if workers == 1 or size < parallel_min_bytes:
-            with progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar:
-                for offset, chunk in chunks:
-                    add(_count_chunk(offset, chunk, tokens), offset + len(chunk) == size)
-                    bar.advance(len(chunk))
-        else:
-            # The pool is forked before the progress bar starts its drawing thread.
-            with _pool_context().Pool(workers) as pool:
-                with progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar:
-                    pending: deque = deque()
-
-                    def finish_oldest() -> None:
-                        offset, length, job = pending.popleft()
-                        add(job.get(), offset + length == size)
-                        bar.advance(length)
-
-                    for offset, chunk in chunks:
-                        pending.append((offset, len(chunk), pool.apply_async(_count_chunk, (offset, chunk, tokens))))
-                        if len(pending) > 2 * workers:
-                            finish_oldest()
-                    while pending:
-                        finish_oldest()
+    parallel = workers > 1 and size >= parallel_min_bytes
+    context = _pool_context()
+    # The pool is forked before the progress bar starts its drawing thread.
+    pool = context.Pool(workers, _start_worker, (context.Barrier(workers),)) if parallel else nullcontext()
+    with pool, open(input_path, "rb") as source:
+        with progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar:
+            chunks = iter_chunks(source, tokens, chunk_bytes)
+            if parallel:
+                specials, ends_in_text = _count_in_pool(pool, workers, chunks, tokens, total, bar)
+            else:
+                specials, ends_in_text = _count_here(chunks, tokens, total, bar)
     return PretokenCounts(total, size, specials + int(ends_in_text))
