@@ -18,7 +18,7 @@ from lmkit.errors import InputError
 from lmkit.tokenizer import train_bpe
 from lmkit.tokenizer.counting import count_pretokens
 from lmkit.tokenizer.formats import load_tokenizer
-from lmkit.tokenizer.train import learn_merges
+from lmkit.tokenizer.train import _reversed_spelling, learn_merges
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EOT = "<|endoftext|>"
@@ -128,6 +128,14 @@ def test_ids_are_specials_then_bytes_then_merges(tmp_path):
     assert [vocab[258 + k] for k in range(3)] == [a + b for a, b in merges]
     # "low", " low", " lower": (o,w)=3 beats (l,o)=3 on the tie; then (l,ow)=3; then (' ',low)=2.
     assert merges == [(b"o", b"w"), (b"l", b"ow"), (b" ", b"low")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=4), st.binary(max_size=4)), min_size=2, max_size=6))
+def test_heap_tie_keys_order_pairs_greatest_first(pairs):
+    # The heap pops the smallest key: it must be the greatest (bytes_a, bytes_b), prefixes included.
+    by_key = sorted(pairs, key=lambda pair: _reversed_spelling(pair[0]) + _reversed_spelling(pair[1]))
+    assert by_key == sorted(pairs, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

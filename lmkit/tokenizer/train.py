@@ -59,30 +59,18 @@ class TrainedBpe:
 def _byte_pairs(words: list[bytes], freqs: list[int], shift: int) -> tuple[dict[int, int], dict[int, list[int]]]:
     """Count the adjacent byte pairs of all words (weighted by `freqs`) and list the words holding each pair.
 
-    Vectorized with numpy: a Python loop over every byte of every distinct word is the slowest part of
-    setting up. Returns `{pair: count}` and `{pair: ascending word indices}` with pairs as a * shift + b.
+    Returns `{pair: count}` and `{pair: word indices}` with pairs as a * shift + b. A word holding a pair
+    twice is listed twice; the merge loop finds nothing left to merge the second time.
     """
-    import numpy as np
-
-    if not words:
-        return {}, {}
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    flat = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int64)
-    owner = np.repeat(np.arange(len(words)), lengths)
-    inside = owner[1:] == owner[:-1]  # pairs that do not straddle two words
-    codes = (flat[:-1] * shift + flat[1:])[inside]
-    owner = owner[1:][inside]
-    order = np.argsort(codes, kind="stable")  # stable: each pair's words stay in ascending order
-    codes, owner = codes[order], owner[order]
-    new_code = np.r_[True, codes[1:] != codes[:-1]]
-    starts = np.flatnonzero(new_code)
-    totals = np.add.reduceat(np.asarray(freqs, dtype=np.int64)[owner], starts)
-    counts = dict(zip(codes[starts].tolist(), totals.tolist(), strict=True))
-    first_in_word = new_code | np.r_[True, owner[1:] != owner[:-1]]  # a word holding a pair twice is listed once
-    listed = owner[first_in_word].tolist()
-    bounds = np.flatnonzero(new_code[first_in_word]).tolist() + [len(listed)]
-    where = {code: listed[lo:hi] for code, lo, hi in zip(counts, bounds[:-1], bounds[1:], strict=True)}
-    return counts, where
+    counts: dict[bytes, int] = defaultdict(int)
+    where: dict[bytes, list[int]] = defaultdict(list)
+    for j, word in enumerate(words):
+        f = freqs[j]
+        for i in range(len(word) - 1):
+            pair = word[i : i + 2]  # two-byte slices hash faster than they can be turned into codes here
+            counts[pair] += f
+            where[pair].append(j)
+    return {p[0] * shift + p[1]: c for p, c in counts.items()}, {p[0] * shift + p[1]: js for p, js in where.items()}
 
 
 class _MergeState:
