@@ -6,11 +6,13 @@ import os
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from lmkit import __version__
 from lmkit.cli import ckpt as ckpt_cli
 from lmkit.cli import model as model_cli
+from lmkit.cli import runs as runs_cli
 from lmkit.cli import tokenizer as tokenizer_cli
 from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
@@ -48,7 +50,8 @@ class _LmkitGroup(TyperGroup):
             message = str(exc) or type(exc).__name__
             if status == EXIT_RUNTIME_ERROR:
                 message = f"{type(exc).__name__}: {message} (set LMKIT_DEBUG=1 for a traceback)"
-            err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+            # escape: a message such as 'pip install "lmkit[plot]"' must not lose its brackets to rich markup
+            err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, markup=True)
             raise typer.Exit(status) from None
 
 
@@ -82,6 +85,7 @@ app.command(name="train")(train_cli.train)
 app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspect byte-level BPE tokenizers.")
 app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")
+app.add_typer(runs_cli.app, name="runs", help="List, compare and plot training runs.")
 
 
 def main() -> None:

@@ -21,6 +21,9 @@ def train(
         None, "--until-step", help="Stop after this step with a checkpoint, to resume later."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (metrics.jsonl is still written)."),
+    sweep: str = typer.Option(
+        None, "--sweep", help="One run per value, in OUT_DIR/KEY=VALUE, e.g. --sweep optim.lr=1e-4,3e-4,1e-3."
+    ),
 ) -> None:
     """Train a language model from a TOML run config (or resume a run).
 
@@ -30,8 +33,13 @@ def train(
 
     Checkpoints (last.pt, best.pt), metrics.jsonl and the resolved config.toml go to train.out_dir.
     Ctrl-C finishes the current step, saves last.pt and exits 130; continue with
-    `lmkit train --resume OUT_DIR/last.pt`.
+    `lmkit train --resume OUT_DIR/last.pt`. A sweep trains one run per value, one after another:
+    `lmkit train --config run.toml --sweep optim.lr=1e-4,3e-4,1e-3` (see docs/experiments.md).
     """
+    if sweep is not None:
+        from lmkit.cli.runs import train_sweep
+
+        return train_sweep(config, overrides, sweep, resume, until_step, quiet)
     from lmkit.training.loop import train_from_files
 
     result = train_from_files(config, overrides, resume, until_step, show_progress=not quiet)

@@ -1,0 +1,290 @@
+"""`lmkit runs list / compare / plot` on synthetic run folders: statuses, facts, curve data, images, bad input."""
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lmkit.tracking.plot
+from lmkit.cli.app import app
+from lmkit.tracking.plot import Series, curves, make_figure
+from lmkit.tracking.runs import load_runs, read_run, run_status
+
+NAN = float("nan")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def train_line(step: int, loss: float, lr: float = 1e-3, grad_norm: float = 0.5) -> dict:
+    return {"event": "train", "step": step, "tokens": step * 64, "time_s": step * 0.5, "loss": loss, "lr": lr,
+            "grad_norm": grad_norm, "tokens_per_s": 128.0}  # fmt: skip
+
+
+def eval_line(step: int, val_loss: float) -> dict:
+    return {"event": "eval", "step": step, "tokens": step * 64, "time_s": step * 0.5, "val_loss": val_loss}
+
+
+def make_run(
+    folder: Path,
+    records: list[dict],
+    steps: int = 4,
+    age_s: float = 3600,
+    lr: float = 1e-3,
+    d_model: int = 32,
+    extra_lines: str = "",
+) -> Path:
+    """A run folder as `lmkit train` leaves it: config.toml and metrics.jsonl, last written `age_s` ago."""
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(
+        f'[data]\ntrain = "train.npy"\nval = "val.npy"\ntokenizer = "tokenizer.json"\n'
+        f"[model]\nvocab_size = 256\ncontext_length = 16\nd_model = {d_model}\nnum_layers = 2\nnum_heads = 4\n"
+        f"[optim]\nlr = {lr}\n"
+        f'[train]\nbatch_size = 4\nsteps = {steps}\nout_dir = "{folder}"\n'
+    )
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(record) + "\n" for record in records) + extra_lines)
+    stamp = time.time() - age_s
+    os.utime(metrics, (stamp, stamp))
+    return folder
+
+
+def finished_records() -> list[dict]:
+    return [train_line(1, 5.0), train_line(2, 4.0), eval_line(2, 4.2), train_line(3, 3.5), train_line(4, 3.0),
+            eval_line(4, 3.4)]  # fmt: skip
+
+
+def tiny_parameters(d_model: int) -> int:
+    # embedding + per layer (4 attention matrices + 3 SwiGLU matrices of width 64 + 2 norms) + final norm + head
+    d, d_ff, vocab = d_model, 64, 256
+    return vocab * d + 2 * (4 * d * d + 3 * d * d_ff + 2 * d) + d + d * vocab
+
+
+@pytest.fixture
+def zoo(tmp_path: Path) -> Path:
+    """One run of every status under tmp_path/runs."""
+    runs = tmp_path / "runs"
+    make_run(runs / "done", finished_records())
+    make_run(runs / "live", [train_line(1, 5.0), train_line(2, 4.0)], age_s=5)
+    make_run(runs / "dead", [train_line(1, 5.0), train_line(2, 4.0), eval_line(2, 4.1)])
+    make_run(runs / "group" / "nan", [train_line(1, 5.0), train_line(2, NAN)], age_s=5)
+    make_run(runs / "group" / "blowup", [train_line(1, 5.0), train_line(2, 2.0), train_line(3, 9.0)])
+    return runs
+
+
+def _fails(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = result.stderr
+    assert text.startswith("error: ") and text.count("error:") == 1, text
+    # The console wraps long lines anywhere, even inside a path: compare without whitespace.
+    assert "".join(message.split()) in "".join(text.split())
+    assert "Traceback" not in result.output
+
+
+# --- status ---------------------------------------------------------------------------------------------
+
+
+def test_list_reports_every_run_with_its_status(runner, zoo):
+    result = runner.invoke(app, ["runs", "list", str(zoo), "--json"])
+    assert result.exit_code == 0, result.output
+    runs = {run["name"]: run for run in json.loads(result.stdout)["runs"]}
+    assert {name: run["status"] for name, run in runs.items()} == {
+        "dead": "crashed",
+        "done": "finished",
+        "group/blowup": "diverged",
+        "group/nan": "diverged",
+        "live": "running",
+    }
+    done = runs["done"]
+    assert done["parameters"] == tiny_parameters(32)
+    assert (done["step"], done["total_steps"], done["tokens"], done["time_s"]) == (4, 4, 256, 2.0)
+    assert (done["best_val_loss"], done["final_val_loss"], done["final_train_loss"]) == (3.4, 3.4, 3.0)
+    assert (done["layers"], done["d_model"], done["heads"]) == (2, 32, 4)
+    assert runs["live"]["best_val_loss"] is None
+
+    table = runner.invoke(app, ["runs", "list", str(zoo)])
+    assert table.exit_code == 0, table.output
+    for text in ("group/blowup", "diverged", "crashed", "running", "finished", "4/4", "2x32 h4"):
+        assert text in table.stdout
+
+
+def test_status_rules_at_their_edges(tmp_path):
+    def status(name: str, records: list[dict], age_s: float = 3600, steps: int = 10) -> str:
+        return run_status(read_run(make_run(tmp_path / name, records, steps=steps, age_s=age_s)))
+
+    # A NaN ends a run even when its file was written a moment ago; so does an infinite gradient norm.
+    assert status("nan-val", [train_line(1, 5.0), eval_line(1, NAN)], age_s=0) == "diverged"
+    assert status("inf-grad", [train_line(1, 5.0, grad_norm=math.inf)], age_s=0) == "diverged"
+    # Finishing counts even if the loss spiked on the way.
+    assert status("spiky", [train_line(1, 5.0), train_line(2, 1.0), train_line(3, 4.0)], steps=3) == "finished"
+    # An explosion in a run that is still writing is left to finish or recover.
+    assert status("rising", [train_line(1, 5.0), train_line(2, 1.0), train_line(3, 4.0)], age_s=0) == "running"
+    # Exploding needs both twice the best loss so far and a rise of more than one nat.
+    assert status("double", [train_line(1, 0.01), train_line(2, 0.05)]) == "crashed"
+    assert status("nat", [train_line(1, 6.0), train_line(2, 3.0), train_line(3, 4.5)]) == "crashed"
+    assert status("both", [train_line(1, 6.0), train_line(2, 1.5), train_line(3, 3.1)]) == "diverged"
+    # Running: written within 5 minutes, or within 3 x the longest logging gap for a run that logs rarely.
+    assert status("quiet", [train_line(1, 5.0)], age_s=200) == "running"
+    assert status("stale", [train_line(1, 5.0)], age_s=400) == "crashed"
+    slow = [dict(train_line(1, 5.0), time_s=200.0), dict(train_line(2, 4.0), time_s=400.0)]
+    assert status("slow-logger", slow, age_s=500) == "running"
+    assert status("slow-dead", slow, age_s=700) == "crashed"
+    # total_tokens instead of steps: 1000 tokens at 4 x 16 tokens per step is 16 steps.
+    folder = make_run(tmp_path / "by-tokens", [train_line(16, 3.0)])
+    config = (folder / "config.toml").read_text().replace("steps = 4", "total_tokens = 1000")
+    (folder / "config.toml").write_text(config)
+    assert run_status(read_run(folder)) == "finished"
+
+
+def test_a_line_cut_off_by_a_crash_is_dropped_but_other_damage_is_refused(runner, tmp_path):
+    make_run(tmp_path / "cut" / "a", finished_records(), extra_lines='{"event": "train", "st')
+    result = runner.invoke(app, ["runs", "list", str(tmp_path / "cut"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runs"][0]["status"] == "finished"
+
+    broken = make_run(tmp_path / "bad" / "a", finished_records())
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    _fails(runner.invoke(app, ["runs", "list", str(tmp_path / "bad")]), "line 2 is not JSON")
+
+
+def test_list_bad_input(runner, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")  # no config.toml beside it: not a run
+    _fails(runner.invoke(app, ["runs", "list", str(tmp_path / "empty")]), "no runs found in")
+    _fails(runner.invoke(app, ["runs", "list", str(tmp_path / "nowhere")]), "is not a folder")
+    bad = make_run(tmp_path / "typo" / "a", finished_records())
+    (bad / "config.toml").write_text((bad / "config.toml").read_text().replace("lr =", "lrr ="))
+    _fails(runner.invoke(app, ["runs", "list", str(tmp_path / "typo")]), "unknown key optim.lrr")
+
+
+# --- compare --------------------------------------------------------------------------------------------
+
+
+def test_compare_shows_only_the_fields_that_differ_and_the_metrics(runner, tmp_path):
+    a = make_run(tmp_path / "a", finished_records(), lr=1e-3)
+    b = make_run(tmp_path / "b", [train_line(1, 5.0), train_line(2, 4.5), eval_line(2, 4.6)], lr=3e-3, d_model=64)
+    result = runner.invoke(app, ["runs", "compare", str(a), str(b), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["runs"] == [str(a), str(b)]
+    # out_dir always differs and is left out; min_lr follows lr (lr / 10).
+    assert report["differences"] == {
+        "model.d_model": [32, 64],
+        "model.d_ff": [64, 192],
+        "optim.lr": [1e-3, 3e-3],
+        "optim.min_lr": [1e-3 / 10, 3e-3 / 10],
+    }
+    metrics = report["metrics"]
+    assert metrics["status"] == ["finished", "crashed"]
+    assert metrics["step"] == [4, 2] and metrics["tokens"] == [256, 128]
+    assert metrics["final_train_loss"] == [3.0, 4.5]
+    assert metrics["final_val_loss"] == [3.4, 4.6] and metrics["best_val_loss"] == [3.4, 4.6]
+
+    table = runner.invoke(app, ["runs", "compare", str(a), str(b)])
+    assert table.exit_code == 0, table.output
+    assert "optim.lr" in table.stdout and "model.d_model" in table.stdout and "best_val_loss" in table.stdout
+    assert "train.batch_size" not in table.stdout
+
+
+def test_compare_expands_a_folder_of_runs_and_needs_two(runner, tmp_path):
+    make_run(tmp_path / "sweep" / "optim.lr=1e-3", finished_records(), lr=1e-3)
+    make_run(tmp_path / "sweep" / "optim.lr=1e-2", finished_records(), lr=1e-2)
+    result = runner.invoke(app, ["runs", "compare", str(tmp_path / "sweep"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["differences"]["optim.lr"] == [1e-2, 1e-3]  # sorted by folder name
+    _fails(runner.invoke(app, ["runs", "compare", str(tmp_path / "sweep" / "optim.lr=1e-3")]), "at least two runs")
+    _fails(runner.invoke(app, ["runs", "compare", str(tmp_path / "nope"), str(tmp_path / "sweep")]), "does not exist")
+
+
+# --- curves and plots -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plotted(tmp_path: Path) -> tuple[Path, Path]:
+    """A finished run and a diverged one whose last logged loss is NaN (and a line missing its grad_norm)."""
+    good = make_run(tmp_path / "good", finished_records())
+    partial = {key: value for key, value in train_line(2, 4.0, lr=2e-3).items() if key != "grad_norm"}
+    bad = make_run(
+        tmp_path / "bad",
+        [train_line(1, 5.5, lr=1e-3, grad_norm=2.0), eval_line(1, 5.6), partial, train_line(3, NAN, grad_norm=9.0)],
+    )
+    return good, bad
+
+
+@pytest.mark.parametrize(
+    ("metric", "x", "good", "bad"),
+    [
+        ("val_loss", "steps", ([2, 4], [4.2, 3.4]), ([1], [5.6])),
+        ("val_loss", "tokens", ([128, 256], [4.2, 3.4]), ([64], [5.6])),
+        ("val_loss", "time", ([1.0, 2.0], [4.2, 3.4]), ([0.5], [5.6])),
+        ("train_loss", "steps", ([1, 2, 3, 4], [5.0, 4.0, 3.5, 3.0]), ([1, 2], [5.5, 4.0])),
+        ("train_loss", "time", ([0.5, 1.0, 1.5, 2.0], [5.0, 4.0, 3.5, 3.0]), ([0.5, 1.0], [5.5, 4.0])),
+        ("lr", "steps", ([1, 2, 3, 4], [1e-3] * 4), ([1, 2, 3], [1e-3, 2e-3, 1e-3])),
+        ("grad_norm", "tokens", ([64, 128, 192, 256], [0.5] * 4), ([64, 192], [2.0, 9.0])),
+    ],
+)
+def test_curves_hand_exactly_the_logged_points_to_the_plot(plotted, metric, x, good, bad):
+    series = curves(load_runs(list(plotted)), metric, x)
+    assert series == [
+        Series(label=str(plotted[0]), x=good[0], y=good[1], diverged=False),
+        Series(label=str(plotted[1]), x=bad[0], y=bad[1], diverged=True),
+    ]
+
+
+def test_plot_writes_a_png_from_the_curves_the_command_asked_for(runner, plotted, tmp_path, monkeypatch):
+    handed = []
+    real_draw = lmkit.tracking.plot.draw_curves
+
+    def spy(series, metric, x, out, log_y=False):
+        handed.append((series, metric, x, log_y))
+        real_draw(series, metric, x, out, log_y)
+
+    monkeypatch.setattr(lmkit.tracking.plot, "draw_curves", spy)
+    out = tmp_path / "curves.png"
+    args = ["runs", "plot", *map(str, plotted), "--x", "tokens", "--metric", "train_loss", "--log", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    [(series, metric, x, log_y)] = handed
+    assert (metric, x, log_y) == ("train_loss", "tokens", True)
+    assert [(s.x, s.y, s.diverged) for s in series] == [
+        ([64, 128, 192, 256], [5.0, 4.0, 3.5, 3.0], False),
+        ([64, 128], [5.5, 4.0], True),
+    ]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_the_figure_marks_diverged_runs():
+    series = [Series("ok", [1, 2], [3.0, 2.0], False), Series("blew", [1, 2, 3], [3.0, 2.5, 8.0], True)]
+    axes = make_figure(series, "val_loss", "steps", log_y=True).axes[0]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["ok", "blew (diverged)"]
+    crosses = [line for line in axes.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [3] and list(crosses[0].get_ydata()) == [8.0]
+    assert axes.get_yscale() == "log" and axes.get_xlabel() == "step" and axes.get_ylabel() == "validation loss"
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(runner, plotted, tmp_path, monkeypatch):
+    for name in [name for name in sys.modules if name.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what `import matplotlib` finds when it is not installed
+    out = tmp_path / "curves.png"
+    _fails(runner.invoke(app, ["runs", "plot", str(plotted[0]), "--out", str(out)]), 'pip install "lmkit[plot]"')
+    assert not out.exists()
+
+
+def test_plot_bad_input(runner, plotted, tmp_path):
+    run = str(plotted[0])
+    out = str(tmp_path / "c.png")
+    _fails(runner.invoke(app, ["runs", "plot", run, "--metric", "accuracy", "--out", out]), "unknown metric 'accuracy'")
+    _fails(runner.invoke(app, ["runs", "plot", run, "--x", "epochs", "--out", out]), "unknown x axis 'epochs'")
+    _fails(runner.invoke(app, ["runs", "plot", run, "--out", str(tmp_path / "c.txt")]), "give a file ending in .png")
+    _fails(runner.invoke(app, ["runs", "plot", run, "--out", str(tmp_path / "no" / "c.png")]), "does not exist")
+    _fails(runner.invoke(app, ["runs", "plot", str(tmp_path / "nope"), "--out", out]), "does not exist")
+    (tmp_path / "empty").mkdir()
+    _fails(runner.invoke(app, ["runs", "plot", str(tmp_path / "empty"), "--out", out]), "no runs found")
+    fresh = make_run(tmp_path / "fresh", [train_line(1, 5.0)])
+    _fails(runner.invoke(app, ["runs", "plot", str(fresh), "--out", out]), "have logged no val_loss yet")
+    assert not (tmp_path / "c.png").exists()

@@ -1,0 +1,142 @@
+"""`lmkit train --sweep`: one tiny run per value in sibling folders, divergence and Ctrl-C, and bad sweep specs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmkit
+import lmkit.tracking.sweep
+import lmkit.training.loop
+from lmkit.cli.app import app
+from lmkit.tokenizer.formats import save_tokenizer
+from lmkit.tracking.sweep import parse_sweep, plan_sweep, run_sweep
+from lmkit.training.loop import TrainResult
+
+SHAKESPEARE = Path(lmkit.__file__).parent / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A 3-step run of a tiny model on byte-level tinyshakespeare, into tmp_path/sweep."""
+    save_tokenizer(tmp_path / "tokenizer.json", {i: bytes([i]) for i in range(256)}, [], [])
+    ids = np.frombuffer(SHAKESPEARE.read_bytes()[:30_000], dtype=np.uint8).astype(np.uint16)
+    np.save(tmp_path / "train.npy", ids[:25_000])
+    np.save(tmp_path / "val.npy", ids[25_000:])
+    path = tmp_path / "run.toml"
+    path.write_text(
+        f'[data]\ntrain = "{tmp_path / "train.npy"}"\nval = "{tmp_path / "val.npy"}"\n'
+        f'tokenizer = "{tmp_path / "tokenizer.json"}"\n'
+        "[model]\nvocab_size = 256\ncontext_length = 16\nd_model = 16\nnum_layers = 1\nnum_heads = 2\n"
+        "[optim]\nlr = 1e-3\n"
+        f'[train]\nbatch_size = 4\nsteps = 3\neval_every = 3\neval_batches = 1\nlog_every = 1\ndevice = "cpu"\n'
+        f'out_dir = "{tmp_path / "sweep"}"\n'
+    )
+    return path
+
+
+def sweep(runner, config: Path, spec: str, *args: str):
+    return runner.invoke(app, ["train", "--quiet", "--config", str(config), "--sweep", spec, *args])
+
+
+def _fails(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = result.stderr
+    assert text.startswith("error: ") and text.count("error:") == 1, text
+    # The console wraps long lines anywhere, even inside a path: compare without whitespace.
+    assert "".join(message.split()) in "".join(text.split())
+    assert "Traceback" not in result.output
+
+
+def test_sweep_trains_one_run_per_value_in_sibling_folders(runner, config, tmp_path):
+    result = sweep(runner, config, "optim.lr=1e-3,3e-3", "--set", "optim.warmup_steps=1")
+    assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    assert folders == ["optim.lr=1e-3", "optim.lr=3e-3"]
+    for folder, lr in zip(folders, (1e-3, 3e-3), strict=True):
+        run = tmp_path / "sweep" / folder
+        saved = (run / "config.toml").read_text()
+        assert f"lr = {lr!r}" in saved and "warmup_steps = 1" in saved  # the swept value and the --set override
+        assert f'out_dir = "{run}"' in saved
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in lines if r["event"] == "train"] == [1, 2, 3]
+        assert (run / "last.pt").is_file()
+    assert "finished" in result.stdout and "plot the sweep: lmkit runs plot" in result.stderr
+
+    listed = runner.invoke(app, ["runs", "list", str(tmp_path / "sweep"), "--json"])
+    assert [(r["name"], r["status"]) for r in json.loads(listed.stdout)["runs"]] == [
+        ("optim.lr=1e-3", "finished"),
+        ("optim.lr=3e-3", "finished"),
+    ]
+    compared = json.loads(runner.invoke(app, ["runs", "compare", str(tmp_path / "sweep"), "--json"]).stdout)
+    assert compared["differences"]["optim.lr"] == [1e-3, 3e-3]
+
+
+def test_a_diverging_run_does_not_stop_the_sweep(runner, config, tmp_path, monkeypatch):
+    real, calls = lmkit.training.loop.cross_entropy, []
+
+    def nan_on_second_step_of_first_run(logits, targets):
+        calls.append(1)
+        loss = real(logits, targets)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(lmkit.training.loop, "cross_entropy", nan_on_second_step_of_first_run)
+    result = sweep(runner, config, "train.seed=1,2")
+    assert result.exit_code == 0, result.output
+    assert "diverged" in result.stdout and "finished" in result.stdout
+    assert not (tmp_path / "sweep" / "train.seed=1" / "last.pt").exists()
+    assert (tmp_path / "sweep" / "train.seed=2" / "last.pt").is_file()
+
+
+def test_ctrl_c_stops_the_sweep_after_the_current_run(config, monkeypatch):
+    started = []
+
+    def interrupted_run(config_path, overrides, resume, until_step, show_progress):
+        started.append(overrides)
+        return TrainResult(1, 3, 64, 5.0, None, None, 0.1, None, Path("x/last.pt"), interrupted=True)
+
+    monkeypatch.setattr(lmkit.tracking.sweep, "train_from_files", interrupted_run)
+    plan = plan_sweep(config, [], "optim.lr=1e-3,2e-3,3e-3")
+    outcomes = run_sweep(config, plan, show_progress=False)
+    assert len(started) == 1 and [o.status for o in outcomes] == ["interrupted"]
+
+
+def test_parse_sweep_splits_values_but_not_lists():
+    assert parse_sweep("optim.lr=1e-4, 3e-4,1e-3") == ("optim.lr", ["1e-4", "3e-4", "1e-3"])
+    assert parse_sweep("optim.betas=[0.9, 0.95],[0.9, 0.99]") == ("optim.betas", ["[0.9, 0.95]", "[0.9, 0.99]"])
+
+
+def test_list_values_get_folders_that_hold_them(config, tmp_path):
+    plan = plan_sweep(config, [], "optim.betas=[0.9, 0.95],[0.9, 0.99]")
+    assert [run.out_dir.name for run in plan] == ["optim.betas=_0.9__0.95_", "optim.betas=_0.9__0.99_"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "messages"),
+    [
+        ("optim.lr", ["expected TABLE.KEY=V1,V2,..."]),
+        ("lr=1e-3,3e-3", ["expected TABLE.KEY=V1,V2,..."]),
+        ("optim.lr=1e-3,,3e-3", ["a value is empty"]),
+        ("optim.lrr=1e-3,3e-3", ["--sweep optim.lrr=1e-3:", "run.toml: unknown key optim.lrr; did you mean optim.lr?"]),
+        ("optim.lr=1e-3,-1", ["--sweep optim.lr=-1:", "run.toml: optim.lr: Input should be greater than 0"]),
+        ("train.steps=2,many", ["--sweep train.steps=many:", "train.steps: Input should be a valid integer"]),
+        ("optim.lr=1e-3,1e-3", ["two values give the same run folder"]),
+        ("train.out_dir=a,b", ["cannot sweep train.out_dir"]),
+    ],
+)
+def test_bad_sweep_specs_fail_before_any_run(runner, config, tmp_path, spec, messages):
+    result = sweep(runner, config, spec)
+    for message in messages:
+        _fails(result, message)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_needs_a_config_no_resume_and_fresh_folders(runner, config, tmp_path):
+    _fails(runner.invoke(app, ["train", "--sweep", "optim.lr=1e-3"]), "--sweep needs --config run.toml")
+    _fails(
+        sweep(runner, config, "optim.lr=1e-3", "--resume", str(tmp_path / "x.pt")), "cannot be combined with --resume"
+    )
+    assert sweep(runner, config, "optim.lr=2e-3").exit_code == 0
+    _fails(sweep(runner, config, "optim.lr=1e-3,2e-3"), "optim.lr=2e-3 already holds a run")
+    assert not (tmp_path / "sweep" / "optim.lr=1e-3").exists()
