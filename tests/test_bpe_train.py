@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from lmkit.cli.app import app
 from lmkit.cli.common import err_console
 from lmkit.errors import InputError
-from lmkit.tokenizer import train_bpe
+from lmkit.tokenizer import counting, train_bpe
 from lmkit.tokenizer.counting import count_pretokens
 from lmkit.tokenizer.formats import load_tokenizer
 from lmkit.tokenizer.train import _reversed_spelling, learn_merges
@@ -205,7 +205,9 @@ def test_counts_do_not_depend_on_chunk_size_or_workers(tmp_path, workers, chunk_
     assert counted.documents == len(regex.findall(r"<\|endoftext\|>|<s><s>|<s>", text)) + 1
 
 
-def test_same_merges_with_one_worker_and_two(tmp_path):
+def test_same_merges_with_one_worker_and_two(tmp_path, monkeypatch):
+    monkeypatch.setattr(counting, "PARALLEL_MIN_BYTES", 0)  # a pool even for this small file
+    monkeypatch.setattr(counting, "CHUNK_BYTES", 4096)
     corpus = _tricky_corpus(tmp_path / "tricky.txt")
     one = train_bpe(corpus, 600, [EOT], num_workers=1)
     two = train_bpe(corpus, 600, [EOT], num_workers=2)

@@ -134,25 +134,28 @@ def count_pretokens(
     *,
     num_workers: int | None = None,
     progress: bool = False,
-    chunk_bytes: int = CHUNK_BYTES,
-    parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+    chunk_bytes: int | None = None,
+    parallel_min_bytes: int | None = None,
 ) -> PretokenCounts:
     """Count every pre-token of a UTF-8 corpus file (special tokens split the text and are not counted).
 
-    Files of at least `parallel_min_bytes` are counted by `num_workers` processes (default: one per core);
-    smaller files, or one worker, in this process. Raises InputError for a missing, empty or non-UTF-8 file.
+    The file is read in chunks of about `chunk_bytes` (default `CHUNK_BYTES`). Files of at least
+    `parallel_min_bytes` (default `PARALLEL_MIN_BYTES`) are counted by `num_workers` processes (default: one
+    per core); smaller files, or one worker, in this process. Raises InputError for a missing, empty or
+    non-UTF-8 file.
     """
     size = corpus_size(input_path)
     workers = num_workers or default_workers()
     tokens = tuple(special_tokens)
     total: Counter[str] = Counter()
-    parallel = workers > 1 and size >= parallel_min_bytes
+    min_bytes = PARALLEL_MIN_BYTES if parallel_min_bytes is None else parallel_min_bytes
+    parallel = workers > 1 and size >= min_bytes
     context = _pool_context()
     # The pool is forked before the progress bar starts its drawing thread.
     pool = context.Pool(workers, _start_worker, (context.Barrier(workers),)) if parallel else nullcontext()
     with pool, open(input_path, "rb") as source:
         with progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar:
-            chunks = iter_chunks(source, tokens, chunk_bytes)
+            chunks = iter_chunks(source, tokens, chunk_bytes or CHUNK_BYTES)
             if parallel:
                 specials, ends_in_text = _count_in_pool(pool, workers, chunks, tokens, total, bar)
             else:
