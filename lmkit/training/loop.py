@@ -81,17 +81,20 @@ def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | Non
 
 
 def _read_tokenizer(config: RunConfig) -> str:
-    """The tokenizer file's text, after checking it loads and its ids fit the model's vocabulary."""
+    """The tokenizer file's text (data.tokenizer may also name the folder holding tokenizer.json), after
+    checking it loads and its ids fit the model's vocabulary."""
     from lmkit.tokenizer.formats import load_tokenizer
 
-    vocab, _, _ = load_tokenizer(config.data.tokenizer)
+    path = Path(config.data.tokenizer)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    vocab, _, _ = load_tokenizer(path)
     needed = max(vocab) + 1
     if config.model.vocab_size < needed:
         raise InputError(
             f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-            f"({needed} ids in {config.data.tokenizer})"
+            f"({needed} ids in {path})"
         )
-    return Path(config.data.tokenizer).read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8")
 
 
 def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:

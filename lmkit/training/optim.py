@@ -92,7 +92,7 @@ def _update_loop(params: list[nn.Parameter], states: list[dict], group: dict) ->
     decay = 1 - group["lr"] * group["weight_decay"]
     for p, state in zip(params, states, strict=True):
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+        m.lerp_(p.grad, 1 - beta1)  # b1 m + (1 - b1) g in one pass over m
         v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
         p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-_step_size(group, state["step"]))
         if group["weight_decay"]:
@@ -104,8 +104,7 @@ def _update_foreach(params: list[nn.Parameter], states: list[dict], group: dict)
     grads = [p.grad for p in params]
     ms = [s["exp_avg"] for s in states]
     vs = [s["exp_avg_sq"] for s in states]
-    torch._foreach_mul_(ms, beta1)
-    torch._foreach_add_(ms, grads, alpha=1 - beta1)
+    torch._foreach_lerp_(ms, grads, 1 - beta1)  # b1 m + (1 - b1) g in one pass over m
     torch._foreach_mul_(vs, beta2)
     torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
     denoms = torch._foreach_sqrt(vs)
