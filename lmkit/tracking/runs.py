@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmkit.accounting import parameter_counts
 from lmkit.errors import InputError
-from lmkit.model import ModelConfig
 from lmkit.training.config import RunConfig, load_config
 
 STATUSES = ("finished", "running", "crashed", "diverged")
@@ -166,16 +166,6 @@ def run_status(run: Run, now: float | None = None) -> str:
     return "diverged" if _exploded(run.values("train", "loss")) else "crashed"
 
 
-def parameter_count(model: ModelConfig) -> int:
-    """The model's parameters (a tied head counted once), from a weightless copy built on the meta device."""
-    import torch
-
-    from lmkit.model import TransformerLM
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in TransformerLM(model).parameters())
-
-
 def _finite_min(values: list[float]) -> float | None:
     finite = [v for v in values if math.isfinite(v)]
     return min(finite) if finite else None
@@ -191,7 +181,7 @@ def run_summary(run: Run, now: float | None = None) -> dict[str, Any]:
         "layers": model.num_layers,
         "d_model": model.d_model,
         "heads": model.num_heads,
-        "parameters": parameter_count(model),
+        "parameters": parameter_counts(model)["total"],
         "step": run.last("step") or 0,
         "total_steps": run.config.total_steps,
         "tokens": run.last("tokens") or 0,
