@@ -1,6 +1,7 @@
 """`lmkit train` and `lmkit ckpt info` end to end: exact resume, learning, interruption, every bad input."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -188,6 +189,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(runner, wo
     assert result.exit_code == 1
     assert "loss is nan at step 7" in result.stderr
     assert torch.load(workdir / "out" / "last.pt", weights_only=True)["iteration"] == 5
+    last = metrics(workdir / "out")[-1]
+    assert last["step"] == 7 and math.isnan(last["loss"])
 
 
 def test_ctrl_c_saves_and_exits_130_with_a_resume_hint(workdir):

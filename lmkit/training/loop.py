@@ -36,7 +36,11 @@ from lmkit.training.schedule import get_lr_cosine_schedule
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the weights of the failing step were not applied."""
+    """The loss became NaN or infinite (`loss`); the weights of the failing step were not applied."""
+
+    def __init__(self, message: str, loss: float) -> None:
+        super().__init__(message)
+        self.loss = loss
 
 
 @dataclass
@@ -182,6 +186,9 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         self.forward = torch.compile(self.model) if config.train.compile else self.model
+        self._throughput = _Throughput()
+        self.tokens_per_s: float | None = None
+        self._started = time.perf_counter()
 
     def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
         data, model = self.config.data, self.config.model
@@ -233,7 +240,8 @@ class Trainer:
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"the loss is {loss_value} at step {self.step + 1}; stopped before applying it "
-                f"(the last checkpoint in {self.out_dir} is untouched); try a lower optim.lr or a grad_clip"
+                f"(the last checkpoint in {self.out_dir} is untouched); try a lower optim.lr or a grad_clip",
+                loss_value,
             )
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip or math.inf)
         self.optimizer.step()
@@ -276,47 +284,31 @@ class Trainer:
 
     def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
         """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step."""
-        train = self.config.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.out_dir / "config.toml", "w") as handle:
             handle.write(to_toml(self.config))
-        resumed_at = self.step if self.step else None
         last_step = min(self.total_steps, until_step or self.total_steps)
-        started = time.perf_counter()
-        interval_tokens, interval_time, tokens_per_s = 0, 0.0, None
+        self._started = time.perf_counter()
         with (
-            MetricsLog(self.out_dir / "metrics.jsonl", resumed_at) as metrics,
+            MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step or None) as metrics,
             _stop_on_ctrl_c() as stop,
             progress_bar("Training", last_step - self.step, "steps", enabled=show_progress) as bar,
         ):
             while self.step < last_step and not stop.is_set():
                 step_start = time.perf_counter()
-                self.train_loss, lr, grad_norm = self.train_step()
-                interval_time += time.perf_counter() - step_start
-                interval_tokens += self.config.tokens_per_step
-                elapsed = self.elapsed_before + time.perf_counter() - started
-                done = self.step == self.total_steps
-                facts = {"step": self.step, "tokens": self.tokens_seen, "time_s": round(elapsed, 3)}
-                if self.step % train.log_every == 0 or done:
-                    tokens_per_s = interval_tokens / interval_time
-                    metrics.write(
-                        "train", **facts, loss=self.train_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s
-                    )
-                    interval_tokens, interval_time = 0, 0.0
-                if self.step % train.eval_every == 0 or done:
-                    self.val_loss = self.evaluate()
-                    metrics.write("eval", **facts, val_loss=self.val_loss)
-                    if self.best_val_loss is None or self.val_loss < self.best_val_loss:
-                        self.best_val_loss = self.val_loss
-                        self.save("best.pt", elapsed)
-                if self.step % train.ckpt_every == 0 or done:
-                    self.save("last.pt", elapsed)
+                try:
+                    self.train_loss, lr, grad_norm = self.train_step()
+                except TrainingDiverged as diverged:  # logged, so run tracking sees the divergence
+                    step, tokens = self.step + 1, self.tokens_seen + self.config.tokens_per_step
+                    metrics.write("train", step=step, tokens=tokens, time_s=self._elapsed(), loss=diverged.loss)
+                    raise
+                self._throughput.add(self.config.tokens_per_step, time.perf_counter() - step_start)
+                self._after_step(metrics, lr, grad_norm)
                 bar.advance(1)
-                rate = f" {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
+                rate = f" {self.tokens_per_s:,.0f} tok/s" if self.tokens_per_s else ""
                 bar.update(description=f"step {self.step} loss {self.train_loss:.3f} lr {lr:.2e}{rate}")
-            elapsed = self.elapsed_before + time.perf_counter() - started
-            if self.step < self.total_steps and self.step % train.ckpt_every:
-                self.save("last.pt", elapsed)
+            if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
+                self.save("last.pt", self._elapsed())
         return TrainResult(
             step=self.step,
             total_steps=self.total_steps,
@@ -324,11 +316,51 @@ class Trainer:
             train_loss=self.train_loss,
             val_loss=self.val_loss,
             best_val_loss=self.best_val_loss,
-            elapsed_s=elapsed,
-            tokens_per_s=tokens_per_s,
+            elapsed_s=self._elapsed(),
+            tokens_per_s=self.tokens_per_s,
             checkpoint=self.out_dir / "last.pt",
             interrupted=stop.is_set(),
         )
+
+    def _elapsed(self) -> float:
+        """Wall-clock seconds of training, counting the time before a resume."""
+        return round(self.elapsed_before + time.perf_counter() - self._started, 3)
+
+    def _after_step(self, metrics: MetricsLog, lr: float, grad_norm: float) -> None:
+        """Log, evaluate (saving best.pt on a new best) and checkpoint, each when its interval comes round."""
+        train, elapsed = self.config.train, self._elapsed()
+        done = self.step == self.total_steps
+        facts = {"step": self.step, "tokens": self.tokens_seen, "time_s": elapsed}
+        if self.step % train.log_every == 0 or done:
+            self.tokens_per_s = self._throughput.rate()
+            metrics.write(
+                "train", **facts, loss=self.train_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=self.tokens_per_s
+            )
+        if self.step % train.eval_every == 0 or done:
+            self.val_loss = self.evaluate()
+            metrics.write("eval", **facts, val_loss=self.val_loss)
+            if self.best_val_loss is None or self.val_loss < self.best_val_loss:
+                self.best_val_loss = self.val_loss
+                self.save("best.pt", elapsed)
+        if self.step % train.ckpt_every == 0 or done:
+            self.save("last.pt", elapsed)
+
+
+class _Throughput:
+    """Tokens per second of training steps alone (evaluation and checkpoints excluded), since the last rate()."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def rate(self) -> float:
+        """The rate since the previous call; starts a new interval."""
+        rate = self.tokens / self.seconds
+        self.tokens, self.seconds = 0, 0.0
+        return rate
 
 
 def train_from_files(
