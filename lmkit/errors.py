@@ -1,5 +1,12 @@
 """The error types that the library raises and the command line turns into exit statuses."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class InputError(ValueError):
     """Something the user handed lmkit is wrong: the CLI prints the message on one line and exits 2.
@@ -8,12 +15,12 @@ class InputError(ValueError):
     """
 
 
-def validation_error_message(err: Exception) -> str:
+def validation_error_message(err: ValidationError) -> str:
     """One line naming the offending field and why, from a pydantic ValidationError.
 
     Only the first problem is reported: fixing it and trying again is how users work through a config.
     """
-    first = err.errors()[0]  # type: ignore[attr-defined]
+    first = err.errors()[0]
     field = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
