@@ -8,17 +8,14 @@ pair, never a scan of the merge list.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
 
-import regex
-
 from lmkit.errors import InputError
+from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.formats import (
     Merges,
     Vocab,
@@ -28,47 +25,12 @@ from lmkit.tokenizer.formats import (
     save_tokenizer,
     to_hf_json,
 )
-from lmkit.tokenizer.pretokenize import (
-    PRETOKEN_RE,
-    check_special_tokens,
-    iter_chunks,
-    special_token_regex,
-    split_on_special,
-)
+from lmkit.tokenizer.pretokenize import check_special_tokens, iter_chunks, special_token_regex, split_on_special
 
 TOKENIZER_FILE = "tokenizer.json"
 # Bounds the pre-token cache (about 150 bytes an entry): enough for every common word of a large corpus.
 _CACHE_LIMIT = 1 << 19
 _NO_MERGE = 1 << 62
-_BEYOND_BMP_RE = re.compile("[\U00010000-\U0010ffff]")
-
-
-@functools.cache
-def _bmp_pretoken_re() -> re.Pattern:
-    """GPT-2's pattern for text without characters above U+FFFF, compiled by the standard `re` module.
-
-    `re` matches about twice as fast as `regex` but has no `\\p{...}` classes, so each class is spelled out
-    as the ranges of Basic Multilingual Plane characters that `regex` puts in it. `re` keeps such a class
-    in a lookup table; characters above U+FFFF would turn it into a slow list of ranges, hence the limit.
-    """
-    bmp = "".join(map(chr, range(0x10000)))
-
-    def ranges(prop: str) -> str:
-        runs = ((m.start(), m.end() - 1) for m in regex.finditer(prop + "+", bmp))
-        return "".join(re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b))) for a, b in runs)
-
-    letters, numbers, spaces = ranges(r"\p{L}"), ranges(r"\p{N}"), ranges(r"\s")
-    return re.compile(
-        f"'(?:[sdmt]|ll|ve|re)| ?[{letters}]+| ?[{numbers}]+| ?[^{spaces}{letters}{numbers}]+"
-        f"|[{spaces}]+(?![^{spaces}])|[{spaces}]+"
-    )
-
-
-def split_pretokens(text: str) -> list[str]:
-    """The GPT-2 pre-tokens of a text without special tokens: `pretokens(text)`, about twice as fast."""
-    if _BEYOND_BMP_RE.search(text):
-        return PRETOKEN_RE.findall(text)
-    return _bmp_pretoken_re().findall(text)
 
 
 class Tokenizer:

@@ -1,0 +1,79 @@
+"""Benchmark: encoding a corpus with the GPT-2 vocabulary, lmkit against tiktoken, side by side.
+
+Usage: python benchmarks/encode.py [CORPUS] [--workers 1 2] [--rounds 2] [--anchors /work/shared/bench]
+
+Each round runs the anchor (`tiktoken_encode.py`: tiktoken, one thread, which also saves its ids beside the
+corpus) and then `encode_file` (what `lmkit tokenizer encode` runs) once per worker count, each with a fresh
+tokenizer so its cache starts empty. It prints MB/s, the ratio to tiktoken in the same round, and whether
+lmkit's .npy holds exactly tiktoken's ids. Build the corpus with `bash build_corpus.sh CORPUS` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.encode import encode_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def tiktoken_mb_per_s(anchors: Path, corpus: Path) -> float:
+    """Run the anchor script and read the MB/s it prints."""
+    out = subprocess.run(
+        [sys.executable, str(anchors / "tiktoken_encode.py"), str(corpus), str(FIXTURES / "gpt2_vocab.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(re.search(r"([\d.]+) MB/s", out).group(1))
+
+
+def lmkit_mb_per_s(base: Tokenizer, corpus: Path, workers: int, reference: np.ndarray) -> tuple[float, bool]:
+    """Encode the corpus with `workers` processes; return MB/s and whether the ids equal `reference`."""
+    tokenizer = Tokenizer(base.vocab, base.merges, base.special_tokens)  # a cold cache, as in a fresh run
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "tokens.npy"
+        summary = encode_file(corpus, tokenizer, out, workers=workers, show_progress=False)
+        same = np.array_equal(np.load(out, mmap_mode="r"), reference)
+    return summary["MB/s"], same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", nargs="?", type=Path, default=Path("/tmp/bench/corpus.txt"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--anchors", type=Path, default=Path("/work/shared/bench"))
+    args = parser.parse_args()
+    base = Tokenizer.from_files(FIXTURES / "gpt2_vocab.json", FIXTURES / "gpt2_merges.txt", ["<|endoftext|>"])
+    size = args.corpus.stat().st_size
+    print(f"corpus {args.corpus}: {size / 1e6:.1f} MB; GPT-2 vocabulary; MB/s of the whole file, cold cache")
+    ratios: dict[int, list[float]] = {w: [] for w in args.workers}
+    anchor_runs = []
+    for round_index in range(args.rounds):
+        anchor = tiktoken_mb_per_s(args.anchors, args.corpus)
+        anchor_runs.append(anchor)
+        reference = np.load(f"{args.corpus}.tiktoken.npy")
+        line = [f"round {round_index + 1}: tiktoken {anchor:.2f} MB/s"]
+        for workers in args.workers:
+            speed, same = lmkit_mb_per_s(base, args.corpus, workers, reference)
+            ratios[workers].append(speed / anchor)
+            line.append(f"lmkit --workers {workers} {speed:.2f} MB/s ({speed / anchor:.2f}x, ids identical: {same})")
+        print(" | ".join(line), flush=True)
+    print(f"median tiktoken: {statistics.median(anchor_runs):.2f} MB/s")
+    for workers, values in ratios.items():
+        print(f"median ratio lmkit --workers {workers} / tiktoken: {statistics.median(values):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
