@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from lmkit import __version__
 from lmkit.cli import ckpt as ckpt_cli
+from lmkit.cli import generate as generate_cli
 from lmkit.cli import model as model_cli
 from lmkit.cli import runs as runs_cli
 from lmkit.cli import tokenizer as tokenizer_cli
@@ -82,6 +83,7 @@ def _root(
 
 
 app.command(name="train")(train_cli.train)
+app.command(name="generate")(generate_cli.generate)
 app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspect byte-level BPE tokenizers.")
 app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")
