@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from functools import cache
 
 from lmkit.progress import progress_bar
+from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.pretokenize import (
-    PRETOKEN_RE,
     corpus_size,
     decode_chunk,
     iter_chunks,
@@ -56,7 +56,7 @@ def _count_chunk(offset: int, chunk: bytes, special_tokens: tuple[str, ...], int
         if is_special:
             specials += 1
         else:
-            into.update(PRETOKEN_RE.findall(piece))
+            into.update(split_pretokens(piece))
         ends_in_text = not is_special
     return specials, ends_in_text
 
