@@ -37,11 +37,6 @@ CHUNK_BYTES = 1 << 20
 _NPY_HEADER_BYTES = 128
 
 
-def token_dtype(tokenizer: Tokenizer) -> np.dtype:
-    """uint16 when every id fits in 16 bits, else uint32."""
-    return np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-
-
 def split_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """The train and validation files for `out`: `tokens.npy` -> `tokens.train.npy`, `tokens.val.npy`."""
     out = Path(out)
@@ -119,30 +114,29 @@ def _start_worker(tokenizer: Tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes, dtype: np.dtype) -> np.ndarray:
-    return np.array(tokenizer.encode(decode_chunk(offset, chunk)), dtype=dtype)
+def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes) -> np.ndarray:
+    return tokenizer.encode_array(decode_chunk(offset, chunk))
 
 
-def _encode_in_worker(offset: int, chunk: bytes, dtype: np.dtype) -> np.ndarray:
-    return _encode_chunk(_worker_tokenizer, offset, chunk, dtype)
+def _encode_in_worker(offset: int, chunk: bytes) -> np.ndarray:
+    return _encode_chunk(_worker_tokenizer, offset, chunk)
 
 
 def _encoded_chunks(
     chunks: Iterable[tuple[int, bytes]],
     tokenizer: Tokenizer,
-    dtype: np.dtype,
     pool: multiprocessing.pool.Pool | None,
     workers: int,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(chunk bytes, ids)` in corpus order, keeping at most a few chunks in flight per worker."""
     if pool is None:
         for offset, chunk in chunks:
-            yield len(chunk), _encode_chunk(tokenizer, offset, chunk, dtype)
+            yield len(chunk), _encode_chunk(tokenizer, offset, chunk)
         return
     in_flight: deque = deque()
     limit = 2 * workers  # enough to keep every worker busy while the oldest result is written
     for offset, chunk in chunks:
-        in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, chunk, dtype))))
+        in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, chunk))))
         if len(in_flight) > limit:
             size, result = in_flight.popleft()
             yield size, result.get()
@@ -172,7 +166,7 @@ def encode_file(
     paths = list(split_paths(out)) if val_fraction > 0 else [Path(out)]
     for path in paths:
         check_output_path(path)
-    dtype = token_dtype(tokenizer)
+    dtype = tokenizer.dtype
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # Workers start before the progress bar's drawing thread, so none is forked while it holds a lock.
@@ -186,7 +180,7 @@ def encode_file(
         source = stack.enter_context(open(corpus, "rb"))
         bar = stack.enter_context(progress_bar("Encoding", total=size, unit="MB", scale=1e6, enabled=show_progress))
         chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
-        for chunk_size, ids in _encoded_chunks(chunks, tokenizer, dtype, pool, workers):
+        for chunk_size, ids in _encoded_chunks(chunks, tokenizer, pool, workers):
             sink.write(ids)
             bar.advance(chunk_size)
         sink.finish()

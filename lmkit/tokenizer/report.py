@@ -35,9 +35,9 @@ def describe_sample(tokenizer: Tokenizer, sample: str | os.PathLike, top: int = 
         for offset, chunk in iter_chunks(source, tokenizer.special_tokens, CHUNK_BYTES):
             text = decode_chunk(offset, chunk)
             start = time.perf_counter()
-            ids = tokenizer.encode(text)
+            ids = tokenizer.encode_array(text)
             seconds += time.perf_counter() - start
-            counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(counts))
+            counts += np.bincount(ids, minlength=len(counts))
     tokens = int(counts.sum())
     frequent = np.argsort(-counts, kind="stable")[:top]
     return {

@@ -3,16 +3,20 @@
 Encoding splits the text on special tokens, cuts the rest into GPT-2 pre-tokens, and turns each pre-token
 into ids by repeatedly merging its adjacent pair of lowest merge rank. Most pre-tokens repeat, so the ids of
 each pre-token are cached; a pre-token seen for the first time is merged with a rank lookup per adjacent
-pair, never a scan of the merge list.
+pair, never a scan of the merge list. The cache holds ids packed as machine integers (uint16 or uint32,
+like the `.npy` files), so the ids of a whole text are one `bytes.join` of cached values.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from array import array
 from collections.abc import Iterable, Iterator
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
+
+import numpy as np
 
 from lmkit.errors import InputError
 from lmkit.tokenizer.fast_pretokenize import split_pretokens
@@ -72,7 +76,10 @@ class Tokenizer:
             self.merges.append((a, b))
         self._byte_ids = [token_ids[bytes([b])] for b in range(256)]
         self._special_re = special_token_regex(self.special_tokens)
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self.dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+        self._typecode = next(code for code in "HIL" if array(code).itemsize == self.dtype.itemsize)
+        self._special_packed = {t: self._pack([i]) for t, i in self.special_ids.items()}
+        self._cache: dict[str, bytes] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -116,15 +123,11 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`; each special token becomes its one id."""
-        if self._special_re is None:
-            return self._encode_ordinary(text)
-        ids: list[int] = []
-        for piece, is_special in split_on_special(text, self._special_re):
-            if is_special:
-                ids.append(self.special_ids[piece])
-            else:
-                ids.extend(self._encode_ordinary(piece))
-        return ids
+        return array(self._typecode, self._encode_packed(text)).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids of `text` as a read-only numpy array of `self.dtype` (uint16 when every id fits, else uint32)."""
+        return np.frombuffer(self._encode_packed(text), dtype=self.dtype)
 
     def encode_iterable(self, texts: Iterable[str], chunk_bytes: int = 1 << 16) -> Iterator[int]:
         """Yield the ids of the concatenated `texts` (e.g. the lines of an open file), with bounded memory.
@@ -133,7 +136,7 @@ class Tokenizer:
         are exactly those of `encode` on the whole text.
         """
         for _, chunk in iter_chunks(_Utf8Stream(texts), self.special_tokens, chunk_bytes):
-            yield from self.encode(chunk.decode("utf-8"))
+            yield from array(self._typecode, self._encode_packed(chunk.decode("utf-8")))
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`: their bytes joined and decoded as UTF-8, bad sequences replaced by U+FFFD."""
@@ -146,15 +149,29 @@ class Tokenizer:
             ) from None
         return data.decode("utf-8", errors="replace")
 
-    def _encode_ordinary(self, text: str) -> list[int]:
-        """The ids of a text holding no special tokens, through the pre-token cache."""
+    def _pack(self, ids: Iterable[int]) -> bytes:
+        return array(self._typecode, ids).tobytes()
+
+    def _encode_packed(self, text: str) -> bytes:
+        """The ids of `text`, packed."""
+        if self._special_re is None:
+            return self._encode_ordinary(text)
+        return b"".join(
+            self._special_packed[piece] if is_special else self._encode_ordinary(piece)
+            for piece, is_special in split_on_special(text, self._special_re)
+        )
+
+    def _encode_ordinary(self, text: str) -> bytes:
+        """The packed ids of a text holding no special tokens, through the pre-token cache."""
         pieces = split_pretokens(text)
         found = list(map(self._cache.get, pieces))
-        if None in found:
+        try:
+            return b"".join(found)
+        except TypeError:  # a None: some pre-token is not cached yet
             self._fill_misses(pieces, found)
-        return list(chain.from_iterable(found))
+            return b"".join(found)
 
-    def _fill_misses(self, pieces: list[str], found: list[tuple[int, ...] | None]) -> None:
+    def _fill_misses(self, pieces: list[str], found: list[bytes | None]) -> None:
         """Merge the pre-tokens missing from the cache, cache them, and put their ids into `found`."""
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
@@ -166,12 +183,12 @@ class Tokenizer:
                 piece = pieces[i]
                 ids = cache.get(piece)  # a pre-token may be new twice in one text
                 if ids is None:
-                    ids = cache[piece] = self._merge_pretoken(piece)
+                    ids = cache[piece] = self._pack(self._merge_pretoken(piece))
                 found[i] = ids
         except ValueError:
             pass
 
-    def _merge_pretoken(self, piece: str) -> tuple[int, ...]:
+    def _merge_pretoken(self, piece: str) -> list[int]:
         """BPE on one pre-token: merge the leftmost adjacent pair of lowest rank until no pair has a rank.
 
         `ranks[i]` is the rank of the pair `(ids[i], ids[i + 1])`, and a final `_NO_MERGE` stands for the
@@ -189,7 +206,7 @@ class Tokenizer:
                 ranks[i] = rank_of((new, ids[i + 1]), _NO_MERGE)
             if i > 0:
                 ranks[i - 1] = rank_of((ids[i - 1], new), _NO_MERGE)
-        return tuple(ids)
+        return ids
 
 
 class _Utf8Stream:
