@@ -55,7 +55,7 @@ def _no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_cli_writes_tiktoken_ids(runner, tok_file: Path, corpus: Path, tmp_path: Path) -> None:
+def test_cli_writes_tiktoken_ids(runner, gpt2: Tokenizer, tok_file: Path, corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens.npy"
     result = runner.invoke(
         app, ["tokenizer", "encode", str(corpus), "--tokenizer", str(tok_file), "--out", str(out), "--json"]
@@ -64,6 +64,7 @@ def test_cli_writes_tiktoken_ids(runner, tok_file: Path, corpus: Path, tmp_path:
     tokens = np.load(out, mmap_mode="r")
     expected = tiktoken_ids(corpus.read_text(encoding="utf-8"))
     assert tokens.dtype == np.uint16 and tokens.tolist() == expected
+    assert gpt2.decode(tokens) == corpus.read_text(encoding="utf-8")
     summary = json.loads(result.stdout)
     assert summary["tokens"] == len(expected)
     assert summary["bytes"] == corpus.stat().st_size
@@ -111,7 +112,8 @@ def test_val_fraction_splits_by_documents(runner, tok_file: Path, tmp_path: Path
     val_docs = [9, 19]  # every tenth document
     assert val == sum((tiktoken_ids(docs[i]) for i in val_docs), [])
     assert train == sum((tiktoken_ids(d) for i, d in enumerate(docs) if i not in val_docs), [])
-    assert json.loads(result.stdout)["documents"] == 20
+    summary = json.loads(result.stdout)
+    assert (summary["documents"], summary["train tokens"], summary["val tokens"]) == (20, len(train), len(val))
 
 
 def test_val_split_is_the_same_across_chunks(gpt2: Tokenizer, tmp_path: Path) -> None:

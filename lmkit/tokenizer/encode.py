@@ -126,18 +126,17 @@ def _encoded_chunks(
     chunks: Iterable[tuple[int, bytes]],
     tokenizer: Tokenizer,
     pool: multiprocessing.pool.Pool | None,
-    workers: int,
+    in_flight_limit: int,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield `(chunk bytes, ids)` in corpus order, keeping at most a few chunks in flight per worker."""
+    """Yield `(chunk bytes, ids)` in corpus order: in this process, or in `pool` with a bounded backlog."""
     if pool is None:
         for offset, chunk in chunks:
             yield len(chunk), _encode_chunk(tokenizer, offset, chunk)
         return
     in_flight: deque = deque()
-    limit = 2 * workers  # enough to keep every worker busy while the oldest result is written
     for offset, chunk in chunks:
         in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, chunk))))
-        if len(in_flight) > limit:
+        if len(in_flight) > in_flight_limit:
             size, result = in_flight.popleft()
             yield size, result.get()
     while in_flight:
@@ -174,13 +173,15 @@ def encode_file(
         if workers > 1:
             pool = stack.enter_context(multiprocessing.Pool(workers, _start_worker, (tokenizer,)))
         writers = [_NpyWriter(stack.enter_context(atomic_write(path)), dtype) for path in paths]
-        sink = writers[0] if len(writers) == 1 else None
-        if sink is None:
-            sink = _DocumentSplitter(*writers, tokenizer.special_ids[tokenizer.special_tokens[0]], val_fraction)
+        sink = writers[0]
+        if val_fraction > 0:
+            separator = tokenizer.special_ids[tokenizer.special_tokens[0]]
+            sink = _DocumentSplitter(*writers, separator, val_fraction)
         source = stack.enter_context(open(corpus, "rb"))
         bar = stack.enter_context(progress_bar("Encoding", total=size, unit="MB", scale=1e6, enabled=show_progress))
         chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
-        for chunk_size, ids in _encoded_chunks(chunks, tokenizer, pool, workers):
+        # Two chunks in flight per worker keep every worker busy while the oldest result is written.
+        for chunk_size, ids in _encoded_chunks(chunks, tokenizer, pool, 2 * workers):
             sink.write(ids)
             bar.advance(chunk_size)
         sink.finish()
@@ -188,16 +189,16 @@ def encode_file(
     tokens = sum(w.count for w in writers)
     summary: dict[str, object] = {
         "corpus": str(corpus),
+        "output": ", ".join(map(str, paths)),
+        "dtype": dtype.name,
         "bytes": size,
         "tokens": tokens,
         "bytes/token": size / max(tokens, 1),
-        "seconds": seconds,
+        "seconds": round(seconds, 3),
         "MB/s": size / seconds / 1e6,
         "workers": workers,
-        "dtype": dtype.name,
     }
-    for path, writer in zip(paths, writers, strict=True):
-        summary[f"tokens in {path.name}"] = writer.count
     if isinstance(sink, _DocumentSplitter):
         summary["documents"] = sink.documents
+        summary["train tokens"], summary["val tokens"] = sink.train.count, sink.val.count
     return summary

@@ -48,23 +48,10 @@ class Tokenizer:
     def __init__(self, vocab: Vocab, merges: Merges, special_tokens: Iterable[str] | None = None) -> None:
         self.vocab: Vocab = dict(vocab)
         self.special_tokens: list[str] = check_special_tokens(special_tokens)
-        token_ids: dict[bytes, int] = {}
-        for token_id in sorted(self.vocab):
-            token_ids.setdefault(self.vocab[token_id], token_id)
-        for token in self.special_tokens:
-            if token.encode("utf-8") not in token_ids:
-                new_id = max(self.vocab, default=-1) + 1
-                self.vocab[new_id] = token.encode("utf-8")
-                token_ids[token.encode("utf-8")] = new_id
-        missing = [b for b in range(256) if bytes([b]) not in token_ids]
-        if missing:
-            raise InputError(
-                f"the vocabulary lacks {len(missing)} of the 256 single bytes (e.g. 0x{missing[0]:02x}); "
-                "a byte-level BPE vocabulary must hold every byte"
-            )
+        token_ids = self._index_tokens()
         self.special_ids: dict[str, int] = {t: token_ids[t.encode("utf-8")] for t in self.special_tokens}
         self.merges: Merges = []
-        self._ranks: dict[tuple[int, int], int] = {}
+        self._ranks: dict[tuple[int, int], int] = {}  # (id, id) -> rank of the merge of that pair
         self._products: list[int] = []  # the id each merge creates, by rank
         for a, b in merges:
             pair = (token_ids.get(a), token_ids.get(b))
@@ -79,7 +66,25 @@ class Tokenizer:
         self.dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         self._typecode = next(code for code in "HIL" if array(code).itemsize == self.dtype.itemsize)
         self._special_packed = {t: self._pack([i]) for t, i in self.special_ids.items()}
-        self._cache: dict[str, bytes] = {}
+        self._cache: dict[str, bytes] = {}  # pre-token -> its packed ids
+
+    def _index_tokens(self) -> dict[bytes, int]:
+        """Map bytes to the lowest id holding them, after appending missing special tokens to the vocabulary."""
+        token_ids: dict[bytes, int] = {}
+        for token_id in sorted(self.vocab):
+            token_ids.setdefault(self.vocab[token_id], token_id)
+        for token in self.special_tokens:
+            token = token.encode("utf-8")
+            if token not in token_ids:
+                token_ids[token] = max(self.vocab) + 1 if self.vocab else 0
+                self.vocab[token_ids[token]] = token
+        missing = [b for b in range(256) if bytes([b]) not in token_ids]
+        if missing:
+            raise InputError(
+                f"the vocabulary lacks {len(missing)} of the 256 single bytes (e.g. 0x{missing[0]:02x}); "
+                "a byte-level BPE vocabulary must hold every byte"
+            )
+        return token_ids
 
     @property
     def vocab_size(self) -> int:
