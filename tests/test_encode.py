@@ -11,6 +11,7 @@ import pytest
 from gpt2_reference import EOT, tiktoken_gpt2, tiktoken_ids
 
 from lmkit.cli.app import app
+from lmkit.errors import InputError
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.encode import encode_file, npy_header
 
@@ -204,13 +205,23 @@ def test_corrupt_tokenizer_file(runner, corpus: Path, tmp_path: Path, content: s
     assert not (tmp_path / "t.npy").exists()
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_corpus_that_is_not_utf8(runner, tok_file: Path, tmp_path: Path, workers: str) -> None:
-    corpus = tmp_path / "latin1.txt"
+def _latin1_corpus(folder: Path) -> tuple[Path, str]:
+    corpus = folder / "latin1.txt"
     corpus.write_bytes("café au lait\n".encode() * 1000 + "déjà vu\n".encode("latin-1"))
-    result = _encode(runner, corpus, tok_file, tmp_path / "t.npy", "--workers", workers)
-    assert result.exit_code == 2
-    assert f"the corpus is not UTF-8: invalid byte 0xe9 at byte {14 * 1000 + 1:,}" in _error(result)
+    return corpus, f"the corpus is not UTF-8: invalid byte 0xe9 at byte {14 * 1000 + 1:,}"
+
+
+def test_corpus_that_is_not_utf8(runner, tok_file: Path, tmp_path: Path) -> None:
+    corpus, message = _latin1_corpus(tmp_path)
+    result = _encode(runner, corpus, tok_file, tmp_path / "t.npy")
+    assert result.exit_code == 2 and message in _error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.txt"]
+
+
+def test_bad_utf8_found_by_a_worker_process(gpt2: Tokenizer, tmp_path: Path) -> None:
+    corpus, message = _latin1_corpus(tmp_path)
+    with pytest.raises(InputError, match=message):
+        encode_file(corpus, gpt2, tmp_path / "t.npy", workers=2, chunk_bytes=1024, show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.txt"]
 
 

@@ -165,6 +165,7 @@ def encode_file(
     paths = list(split_paths(out)) if val_fraction > 0 else [Path(out)]
     for path in paths:
         check_output_path(path)
+    workers = min(workers, math.ceil(size / chunk_bytes))  # a pool for a single chunk costs more than it saves
     dtype = tokenizer.dtype
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
