@@ -65,8 +65,10 @@ def encode(
     """Encode a corpus into a .npy array of token ids (uint16 or uint32), or a --text string into ids.
 
     Example: lmkit tokenizer encode corpus.txt --tokenizer tokenizer.json --out tokens.npy --val-fraction 0.01
-    (writes tokens.train.npy and tokens.val.npy); lmkit tokenizer encode --text "Hello world" --tokenizer
-    tokenizer.json --show
+
+    That writes tokens.train.npy and tokens.val.npy. To see how a string is cut into tokens:
+
+    Example: lmkit tokenizer encode --text "Hello world" --tokenizer tokenizer.json --show
     """
     import os
 
