@@ -13,6 +13,7 @@ from lmkit import __version__
 from lmkit.cli import ckpt as ckpt_cli
 from lmkit.cli import generate as generate_cli
 from lmkit.cli import model as model_cli
+from lmkit.cli import quickstart as quickstart_cli
 from lmkit.cli import runs as runs_cli
 from lmkit.cli import tokenizer as tokenizer_cli
 from lmkit.cli import train as train_cli
@@ -87,6 +88,7 @@ app.command(name="generate")(generate_cli.generate)
 app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspect byte-level BPE tokenizers.")
 app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")
+app.command(name="quickstart")(quickstart_cli.quickstart)
 app.add_typer(runs_cli.app, name="runs", help="List, compare and plot training runs.")
 
 
