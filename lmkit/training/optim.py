@@ -25,8 +25,11 @@ class AdamW(torch.optim.Optimizer):
     For every parameter with a gradient, at its step t (counted from 1):
     `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`, `a_t = lr sqrt(1-b2^t) / (1-b1^t)`,
     `p -= a_t m / (sqrt(v) + eps)`, then `p -= lr * weight_decay * p`.
-    With `foreach=True` (the default) each group is updated with a handful of `torch._foreach_*` calls
-    per device and dtype instead of a Python loop over tensors; `foreach=False` runs the plain loop.
+    With `foreach=True` each group is updated with a handful of `torch._foreach_*` calls per device and
+    dtype instead of a Python loop over tensors; `foreach=False` runs the plain loop. The default (None)
+    takes the multi-tensor path on GPUs, where it saves thousands of kernel launches, and the loop on the
+    CPU, where it measured faster: each tensor stays in cache through all of its updates, while the
+    multi-tensor calls stream every optimizer state through memory once per operation.
     The state (`step`, `exp_avg`, `exp_avg_sq`) holds only tensors and ints, so it saves in a checkpoint.
     """
 
@@ -37,7 +40,7 @@ class AdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
-        foreach: bool = True,
+        foreach: bool | None = None,
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
@@ -57,8 +60,9 @@ class AdamW(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            update = _update_foreach if group["foreach"] else _update_loop
             for same_kind in _by_device_and_dtype(params):
+                foreach = group["foreach"] if group["foreach"] is not None else same_kind[0].device.type != "cpu"
+                update = _update_foreach if foreach else _update_loop
                 update(same_kind, [self._state_for(p) for p in same_kind], group)
         return loss
 
