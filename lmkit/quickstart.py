@@ -38,8 +38,8 @@ SPECIAL_TOKENS = ["<|endoftext|>"]
 VAL_FRACTION = 0.1
 DEFAULT_VOCAB_SIZE = 2000
 DEFAULT_STEPS = 300
+SAMPLE = {"max_new_tokens": 120, "temperature": 0.8, "top_p": 0.95, "seed": 0}
 SAMPLE_PROMPT = "ROMEO:\n"
-SAMPLE_TOKENS = 120
 
 # The model and schedule, chosen to learn visibly in about three minutes of two CPU cores (see the README
 # for a measured run). Everything but the vocabulary size and the number of steps is fixed here, and every
@@ -132,7 +132,12 @@ def _train_tokenizer(train_text: Path, out_dir: Path, vocab_size: int, progress:
     trained = train_bpe_with_stats(train_text, vocab_size, SPECIAL_TOKENS, progress=progress)
     path = out_dir / "tokenizer.json"
     save_tokenizer(path, trained.vocab, trained.merges, trained.special_tokens)
-    return {"tokenizer": str(path), "vocab size": len(trained.vocab), "corpus bytes": trained.corpus_bytes}
+    return {
+        "tokenizer": str(path),
+        "vocab size": len(trained.vocab),
+        "trained on": str(train_text),
+        "corpus bytes": trained.corpus_bytes,
+    }
 
 
 def _encode_splits(data_dir: Path, tokenizer_path: Path, progress: bool) -> dict[str, Any]:
@@ -174,28 +179,32 @@ def learning_curve(metrics_path: Path) -> list[dict[str, float | None]]:
     return curve
 
 
-def sample_text(checkpoint: Path, prompt: str = SAMPLE_PROMPT, max_new_tokens: int = SAMPLE_TOKENS) -> str:
-    """The prompt and a continuation sampled from `checkpoint` (temperature 0.8, top-p 0.95, seed 0)."""
+def sample_text(checkpoint: Path, prompt: str = SAMPLE_PROMPT) -> str:
+    """The prompt and a continuation sampled from `checkpoint` with the SAMPLE settings."""
     from lmkit.generate import generate, load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(checkpoint, device="cpu")
-    result = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_p=0.95, seed=0)
-    return prompt + result.text
+    return prompt + generate(model, tokenizer, prompt, **SAMPLE).text
 
 
 def next_commands(out_dir: Path) -> list[str]:
-    """What to run next: this run's checkpoint, then the same path on the user's own corpus."""
+    """What to run next: this run's checkpoint and config, then the same path on the user's own corpus."""
     return [
         f'lmkit generate {out_dir}/last.pt --prompt "JULIET:" --max-new-tokens 200',
         f"lmkit ckpt info {out_dir}/last.pt",
         f"lmkit runs plot {out_dir} --out {out_dir}/curve.png",
-        "# your own corpus (documents separated by <|endoftext|>):",
+        f"lmkit train --config {out_dir}/run.toml --set train.out_dir={out_dir}-2    # again, or after editing it",
+        "",
+        "# your own corpus, my.txt, with documents separated by <|endoftext|>:",
+        "mkdir -p my",
         'lmkit tokenizer train my.txt --vocab-size 8000 --special-token "<|endoftext|>" --out my/tokenizer.json',
         "lmkit tokenizer encode my.txt --tokenizer my/tokenizer.json --out my/tokens.npy --val-fraction 0.05",
-        f"cp {out_dir}/run.toml my/run.toml    # point [data] at my/tokens.train.npy, my/tokens.val.npy, "
-        "my/tokenizer.json; set model.vocab_size = 8000 and train.out_dir",
+        f"cp {out_dir}/run.toml my/run.toml",
+        "# in my/run.toml: [data] train = my/tokens.train.npy, val = my/tokens.val.npy, tokenizer = my/tokenizer.json;",
+        "# model.vocab_size = 8000; train.out_dir = runs/my",
         "lmkit model flops --config my/run.toml",
         "lmkit train --config my/run.toml",
+        'lmkit generate runs/my/last.pt --prompt "..."',
     ]
 
 
@@ -254,8 +263,19 @@ def run_quickstart(
     run_toml = out_dir / "run.toml"
     with atomic_write(run_toml, "w") as handle:
         handle.write(to_toml(config))
-    parameters = parameter_counts(config.model)["total"]
-    tell("config", {"run config": str(run_toml), "parameters": parameters, "steps": config.total_steps})
+    model = config.model
+    tell(
+        "config",
+        {
+            "run config": str(run_toml),
+            "parameters": parameter_counts(model)["total"],
+            "layers": model.num_layers,
+            "d_model": model.d_model,
+            "context": model.context_length,
+            "steps": config.total_steps,
+            "tokens per step": config.tokens_per_step,
+        },
+    )
     result = train_from_files(run_toml, show_progress=progress)
     if result.interrupted:  # Ctrl-C: the loop saved last.pt; stop here as `lmkit train` would
         tell("interrupted", {"resume": f"lmkit train --resume {result.checkpoint}"})
@@ -265,7 +285,7 @@ def run_quickstart(
     start = _timed(seconds, "train", start)
 
     sample = sample_text(result.checkpoint)
-    tell("sample", {"prompt": SAMPLE_PROMPT, "text": sample})
+    tell("sample", {"prompt": SAMPLE_PROMPT, "text": sample, **SAMPLE})
     _timed(seconds, "sample", start)
     seconds["total"] = time.perf_counter() - began
     return QuickstartResult(

@@ -11,40 +11,60 @@ from lmkit.cli.common import console, print_table
 from lmkit.quickstart import DEFAULT_STEPS, DEFAULT_VOCAB_SIZE
 
 
+def _say(text: str, **options: Any) -> None:
+    """Print a line whole (commands and paths are not wrapped at the terminal's width)."""
+    console.print(text, soft_wrap=True, **options)
+
+
 def _show(stage: str, facts: dict[str, Any]) -> None:
     """Print what a stage of the quickstart did, as it finishes."""
     if stage == "tokenizer":
-        console.print(f"[bold]1. tokenizer[/bold]: {facts['vocab size']:,} tokens -> {facts['tokenizer']}")
+        _say(
+            f"[bold]1. tokenizer[/bold]: a {facts['vocab size']:,}-token byte-level BPE trained on "
+            f"{facts['trained on']} ({facts['corpus bytes'] / 1e6:.1f} MB) -> {facts['tokenizer']}"
+        )
     elif stage == "encode":
-        console.print(
-            f"[bold]2. encoded[/bold]: {facts['train tokens']:,} training and {facts['val tokens']:,} validation "
-            f"tokens; unigram baseline (entropy of the validation tokens): "
-            f"{facts['unigram entropy (nats)']:.3f} nats"
+        _say(
+            f"[bold]2. encoded[/bold]: {facts['train tokens']:,} training tokens, {facts['val tokens']:,} "
+            f"validation tokens (the last tenth of the text)\n"
+            f"   unigram baseline: {facts['unigram entropy (nats)']:.3f} nats, the entropy of the validation "
+            "tokens (the best loss a model ignoring context can reach)"
         )
     elif stage == "config":
-        console.print(
-            f"[bold]3. training[/bold] {facts['parameters']:,} parameters for {facts['steps']:,} steps, "
-            f"from {facts['run config']} (as `lmkit train --config` would)"
+        _say(
+            f"[bold]3. training[/bold]: {facts['parameters'] / 1e6:.2f}M parameters ({facts['layers']} layers, "
+            f"d_model {facts['d_model']}, context {facts['context']}), {facts['steps']:,} steps of "
+            f"{facts['tokens per step']:,} tokens\n"
+            f"   = lmkit train --config {facts['run config']}"
         )
     elif stage == "train":
-        from rich.table import Table
-
-        table = Table("step", "tokens", "time (s)", "train loss", "val loss", title="Learning curve")
-        for point in facts["curve"]:
-            train_loss = "-" if point["train_loss"] is None else f"{point['train_loss']:.3f}"
-            table.add_row(
-                f"{point['step']:,}", f"{point['tokens']:,}", f"{point['time_s']:.0f}", train_loss,
-                f"{point['val_loss']:.3f}",
-            )  # fmt: skip
-        console.print(table)
-        console.print(
-            f"validation loss {facts['val loss']:.3f} nats; unigram baseline {facts['unigram entropy (nats)']:.3f}"
-        )
+        _print_curve(facts["curve"])
+        gap = facts["unigram entropy (nats)"] - facts["val loss"]
+        side = "below" if gap > 0 else "above"
+        _say(f"validation loss {facts['val loss']:.3f} nats: {abs(gap):.3f} {side} the unigram baseline")
     elif stage == "sample":
-        console.print("[bold]4. sample[/bold] (temperature 0.8, top-p 0.95, seed 0):")
-        console.print(facts["text"], markup=False, highlight=False)
+        _say(
+            f"[bold]4. sample[/bold] (temperature {facts['temperature']}, top-p {facts['top_p']}, "
+            f"seed {facts['seed']}, {facts['max_new_tokens']} tokens):"
+        )
+        _say(facts["text"], markup=False, highlight=False)
     elif stage == "interrupted":
-        console.print(f"training stopped; continue it with: {facts['resume']}", highlight=False)
+        _say(f"training stopped; continue it with: {facts['resume']}", highlight=False)
+
+
+def _print_curve(curve: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Learning curve", title_justify="left")
+    for name in ("step", "tokens", "time (s)", "train loss", "val loss"):
+        table.add_column(name, justify="right")
+    for point in curve:
+        train_loss = "-" if point["train_loss"] is None else f"{point['train_loss']:.3f}"
+        table.add_row(
+            f"{point['step']:,}", f"{point['tokens']:,}", f"{point['time_s']:.0f}", train_loss,
+            f"{point['val_loss']:.3f}",
+        )  # fmt: skip
+    console.print(table)
 
 
 def quickstart(
@@ -73,7 +93,7 @@ def quickstart(
     result = run_quickstart(
         out, steps=steps, vocab_size=vocab_size, overrides=overrides, progress=not quiet, report=_show
     )
-    print_table("Quickstart", {f"{stage} (s)": seconds for stage, seconds in result.seconds.items()})
-    console.print("[bold]Next[/bold]:")
+    print_table("Time", {f"{stage} (s)": round(seconds, 1) for stage, seconds in result.seconds.items()})
+    _say("[bold]Next[/bold]:")
     for command in next_commands(result.out_dir):
-        console.print(f"  {command}", markup=False, highlight=False)
+        _say(f"  {command}", markup=False, highlight=False)

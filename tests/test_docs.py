@@ -1,0 +1,51 @@
+"""The generated reference pages: up to date with the code, and covering every command, option and config key."""
+
+from pathlib import Path
+
+import pytest
+
+from lmkit.docs_gen import CLI_REFERENCE, CONFIG_REFERENCE, cli_reference, config_reference, pages
+from lmkit.training.config import RunConfig
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.parametrize("name", [CLI_REFERENCE, CONFIG_REFERENCE])
+def test_generated_page_is_up_to_date(name: str) -> None:
+    on_disk = (DOCS / name).read_text(encoding="utf-8")
+    assert on_disk == pages()[name], f"docs/{name} is stale: regenerate it with `python -m lmkit.docs_gen`"
+
+
+def test_cli_reference_covers_commands_options_and_examples() -> None:
+    text = cli_reference()
+    for heading in ("## lmkit train", "## lmkit quickstart", "### lmkit tokenizer encode", "### lmkit ckpt info"):
+        assert f"\n{heading}\n" in text
+    section = text.split("### lmkit tokenizer encode\n")[1].split("\n### ")[0]
+    for option in ("`--tokenizer <path>`", "`--val-fraction <float>`", "`--workers <int>`", "`--json`"):
+        assert option in section
+    quickstart = text.split("## lmkit quickstart\n")[1].split("\n## ")[0]
+    assert "    lmkit quickstart --out runs/quickstart" in quickstart  # the docstring's example, as a code block
+    assert "\\[default: 300; x&gt;=1\\]" in quickstart
+
+
+def test_cli_reference_escapes_what_markdown_would_swallow() -> None:
+    text = cli_reference()
+    # '<|endoftext|>' in help text would be read as an HTML tag and its pipes as table borders.
+    assert "&lt;\\|endoftext\\|&gt;" in text
+    assert "<|endoftext|>" not in text.replace("`", "")
+
+
+def test_config_reference_lists_every_key_of_every_table() -> None:
+    text = config_reference()
+    for table, field in RunConfig.model_fields.items():
+        section = text.split(f"## [{table}]\n")[1].split("\n## ")[0]
+        for key in field.annotation.model_fields:
+            assert f"| `{key}` |" in section, f"{table}.{key} is missing"
+
+
+def test_config_reference_gives_type_default_and_meaning() -> None:
+    text = config_reference()
+    assert "| `lr` | float | `0.0003` | peak learning rate (&gt; 0) |" in text
+    assert "| `batch_size` | integer | required | sequences per micro-batch (&gt; 0) |" in text
+    assert '| `dtype` | "auto" or "float32" or "bfloat16" | `"auto"` |' in text
+    assert "| `grad_clip` | float (or omitted) | `1.0` |" in text
