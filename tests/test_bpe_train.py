@@ -18,7 +18,7 @@ from lmkit.errors import InputError
 from lmkit.tokenizer import counting, train_bpe
 from lmkit.tokenizer.counting import count_pretokens
 from lmkit.tokenizer.formats import load_tokenizer
-from lmkit.tokenizer.train import _reversed_spelling, learn_merges
+from lmkit.tokenizer.train import _reversed_spelling, display_token, learn_merges
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EOT = "<|endoftext|>"
@@ -249,6 +249,12 @@ def test_cli_table_escapes_unprintable_tokens(runner, tmp_path):
     )
     assert result.exit_code == 0
     assert "'\\n\\n\\n'" in result.stdout  # the pattern keeps the last \n for the next word
+
+
+def test_tokens_are_displayed_escaped_where_not_printable():
+    assert display_token(" café".encode()) == " café"
+    assert display_token(b"\n\t") == "\\n\\t"
+    assert display_token("€".encode()[:2]) == "\\xe2\\x82"  # half a character
 
 
 def _bad_input(runner, tmp_path, corpus, *options):
