@@ -10,7 +10,7 @@ Each side runs `--rounds` times, alternating; the best round of each is quoted, 
 Both must pick the same tokens until the window first slides (checked and printed).
 
     python benchmarks/generate.py
-    python benchmarks/generate.py --new-tokens 256 --prompt-tokens 16 --rounds 3
+    python benchmarks/generate.py --new-tokens 256 --prompt-tokens 16 --rounds 3 --threads 1
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model = TransformerLM(TINYSTORIES).eval()
