@@ -5,7 +5,7 @@ the anchor `ref_model.py BATCH` as a subprocess with this process's thread count
 (forward, cross-entropy, backward, optimizer) the same way: 8 steps, the median of the last 5. It does
 this `--rounds` times, alternating, and quotes each side's best round and the ratio lmkit / anchor.
 
-    python benchmarks/train_step.py                       # batch 8, anchor from /work/shared/bench
+    python benchmarks/train_step.py                       # batch 8, 3 rounds, anchor from /work/shared/bench
     python benchmarks/train_step.py --batch 8 --rounds 3 --bench-dir ../shared/bench
 """
 
@@ -82,7 +82,7 @@ def main() -> None:
     """Parse the arguments, run both sides, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bench-dir", type=Path, default=Path("/work/shared/bench"))
     args = parser.parse_args()
 
