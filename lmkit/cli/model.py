@@ -80,7 +80,7 @@ def flops(
     preset: str | None = typer.Option(
         None, "--preset", help="A known shape: gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, tinystories-17m."
     ),
-    config: Path | None = typer.Option(None, "--config", help="A run config TOML; only its [model] table is read."),
+    config: Path | None = typer.Option(None, "--config", help="A run config TOML; only its model table is read."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", help="Token ids in the vocabulary."),
     context_length: int | None = typer.Option(None, "--context-length", help="The longest sequence."),
     d_model: int | None = typer.Option(None, "--d-model", help="Width of the residual stream."),
