@@ -11,11 +11,13 @@ lmkit's .npy holds exactly tiktoken's ids. Build the corpus with `bash build_cor
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,26 @@ def lmkit_mb_per_s(base: Tokenizer, corpus: Path, workers: int, reference: np.nd
     return summary["MB/s"], same
 
 
+def _spin(_: int) -> None:
+    total = 0
+    for i in range(5_000_000):
+        total += i
+
+
+def parallel_speedup(processes: int) -> float:
+    """How much more work `processes` busy processes get done than one, right now (2.0 on an idle 2-core box).
+
+    On a shared machine the kernel splits the cores between sessions, so extra workers may gain nothing.
+    """
+    wall = []
+    for n in (1, processes):
+        with multiprocessing.Pool(n) as pool:
+            start = time.perf_counter()
+            pool.map(_spin, range(n))
+            wall.append(time.perf_counter() - start)
+    return processes * wall[0] / wall[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", type=Path, default=Path("/tmp/bench/corpus.txt"))
@@ -64,7 +86,9 @@ def main() -> None:
         anchor = tiktoken_mb_per_s(args.anchors, args.corpus)
         anchor_runs.append(anchor)
         reference = np.load(f"{args.corpus}.tiktoken.npy")
-        line = [f"round {round_index + 1}: tiktoken {anchor:.2f} MB/s"]
+        speedup = parallel_speedup(max(args.workers))
+        line = [f"round {round_index + 1}: {max(args.workers)} processes get {speedup:.2f}x the work of 1"]
+        line.append(f"tiktoken {anchor:.2f} MB/s")
         for workers in args.workers:
             speed, same = lmkit_mb_per_s(base, args.corpus, workers, reference)
             ratios[workers].append(speed / anchor)
