@@ -5,7 +5,9 @@ Usage: python benchmarks/encode.py [CORPUS] [--workers 1 2] [--rounds 2] [--anch
 Each round runs the anchor (`tiktoken_encode.py`: tiktoken, one thread, which also saves its ids beside the
 corpus) and then `encode_file` (what `lmkit tokenizer encode` runs) once per worker count, each with a fresh
 tokenizer so its cache starts empty. It prints MB/s, the ratio to tiktoken in the same round, and whether
-lmkit's .npy holds exactly tiktoken's ids. Build the corpus with `bash build_corpus.sh CORPUS` first.
+lmkit's .npy holds exactly tiktoken's ids. Each round first measures how much more work two busy processes
+get done than one at that moment: on a shared machine whose cores are taken that is near 1.0x, and then
+`--workers 2` cannot show a speedup. Build the corpus with `bash build_corpus.sh CORPUS` first.
 """
 
 from __future__ import annotations
