@@ -32,6 +32,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle

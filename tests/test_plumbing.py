@@ -76,6 +76,31 @@ def test_atomic_write_replaces_the_file_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    with atomic_write(tmp_path / "atomic.txt", "w") as handle:
+        handle.write("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
+
+
+def test_long_error_stays_on_one_line(runner, monkeypatch):
+    monkeypatch.delenv("LMKIT_DEBUG", raising=False)
+    demo = typer.Typer(cls=_LmkitGroup)
+
+    @demo.command()
+    def long_error() -> None:
+        raise InputError("word " * 60)
+
+    @demo.command()
+    def other() -> None:
+        pass
+
+    result = runner.invoke(demo, ["long-error"], terminal_width=40)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_atomic_write_failure_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out.bin"
     with pytest.raises(RuntimeError), atomic_write(target) as handle:

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error is one line however narrow the terminal, so scripts can grep it.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _plain(value: object) -> object:
