@@ -1,6 +1,6 @@
 """The whole `lmkit train` loop (data, step, logging) vs the plain-PyTorch anchor, at the TinyStories shape.
 
-Usage: python benchmarks/train_loop.py [--batch 8] [--rounds 2] [--anchor-dir /work/shared/bench]
+Usage: python benchmarks/train_loop.py [--batch 8] [--rounds 2] [--threads N] [--anchor-dir /work/shared/bench]
 
 Each round runs the anchor (`ref_model.py BATCH`: forward, loss, backward, torch.optim.AdamW on a fixed
 batch, median of 5 steps) and then `lmkit train` in a fresh process on random token data at the same
@@ -8,12 +8,14 @@ shape (vocab 10000, context 256, d_model 512, 4 layers, 16 heads, d_ff 1344): lm
 median wall-clock interval between consecutive steps in metrics.jsonl, so it includes drawing batches
 from a memory-mapped file, the optimizer, clipping and logging. Prints both and the ratio (>= 1.0 means
 lmkit is at least as fast). The machines are noisy: the rounds alternate, compare within a round.
+`--threads N` sets OMP_NUM_THREADS for both (on a busy machine, 1 thread each is the steadiest comparison).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -29,9 +31,13 @@ SHAPE = {"vocab_size": 10000, "context_length": 256, "d_model": 512, "num_layers
 STEPS, WARMUP = 12, 3
 
 
-def _anchor_tokens_per_s(anchor_dir: Path, batch: int) -> float:
+def _anchor_tokens_per_s(anchor_dir: Path, batch: int, env: dict[str, str]) -> float:
     out = subprocess.run(
-        [sys.executable, str(anchor_dir / "ref_model.py"), str(batch)], capture_output=True, text=True, check=True
+        [sys.executable, str(anchor_dir / "ref_model.py"), str(batch)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout
     return float(re.search(r"([\d.]+) tokens/s", out).group(1))
 
@@ -52,7 +58,7 @@ def _write_run(folder: Path, batch: int) -> Path:
     return config
 
 
-def _lmkit_tokens_per_s(config: Path, out_dir: Path, batch: int) -> float:
+def _lmkit_tokens_per_s(config: Path, out_dir: Path, batch: int, env: dict[str, str]) -> float:
     subprocess.run(
         [
             sys.executable,
@@ -67,6 +73,7 @@ def _lmkit_tokens_per_s(config: Path, out_dir: Path, batch: int) -> float:
         ],
         check=True,
         capture_output=True,
+        env=env,
     )
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["time_s"] for r in lines if r["event"] == "train"]
@@ -79,20 +86,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both (default: unset)")
     parser.add_argument("--anchor-dir", type=Path, default=Path("/work/shared/bench"))
     args = parser.parse_args()
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         config = _write_run(Path(tmp), args.batch)
         for round_index in range(args.rounds):
-            anchor = _anchor_tokens_per_s(args.anchor_dir, args.batch)
-            ours = _lmkit_tokens_per_s(config, Path(tmp) / f"out{round_index}", args.batch)
+            anchor = _anchor_tokens_per_s(args.anchor_dir, args.batch, env)
+            ours = _lmkit_tokens_per_s(config, Path(tmp) / f"out{round_index}", args.batch, env)
             ratios.append(ours / anchor)
             print(
                 f"round {round_index + 1}: anchor ref_model.py {anchor:,.0f} tokens/s | "
                 f"lmkit train loop {ours:,.0f} tokens/s | ratio {ours / anchor:.2f}"
             )
-    print(f"batch {args.batch}, context 256: lmkit / anchor = {statistics.median(ratios):.2f} (median of rounds)")
+    threads = args.threads or "default"
+    ratio = statistics.median(ratios)
+    print(f"batch {args.batch}, context 256, threads {threads}: lmkit / anchor = {ratio:.2f} (median of rounds)")
 
 
 if __name__ == "__main__":

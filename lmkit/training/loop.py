@@ -60,7 +60,7 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" picks cuda, then mps, then cpu; a named device must be present."""
+    """The device to train on: "auto" picks cuda, then mps, then cpu; a named device must be present."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -150,12 +150,14 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_l2_norm: float, eps: 
     """Scale all gradients together so their joint L2 norm is at most `max_l2_norm`; return the norm before.
 
     Where the norm exceeds `max_l2_norm` every gradient is multiplied by `max_l2_norm / (norm + eps)`.
-    The factor is computed on the device (no host sync), so clipping costs no pause on a GPU.
+    On a GPU the factor is computed on the device (no host sync), so clipping costs no pause there.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if total.device.type == "cpu" and total <= max_l2_norm:
+        return total  # reading the norm costs no pause on the CPU, and saves a pass over every gradient
     scale = torch.where(total > max_l2_norm, max_l2_norm / (total + eps), torch.ones_like(total))
     torch._foreach_mul_(grads, scale)
     return total
