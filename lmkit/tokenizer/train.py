@@ -77,7 +77,7 @@ class _MergeState:
     """The words, pair counts, pair -> words index and heap of one training run."""
 
     def __init__(self, word_counts: Mapping[bytes, int], num_symbols: int) -> None:
-        # Pair codes a * shift + b stay small ints (fast to hash) for any vocabulary that fits.
+        # A pair is coded as one int, a * shift + b: cheaper to hash and store than a tuple.
         self.shift = 1 << max(num_symbols, 256).bit_length()
         self.tokens: list[bytes] = [bytes([b]) for b in range(256)]
         self.spelling: list[bytes] = [_reversed_spelling(t) for t in self.tokens]
