@@ -41,7 +41,10 @@ def _show(stage: str, facts: dict[str, Any]) -> None:
         _print_curve(facts["curve"])
         gap = facts["unigram entropy (nats)"] - facts["val loss"]
         side = "below" if gap > 0 else "above"
-        _say(f"validation loss {facts['val loss']:.3f} nats: {abs(gap):.3f} {side} the unigram baseline")
+        _say(
+            f"validation loss {facts['val loss']:.3f} nats: {abs(gap):.3f} {side} the unigram baseline "
+            f"(a uniform guess scores {facts['uniform']:.3f})"
+        )
     elif stage == "sample":
         _say(
             f"[bold]4. sample[/bold] (temperature {facts['temperature']}, top-p {facts['top_p']}, "
