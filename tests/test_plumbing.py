@@ -130,3 +130,19 @@ def test_bundled_corpus_ships_with_the_package():
 
     text = (files("lmkit") / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     assert text.startswith("First Citizen:") and len(text) > 1_000_000
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path, fixtures):
+    from lmkit.tokenizer.formats import read_gpt2_files, save_tokenizer
+
+    vocab, merges = read_gpt2_files(fixtures / "gpt2_vocab.json", fixtures / "gpt2_merges.txt")
+    save_tokenizer(tmp_path / "gpt2.json", vocab, merges, ["<|endoftext|>"])
+    command = [sys.executable, "-m", "lmkit", "tokenizer", "encode", "--tokenizer", str(tmp_path / "gpt2.json")]
+    command += ["--text", "many words " * 6000, "--json"]  # one plain print of ~80 KB, beyond a pipe's buffer
+    reader = subprocess.Popen(["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    writer = subprocess.run(command, stdout=reader.stdin, stderr=subprocess.PIPE, text=True)
+    reader.stdin.close()
+    assert reader.stdout.read().strip()
+    reader.wait()
+    assert writer.returncode == 0
+    assert "Error" not in writer.stderr and "Traceback" not in writer.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
 import typer
@@ -33,7 +35,8 @@ def _belongs_to_the_cli_framework(exc: Exception) -> bool:
 class _LmkitGroup(TyperGroup):
     """Runs a command and turns what it raises into one line on stderr and an exit status.
 
-    InputError (bad input) exits 2; any other failure exits 1; Ctrl-C exits 130.
+    InputError (bad input) exits 2; any other failure exits 1; Ctrl-C exits 130; a closed stdout pipe
+    ends the command quietly with 0.
     With LMKIT_DEBUG=1 the exception propagates with its traceback.
     """
 
@@ -45,6 +48,12 @@ class _LmkitGroup(TyperGroup):
                 raise
             err_console.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader of stdout went away (`lmkit generate ... | head`): stop quietly, as Unix tools do.
+            # stdout is pointed at /dev/null so the interpreter's final flush does not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except Exception as exc:
             if os.environ.get("LMKIT_DEBUG") or _belongs_to_the_cli_framework(exc):
                 raise
