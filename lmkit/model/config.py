@@ -112,8 +112,8 @@ def load_model_table(path: str | os.PathLike) -> ModelConfig:
         raise InputError(f"config file {path} is not valid TOML ({err})") from None
     table = raw.get("model")
     if not isinstance(table, dict):
-        raise InputError(f"config file {path} has no model table")
+        raise InputError(f"config file {path} has no [model] table")
     try:
         return ModelConfig.model_validate(table)
     except ValidationError as err:
-        raise InputError(f"{path}, model table: {validation_error_message(err)}") from None
+        raise InputError(f"{path} [model]: {validation_error_message(err)}") from None
