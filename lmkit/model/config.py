@@ -44,10 +44,16 @@ class ModelConfig(BaseModel):
     num_heads: int = Field(gt=0, description="attention heads per block; must divide d_model")
     d_ff: int | None = Field(default=None, gt=0, description="feed-forward width (default: see default_d_ff)")
     rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base wavelength")
-    norm: Literal["pre", "post", "none"] = "pre"
-    position: Literal["rope", "none"] = "rope"
-    ffn: Literal["swiglu", "silu"] = "swiglu"
-    tie_embeddings: bool = False
+    norm: Literal["pre", "post", "none"] = Field(
+        default="pre", description="RMSNorm placement: before each sublayer, after the residual sum, or none"
+    )
+    position: Literal["rope", "none"] = Field(
+        default="rope", description="positional encoding: rotary on queries and keys, or none (NoPE)"
+    )
+    ffn: Literal["swiglu", "silu"] = Field(
+        default="swiglu", description="feed-forward: W2(SiLU(W1 x) * W3 x), or W2 SiLU(W1 x) with d_ff 4 d_model"
+    )
+    tie_embeddings: bool = Field(default=False, description="share one matrix between token embeddings and LM head")
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:
