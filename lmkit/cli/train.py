@@ -24,6 +24,9 @@ def train(
     sweep: str = typer.Option(
         None, "--sweep", help="One run per value, in OUT_DIR/KEY=VALUE, e.g. --sweep optim.lr=1e-4,3e-4,1e-3."
     ),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Train on N processes of this machine, one per GPU, through torchrun."
+    ),
 ) -> None:
     """Train a language model from a TOML run config (or resume a run).
 
@@ -35,14 +38,21 @@ def train(
     Ctrl-C finishes the current step, saves last.pt and exits 130; continue with
     `lmkit train --resume OUT_DIR/last.pt`. A sweep trains one run per value, one after another:
     `lmkit train --config run.toml --sweep optim.lr=1e-4,3e-4,1e-3` (see docs/experiments.md).
+    On 4 GPUs: `lmkit train --nproc 4 --config run.toml` (train.batch_size is the global batch; several
+    nodes: torchrun, see docs/distributed.md).
     """
+    if nproc > 1:
+        return _launch(nproc, config, overrides, resume, until_step, quiet, sweep)
     if sweep is not None:
         from lmkit.cli.runs import train_sweep
 
         return train_sweep(config, overrides, sweep, resume, until_step, quiet)
+    from lmkit.training.distributed import Distributed
     from lmkit.training.loop import train_from_files
 
     result = train_from_files(config, overrides, resume, until_step, show_progress=not quiet)
+    if not Distributed.from_env().is_main:  # under torchrun rank 0 alone reports
+        raise typer.Exit(_EXIT_INTERRUPTED if result.interrupted else 0)
     print_table(
         "Training",
         {
@@ -63,3 +73,27 @@ def train(
         )
         if result.interrupted:
             raise typer.Exit(_EXIT_INTERRUPTED)
+
+
+def _launch(
+    nproc: int,
+    config: Path | None,
+    overrides: list[str],
+    resume: Path | None,
+    until_step: int | None,
+    quiet: bool,
+    sweep: str | None,
+) -> None:
+    """Check the run's config, then become torchrun running this command (without --nproc) on `nproc` processes."""
+    from lmkit.errors import InputError
+    from lmkit.training.distributed import launch
+    from lmkit.training.loop import resolve_run
+
+    if sweep is not None:
+        raise InputError("--nproc cannot be combined with --sweep; train each value with --set instead")
+    run_config, _ = resolve_run(config, overrides, resume)
+    args = [f"--set={override}" for override in overrides]
+    args += [f"--config={config}"] if config is not None else []
+    args += [f"--resume={resume}"] if resume is not None else []
+    args += [f"--until-step={until_step}"] if until_step is not None else []
+    launch(nproc, run_config.train.batch_size, args + (["--quiet"] if quiet else []))

@@ -55,14 +55,16 @@ def get_batch(
     context_length: int,
     device: str | torch.device,
     generator: torch.Generator | None = None,
+    rows: slice = slice(None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw `batch_size` windows uniformly from `x`; return (inputs, targets) int64 of shape (B, T).
 
     Start positions are uniform over [0, len(x) - context_length - 1]; targets are the inputs shifted by
     one. Pass a dedicated `generator` to make the draws reproducible and resumable (its state is saved
-    in run checkpoints).
+    in run checkpoints). `rows` keeps only those rows of the batch (one process's share of a global batch
+    under DDP); all `batch_size` positions are still drawn, so the generator advances alike in every process.
     """
-    starts = torch.randint(0, len(x) - context_length, (batch_size,), generator=generator).numpy()
+    starts = torch.randint(0, len(x) - context_length, (batch_size,), generator=generator)[rows].numpy()
     return to_device(_windows(x, starts, context_length), torch.device(device))
 
 

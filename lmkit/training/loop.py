@@ -6,11 +6,16 @@ would have); forward under autocast, cross-entropy, backward; a finite-loss chec
 updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes to metrics.jsonl, every
 `eval_every` steps the loss over a fixed set of validation batches (`best.pt` when it improves), every
 `ckpt_every` steps and at the end `last.pt`.
+
+Under torchrun (several processes, see lmkit.training.distributed and docs/distributed.md) the model runs in
+DistributedDataParallel, each process trains on its slice of every global batch, losses are averaged over
+the processes, and only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import threading
@@ -29,6 +34,7 @@ from lmkit.progress import progress_bar
 from lmkit.training.checkpoint import read_checkpoint, save_checkpoint
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
+from lmkit.training.distributed import Distributed, gradient_sync
 from lmkit.training.loss import cross_entropy
 from lmkit.training.metrics import MetricsLog
 from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
@@ -162,7 +168,9 @@ class Trainer:
                 f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
                 "or set train.out_dir to a new folder"
             )
-        self.device = resolve_device(config.train.device)
+        self.dist = Distributed.from_env()
+        self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
+        self.device = self.dist.device_for(resolve_device(config.train.device))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -185,7 +193,9 @@ class Trainer:
         self.best_val_loss: float | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        self.dist.start(self.device)
+        forward = self.dist.wrap(self.model, self.device)  # DistributedDataParallel under several processes
+        self.forward = torch.compile(forward) if config.train.compile else forward
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
         self._started = time.perf_counter()
@@ -228,15 +238,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(train.grad_accum):
+        for micro in range(train.grad_accum):
             inputs, targets = get_batch(
-                self.train_tokens, train.batch_size, self.config.model.context_length, self.device, self.batch_rng
+                self.train_tokens,
+                train.batch_size,
+                self.config.model.context_length,
+                self.device,
+                self.batch_rng,
+                self.rows,
             )
-            with self._autocast():
-                loss = cross_entropy(self.forward(inputs), targets)
-            (loss / train.grad_accum).backward()
+            with gradient_sync(self.forward, sync=micro == train.grad_accum - 1):
+                with self._autocast():
+                    loss = cross_entropy(self.forward(inputs), targets)
+                (loss / train.grad_accum).backward()
             loss_sum += loss.detach()
-        loss_value = loss_sum.item() / train.grad_accum
+        loss_value = self.dist.mean(loss_sum).item() / train.grad_accum
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
                 f"the loss is {loss_value} at step {self.step + 1}; stopped before applying it "
@@ -252,19 +268,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches."""
+        """Mean loss over the fixed validation batches (each process evaluates its rows of each batch)."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
         for window in self.val_batches:
-            inputs, targets = to_device(window, self.device)
+            inputs, targets = to_device(window[self.rows], self.device)
             with self._autocast():
                 total += cross_entropy(self.forward(inputs), targets)
         self.model.train()
-        return total.item() / len(self.val_batches)
+        return self.dist.mean(total).item() / len(self.val_batches)
 
     def save(self, name: str, elapsed_s: float) -> Path:
-        """Write the full run checkpoint `name` in the run folder."""
+        """Write the full run checkpoint `name` in the run folder (rank 0 alone writes)."""
         path = self.out_dir / name
+        if not self.dist.is_main:
+            return path
         save_checkpoint(
             self.model,
             self.optimizer,
@@ -279,22 +297,26 @@ class Trainer:
             train_loss=self.train_loss,
             val_loss=self.val_loss,
             best_val_loss=self.best_val_loss,
+            world_size=self.dist.world_size,
         )
         return path
 
     def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
         """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.out_dir / "config.toml", "w") as handle:
-            handle.write(to_toml(self.config))
+        main = self.dist.is_main
+        if main:
+            with atomic_write(self.out_dir / "config.toml", "w") as handle:
+                handle.write(to_toml(self.config))
         last_step = min(self.total_steps, until_step or self.total_steps)
         self._started = time.perf_counter()
+        log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step or None) if main else _NoMetrics()
         with (
-            MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step or None) as metrics,
+            log as metrics,
             _stop_on_ctrl_c() as stop,
-            progress_bar("Training", last_step - self.step, "steps", enabled=show_progress) as bar,
+            progress_bar("Training", last_step - self.step, "steps", enabled=show_progress and main) as bar,
         ):
-            while self.step < last_step and not stop.is_set():
+            while self.step < last_step and not self._stopping(stop):
                 step_start = time.perf_counter()
                 try:
                     self.train_loss, lr, grad_norm = self.train_step()
@@ -322,6 +344,21 @@ class Trainer:
             interrupted=stop.is_set(),
         )
 
+    def close(self) -> None:
+        """Leave the process group of a multi-process run (nothing to do for one process)."""
+        if self.dist.enabled:
+            # Freed after its process group is destroyed, the DistributedDataParallel wrapper can hang the
+            # process; it sits in reference cycles, so collect it now rather than at some later collection.
+            self.forward = self.model
+            gc.collect()
+            self.dist.stop()
+
+    def _stopping(self, stop: threading.Event) -> bool:
+        """Whether Ctrl-C reached this process or, under several processes, any of them (all stop together)."""
+        if self.dist.any(stop.is_set(), self.device):
+            stop.set()
+        return stop.is_set()
+
     def _elapsed(self) -> float:
         """Wall-clock seconds of training, counting the time before a resume."""
         return round(self.elapsed_before + time.perf_counter() - self._started, 3)
@@ -344,6 +381,19 @@ class Trainer:
                 self.save("best.pt", elapsed)
         if self.step % train.ckpt_every == 0 or done:
             self.save("last.pt", elapsed)
+
+
+class _NoMetrics:
+    """The metrics log of every process but rank 0, which alone writes metrics.jsonl."""
+
+    def __enter__(self) -> _NoMetrics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def write(self, event: str, **fields: float | int | None) -> None:
+        """Drop the event."""
 
 
 class _Throughput:
@@ -372,6 +422,21 @@ def train_from_files(
 ) -> TrainResult:
     """What `lmkit train` does: read the config (or, resuming without one, the checkpoint's), apply the
     `--set` overrides, and train, resuming from `resume` if given."""
+    config, checkpoint = resolve_run(config_path, overrides, resume)
+    if until_step is not None and until_step <= (checkpoint["iteration"] if checkpoint else 0):
+        raise InputError(f"--until-step {until_step} is not after the step the run starts from")
+    trainer = Trainer(config, checkpoint, str(resume))
+    try:
+        return trainer.run(until_step, show_progress)
+    finally:
+        trainer.close()
+
+
+def resolve_run(
+    config_path: str | Path | None, overrides: list[str] = (), resume: str | Path | None = None
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """The run's validated config (the file's, or resuming without one, the checkpoint's, with the `--set`
+    overrides applied) and the checkpoint to resume from (None for a fresh run)."""
     if config_path is None and resume is None:
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
     checkpoint = read_checkpoint(resume) if resume is not None else None
@@ -383,7 +448,4 @@ def train_from_files(
         raw = checkpoint["config"]
         apply_overrides(raw, list(overrides))
         config = validate_config(raw, f"config in {resume}")
-    if until_step is not None and until_step <= (checkpoint["iteration"] if checkpoint else 0):
-        raise InputError(f"--until-step {until_step} is not after the step the run starts from")
-    trainer = Trainer(config, checkpoint, str(resume))
-    return trainer.run(until_step, show_progress)
+    return config, checkpoint

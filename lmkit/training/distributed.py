@@ -1,0 +1,188 @@
+"""Training on several processes (GPUs, nodes) with PyTorch's DistributedDataParallel, started by torchrun.
+
+torchrun starts one process per GPU and tells each who it is through the environment, the only place
+lmkit reads it from: RANK (0 … WORLD_SIZE − 1 over all nodes), LOCAL_RANK (its index on this node, which
+picks its GPU), WORLD_SIZE, and MASTER_ADDR / MASTER_PORT (where the processes meet). Without WORLD_SIZE
+above 1 a run is one process and nothing here changes it.
+
+How a step is shared (see docs/distributed.md): train.batch_size is the global batch. Every rank draws
+the same global batch from the same seeded generator and keeps its own slice of rows, so the batches of a
+step, and the generator state saved in checkpoints, do not depend on the number of processes; a run
+resumes exactly on any number of them. DistributedDataParallel averages the gradients; only rank 0 logs
+and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lmkit.errors import InputError
+
+ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"environment variable {name}={text!r} is not a whole number (torchrun sets it)") from None
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run: its global `rank`, its `local_rank` on the node, and `world_size`."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Distributed:
+        """Read RANK, LOCAL_RANK and WORLD_SIZE (as torchrun sets them); none set means one process."""
+        rank, local_rank = _env_int(environ, "RANK", 0), _env_int(environ, "LOCAL_RANK", 0)
+        found = cls(rank, local_rank, _env_int(environ, "WORLD_SIZE", 1))
+        if found.world_size < 1 or not 0 <= found.rank < found.world_size or found.local_rank < 0:
+            raise InputError(
+                f"inconsistent torchrun environment: RANK={found.rank}, LOCAL_RANK={found.local_rank}, "
+                f"WORLD_SIZE={found.world_size}"
+            )
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if found.enabled and name not in environ]
+        if missing:
+            raise InputError(
+                f"WORLD_SIZE is {found.world_size} but {' and '.join(missing)} is not set; "
+                "start several processes with torchrun or `lmkit train --nproc N`"
+            )
+        return found
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there are several processes (else every helper here is a no-op)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the one process that logs, shows progress and writes files."""
+        return self.rank == 0
+
+    def rows(self, batch_size: int) -> slice:
+        """This rank's rows of a global batch of `batch_size`; InputError unless it splits evenly."""
+        if batch_size % self.world_size:
+            raise InputError(
+                f"train.batch_size ({batch_size}) is the global batch and must split evenly over "
+                f"{self.world_size} processes; make it a multiple of {self.world_size}"
+            )
+        share = batch_size // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def device_for(self, device: torch.device) -> torch.device:
+        """The device this rank trains on: on CUDA the GPU of its LOCAL_RANK, made the current one."""
+        if not self.enabled:
+            return device
+        if device.type == "mps":
+            raise InputError('several processes need CUDA or the CPU; set train.device = "cpu" for MPS machines')
+        if device.type != "cuda":
+            return device
+        if device.index is not None:
+            raise InputError(
+                f'train.device = "{device}" names one GPU, but each process uses the GPU of its LOCAL_RANK; '
+                'set train.device = "cuda" (or "auto")'
+            )
+        if self.local_rank >= torch.cuda.device_count():
+            raise InputError(
+                f"LOCAL_RANK {self.local_rank} has no GPU: {torch.cuda.device_count()} visible; "
+                "start at most one process per GPU on each node"
+            )
+        torch.cuda.set_device(self.local_rank)
+        return torch.device("cuda", self.local_rank)
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group (NCCL for GPUs, Gloo for CPUs), with MASTER_ADDR / MASTER_PORT from torchrun."""
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(
+                backend,
+                init_method="env://",
+                rank=self.rank,
+                world_size=self.world_size,
+                device_id=device if device.type == "cuda" else None,
+            )
+
+    def stop(self) -> None:
+        """Leave the process group (if this process joined one)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """`model` in DistributedDataParallel (which averages gradients over the ranks), or as is for one process."""
+        if not self.enabled:
+            return model
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over all ranks (for losses and other metrics); `value` itself for one process."""
+        if not self.enabled:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total)  # Gloo has no AVG, so sum and divide
+        return total / self.world_size
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is set on any rank, so all ranks take the same decision (e.g. stopping on Ctrl-C)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor(int(flag), device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Around one micro-batch's forward and backward: skips DDP's gradient all-reduce unless `sync`.
+
+    With gradient accumulation only the last micro-batch needs the averaged gradients; the others only add
+    to the local ones. `model` may be torch.compile'd.
+    """
+    model = getattr(model, "_orig_mod", model)
+    if sync or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
+    """The command line that runs `lmkit train train_args` on `nproc` processes of this machine."""
+    # A private rendezvous store on a free loopback port, so several runs on one machine never collide.
+    return [
+        sys.executable,
+        *("-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc)),
+        *("--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0"),
+        *("-m", "lmkit", "train", *train_args),
+    ]
+
+
+def launch(nproc: int, batch_size: int, train_args: list[str]) -> NoReturn:
+    """Replace this process with torchrun running `lmkit train train_args` on `nproc` local processes.
+
+    Checks first what would make every process fail: already being one of torchrun's processes, and a
+    batch that does not split over `nproc`.
+    """
+    if "RANK" in os.environ:
+        raise InputError("--nproc starts torchrun, but this process was already started by torchrun; drop --nproc")
+    Distributed(world_size=nproc).rows(batch_size)
+    # torchrun would give each process one thread; on CPUs share the cores out instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = torchrun_command(nproc, train_args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)

@@ -1,0 +1,171 @@
+"""Training on several processes: the torchrun environment, batch sharding, DDP's gradient sync, and two real
+Gloo processes that must train like one process and resume each other's checkpoints."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from test_training_run import metrics, train, write_config
+from torch import nn
+
+from lmkit.errors import InputError
+from lmkit.model import ModelConfig, TransformerLM
+from lmkit.tokenizer.formats import save_tokenizer
+from lmkit.training.distributed import Distributed, gradient_sync
+
+TORCHRUN_ENV = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A byte-level tokenizer and random byte ids as train and validation data (the files write_config names)."""
+    save_tokenizer(tmp_path / "tokenizer.json", {i: bytes([i]) for i in range(256)}, [], [])
+    ids = np.random.default_rng(0).integers(0, 256, 20_000).astype(np.uint16)
+    np.save(tmp_path / "train.npy", ids[:16_000])
+    np.save(tmp_path / "val.npy", ids[16_000:])
+    return tmp_path
+
+
+def _fails(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert " ".join(message.split()) in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output
+
+
+# --- the environment, the batch split, the device -------------------------------------------------------
+
+
+def test_rank_and_world_size_come_from_the_torchrun_environment():
+    assert Distributed.from_env(TORCHRUN_ENV) == Distributed(rank=3, local_rank=1, world_size=4)
+    alone = Distributed.from_env({})
+    assert (alone.rank, alone.world_size, alone.enabled, alone.is_main) == (0, 1, False, True)
+    assert not Distributed.from_env(TORCHRUN_ENV).is_main
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"RANK": "three"}, "RANK='three' is not a whole number"),
+        ({"RANK": "4"}, "inconsistent torchrun environment: RANK=4, LOCAL_RANK=1, WORLD_SIZE=4"),
+        ({"MASTER_PORT": None}, "WORLD_SIZE is 4 but MASTER_PORT is not set"),
+    ],
+)
+def test_a_broken_torchrun_environment_is_refused(changes, message):
+    environ = {key: value for key, value in {**TORCHRUN_ENV, **changes}.items() if value is not None}
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        Distributed.from_env(environ)
+
+
+def test_each_rank_takes_its_own_contiguous_slice_of_the_global_batch():
+    rows = [list(range(12))[Distributed(rank, rank, 4).rows(12)] for rank in range(4)]
+    assert rows == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert Distributed().rows(5) == slice(0, 5)
+    with pytest.raises(InputError, match="must split evenly over 4 processes"):
+        Distributed(0, 0, 4).rows(6)
+
+
+def test_device_per_process():
+    cpu = torch.device("cpu")
+    assert Distributed(1, 1, 2).device_for(cpu) == cpu
+    with pytest.raises(InputError, match="each process uses the GPU of its LOCAL_RANK"):
+        Distributed(1, 1, 2).device_for(torch.device("cuda:1"))
+    with pytest.raises(InputError, match="several processes need CUDA or the CPU"):
+        Distributed(1, 1, 2).device_for(torch.device("mps"))
+
+
+def test_gradient_accumulation_all_reduces_only_on_the_last_micro_batch():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = Distributed(0, 0, 2).wrap(nn.Linear(4, 2), torch.device("cpu"))
+        reduced = []
+
+        def count(state, bucket):  # a comm hook runs where DDP would all-reduce a bucket of gradients
+            reduced.append(step)
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        model.register_comm_hook(None, count)
+        for step in range(6):
+            with gradient_sync(model, sync=step % 3 == 2):
+                model(torch.randn(3, 4)).sum().backward()
+        assert reduced == [2, 5]
+    finally:
+        dist.destroy_process_group()
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def test_nproc_refuses_a_batch_that_does_not_split(runner, workdir):
+    config = write_config(workdir, train={"batch_size": 5})
+    _fails(train(runner, "--nproc", "2", "--config", str(config)), "must split evenly over 2 processes")
+    assert not (workdir / "out").exists()
+
+
+def test_nproc_refuses_a_sweep_and_a_nested_launch(runner, workdir, monkeypatch):
+    config = str(write_config(workdir))
+    _fails(train(runner, "--nproc", "2", "--config", config, "--sweep", "optim.lr=1e-3,3e-3"), "--sweep")
+    monkeypatch.setenv("RANK", "0")
+    _fails(train(runner, "--nproc", "2", "--config", config), "already started by torchrun")
+
+
+def test_a_process_started_by_torchrun_refuses_a_batch_that_does_not_split(runner, workdir, monkeypatch):
+    for key, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(key, value)
+    config = write_config(workdir, train={"batch_size": 6})
+    _fails(train(runner, "--config", str(config)), "train.batch_size (6) is the global batch")
+
+
+# --- two real processes ---------------------------------------------------------------------------------
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    """`lmkit train --nproc 2 ARGS`: torchrun starting two Gloo processes on this machine."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "lmkit", "train", "--nproc", "2", "--quiet", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _losses(out_dir: Path, event: str = "train", key: str = "loss") -> list[float]:
+    records = metrics(out_dir, event)
+    return [record[key] for record in records]
+
+
+def test_two_processes_train_like_one_and_resume_each_others_checkpoints(runner, workdir):
+    # grad_accum 2 exercises no_sync; one eval every 5 steps checks the sharded evaluation.
+    settings = {"steps": 10, "batch_size": 4, "grad_accum": 2, "eval_every": 5, "ckpt_every": 5}
+
+    def config(name: str) -> str:
+        return str(write_config(workdir, f"{name}.toml", train={**settings, "out_dir": str(workdir / name)}))
+
+    assert train(runner, "--config", config("one")).exit_code == 0
+    # Two processes for steps 1-5, then one process resumes their checkpoint for steps 6-10.
+    first = _torchrun("--config", config("two_then_one"), "--until-step", "5")
+    assert first.stdout.count("tokens seen") == 1  # only rank 0 prints the summary
+    ddp_checkpoint = torch.load(workdir / "two_then_one" / "last.pt", weights_only=True)
+    assert ddp_checkpoint["world_size"] == 2
+    model = TransformerLM(ModelConfig(**ddp_checkpoint["config"]["model"]))
+    assert ddp_checkpoint["model"].keys() == model.state_dict().keys()  # no "module." prefixes
+    assert train(runner, "--resume", str(workdir / "two_then_one" / "last.pt")).exit_code == 0
+    # One process for steps 1-5, then two processes resume its checkpoint for steps 6-10.
+    assert train(runner, "--config", config("one_then_two"), "--until-step", "5").exit_code == 0
+    _torchrun("--resume", str(workdir / "one_then_two" / "last.pt"))
+    assert torch.load(workdir / "one_then_two" / "last.pt", weights_only=True)["world_size"] == 2
+
+    expected = _losses(workdir / "one")
+    assert len(expected) == 10
+    for run in ("two_then_one", "one_then_two"):
+        # Each step logged once (rank 0 alone writes metrics), with the loss of the one-process run.
+        assert [r["step"] for r in metrics(workdir / run)] == list(range(1, 11))
+        assert _losses(workdir / run) == pytest.approx(expected, rel=1e-5)
+        assert _losses(workdir / run, "eval", "val_loss") == pytest.approx(
+            _losses(workdir / "one", "eval", "val_loss"), rel=1e-5
+        )
