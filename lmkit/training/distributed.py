@@ -15,6 +15,7 @@ and writes files.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Mapping
@@ -129,7 +130,16 @@ class Distributed:
         """`model` in DistributedDataParallel (which averages gradients over the ranks), or as is for one process."""
         if not self.enabled:
             return model
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The only buffers are the RoPE tables, alike on every rank: broadcasting them before every forward
+        # would be wasted traffic and, under torch.compile, a graph break. (torch 2.13 renamed the switch.)
+        no_buffer_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        return DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync
+        )
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of `value` over all ranks (for losses and other metrics); `value` itself for one process."""
