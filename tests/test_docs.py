@@ -46,6 +46,7 @@ def test_config_reference_lists_every_key_of_every_table() -> None:
 def test_config_reference_gives_type_default_and_meaning() -> None:
     text = config_reference()
     assert "| `lr` | float | `0.0003` | peak learning rate (&gt; 0) |" in text
-    assert "| `batch_size` | integer | required | sequences per micro-batch (&gt; 0) |" in text
+    batch = "sequences per micro-batch (the global batch, split over processes under torchrun) (&gt; 0)"
+    assert f"| `batch_size` | integer | required | {batch} |" in text
     assert '| `dtype` | "auto" or "float32" or "bfloat16" | `"auto"` |' in text
     assert "| `grad_clip` | float (or omitted) | `1.0` |" in text

@@ -67,7 +67,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(gt=0, description="sequences per micro-batch")
+    batch_size: int = Field(
+        gt=0, description="sequences per micro-batch (the global batch, split over processes under torchrun)"
+    )
     steps: int | None = Field(default=None, gt=0, description="optimizer steps (or give total_tokens)")
     total_tokens: int | None = Field(default=None, gt=0, description="tokens to train on (or give steps)")
     grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
@@ -82,6 +84,9 @@ class TrainConfig(BaseModel):
     log_every: int = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
     ckpt_every: int = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
     out_dir: Path = Field(default=Path("runs/lmkit"), description="run folder: checkpoints, metrics, config")
+    wandb_project: str | None = Field(
+        default=None, description="also log metrics to this Weights & Biases project (needs pip install wandb)"
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainConfig:

@@ -31,6 +31,7 @@ from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
+from lmkit.tracking.wandb_log import WandbMirror
 from lmkit.training.checkpoint import read_checkpoint, save_checkpoint
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
@@ -305,12 +306,15 @@ class Trainer:
         """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
+        mirror = None
+        if main and self.config.train.wandb_project:
+            mirror = WandbMirror(self.config.train.wandb_project, self.out_dir, self.config.model_dump(mode="json"))
         if main:
             with atomic_write(self.out_dir / "config.toml", "w") as handle:
                 handle.write(to_toml(self.config))
         last_step = min(self.total_steps, until_step or self.total_steps)
         self._started = time.perf_counter()
-        log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=self.step or None) if main else _NoMetrics()
+        log = MetricsLog(self.out_dir / "metrics.jsonl", self.step or None, mirror) if main else _NoMetrics()
         with (
             log as metrics,
             _stop_on_ctrl_c() as stop,

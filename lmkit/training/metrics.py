@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from lmkit.fileio import atomic_write
 
@@ -20,9 +21,11 @@ class MetricsLog:
 
     A fresh run (`resume_step=None`) starts the file anew. A resumed run keeps the lines up to its
     checkpoint's step and drops later ones, which the run is about to redo, so the curve has no repeats.
+    A `mirror` (e.g. lmkit.tracking.wandb_log.WandbMirror) gets every event too, and is finished on close.
     """
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, mirror: Any = None) -> None:
+        self._mirror = mirror
         path = Path(path)
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines(keepends=True) if _step(line) <= resume_step]
@@ -36,10 +39,14 @@ class MetricsLog:
         """Append one event line."""
         self._file.write(json.dumps({"event": event, **fields}) + "\n")
         self._file.flush()
+        if self._mirror is not None:
+            self._mirror.log(event, fields)
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (and finish the mirror)."""
         self._file.close()
+        if self._mirror is not None:
+            self._mirror.finish()
 
     def __enter__(self) -> MetricsLog:
         return self
