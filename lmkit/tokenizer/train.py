@@ -116,24 +116,24 @@ class _MergeState:
         z = len(self.tokens)
         self.tokens.append(product)
         self.spelling.append(_reversed_spelling(product))
-        new_counts, new_where = self._replace(code, a, b, z)
-        counts, where, heap = self.pair_counts, self.where, self.heap
-        for pc, c in new_counts.items():
-            if c > 0:
-                counts[pc] = c
-                where[pc] = new_where[pc]
-                heapq.heappush(heap, (-c, self._tie_key(pc), pc))
+        new_where = self._replace(code, a, b, z)
+        counts, where, heap, freq_of = self.pair_counts, self.where, self.heap, self.freqs.__getitem__
+        for pc, js in new_where.items():
+            if js:  # empty where an "a b a b" took its only entry back
+                counts[pc] = count = sum(map(freq_of, js))
+                where[pc] = js
+                heapq.heappush(heap, (-count, self._tie_key(pc), pc))
         return self.tokens[a], self.tokens[b]
 
-    def _replace(self, code: int, a: int, b: int, z: int) -> tuple[dict[int, int], dict[int, list[int]]]:
+    def _replace(self, code: int, a: int, b: int, z: int) -> dict[int, list[int]]:
         """The hot loop: merge (a, b) into z in every word that holds it.
 
-        Returns the counts and words of the pairs that contain z. Pairs with older neighbours lose the
-        merged occurrences in place. In "a b a b" the second merge's left neighbour is the z just made, so
-        the (z, a) counted a moment ago is taken back: that is what `p == z` handles.
+        Returns, for each pair that contains z, its words, listed once per occurrence: the pair's count is
+        the sum of their word counts. Pairs with older neighbours lose the merged occurrences in place. In
+        "a b a b" the second merge's left neighbour is the z just made, so the (z, a) listed a moment ago
+        is taken back: that is what `p == z` handles.
         """
         shift, counts, words, freqs = self.shift, self.pair_counts, self.words, self.freqs
-        new_counts: dict[int, int] = defaultdict(int)
         new_where: dict[int, list[int]] = defaultdict(list)
         b_row, z_row, z_a = b * shift, z * shift, z * shift + a
         for j in self.where.pop(code):
@@ -150,25 +150,21 @@ class _MergeState:
                     if i:
                         p = word[i - 1]
                         if p == z:
-                            new_counts[z_a] -= f
+                            new_where[z_a].pop()
                         else:
                             counts[p * shift + a] -= f
-                        pc = p * shift + z
-                        new_counts[pc] += f
-                        new_where[pc].append(j)
+                        new_where[p * shift + z].append(j)
                     if i + 2 < len(word):
                         nxt = word[i + 2]
                         counts[b_row + nxt] -= f
-                        pc = z_row + nxt
-                        new_counts[pc] += f
-                        new_where[pc].append(j)
+                        new_where[z_row + nxt].append(j)
                     word[i] = z
                     del word[i + 1]
                     if a == b:
                         left -= 1  # the b just merged was one of the a's counted
                 i += 1
         del counts[code]
-        return new_counts, new_where
+        return new_where
 
 
 def learn_merges(word_counts: Mapping[bytes, int], num_merges: int, *, progress: bool = False) -> Merges:
