@@ -1,15 +1,21 @@
-"""Writing output files atomically: a reader never sees a half-written file, and a failure leaves nothing."""
+"""Files in and out: atomic writes (a reader never sees a half-written file; a failure leaves nothing), TOML reads."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from lmkit.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -46,3 +52,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
+    """Parse a TOML file, turning a missing, unreadable or malformed file into one clear InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{what} {path} is not valid TOML ({err})") from None

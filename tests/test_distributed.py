@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from cli_checks import assert_input_error
 from test_training_run import metrics, train, write_config
 from torch import nn
 
@@ -29,12 +30,6 @@ def workdir(tmp_path: Path) -> Path:
     np.save(tmp_path / "train.npy", ids[:16_000])
     np.save(tmp_path / "val.npy", ids[16_000:])
     return tmp_path
-
-
-def _fails(result, message: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert " ".join(message.split()) in " ".join(result.stderr.split())
-    assert "Traceback" not in result.output
 
 
 # --- the environment, the batch split, the device -------------------------------------------------------
@@ -104,22 +99,22 @@ def test_gradient_accumulation_all_reduces_only_on_the_last_micro_batch():
 
 def test_nproc_refuses_a_batch_that_does_not_split(runner, workdir):
     config = write_config(workdir, train={"batch_size": 5})
-    _fails(train(runner, "--nproc", "2", "--config", str(config)), "must split evenly over 2 processes")
+    assert_input_error(train(runner, "--nproc", "2", "--config", str(config)), "must split evenly over 2 processes")
     assert not (workdir / "out").exists()
 
 
 def test_nproc_refuses_a_sweep_and_a_nested_launch(runner, workdir, monkeypatch):
     config = str(write_config(workdir))
-    _fails(train(runner, "--nproc", "2", "--config", config, "--sweep", "optim.lr=1e-3,3e-3"), "--sweep")
+    assert_input_error(train(runner, "--nproc", "2", "--config", config, "--sweep", "optim.lr=1e-3,3e-3"), "--sweep")
     monkeypatch.setenv("RANK", "0")
-    _fails(train(runner, "--nproc", "2", "--config", config), "already started by torchrun")
+    assert_input_error(train(runner, "--nproc", "2", "--config", config), "already started by torchrun")
 
 
 def test_a_process_started_by_torchrun_refuses_a_batch_that_does_not_split(runner, workdir, monkeypatch):
     for key, value in TORCHRUN_ENV.items():
         monkeypatch.setenv(key, value)
     config = write_config(workdir, train={"batch_size": 6})
-    _fails(train(runner, "--config", str(config)), "train.batch_size (6) is the global batch")
+    assert_input_error(train(runner, "--config", str(config)), "train.batch_size (6) is the global batch")
 
 
 # --- two real processes ---------------------------------------------------------------------------------

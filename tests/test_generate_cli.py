@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_input_error
 from typer.testing import CliRunner
 
 import lmkit
@@ -104,15 +105,6 @@ def test_stop_strings(runner, checkpoint):
 # --- bad input: one line, exit 2 -----------------------------------------------------------------------
 
 
-def fails(result, message: str) -> None:
-    """Exit 2 and one error message (the console may wrap it at 80 columns) containing `message`."""
-    assert result.exit_code == 2, result.output
-    text = " ".join(result.stderr.split())
-    assert text.startswith("error: ") and text.count("error:") == 1, text
-    assert message in text
-    assert "Traceback" not in result.output and result.stdout == ""
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -129,23 +121,23 @@ def fails(result, message: str) -> None:
     ],
 )
 def test_bad_options(runner, checkpoint, args, message):
-    fails(run(runner, checkpoint, *args), message)
+    assert_input_error(run(runner, checkpoint, *args), message)
 
 
 def test_missing_or_invalid_checkpoint(runner, tmp_path):
-    fails(run(runner, tmp_path / "nope.pt", "-p", "a"), "does not exist")
+    assert_input_error(run(runner, tmp_path / "nope.pt", "-p", "a"), "does not exist")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    fails(run(runner, tmp_path / "text.pt", "-p", "a"), "is not a complete PyTorch checkpoint")
+    assert_input_error(run(runner, tmp_path / "text.pt", "-p", "a"), "is not a complete PyTorch checkpoint")
     config = ModelConfig(vocab_size=256, context_length=8, d_model=16, num_layers=1, num_heads=2)
     save_checkpoint(TransformerLM(config), None, 0, tmp_path / "bare.pt")
-    fails(run(runner, tmp_path / "bare.pt", "-p", "a"), "no model config or tokenizer")
+    assert_input_error(run(runner, tmp_path / "bare.pt", "-p", "a"), "no model config or tokenizer")
 
 
 def test_weights_that_do_not_fit_the_stored_config(runner, checkpoint, tmp_path):
     payload = torch.load(checkpoint, weights_only=True)
     payload["config"]["model"]["d_model"] = 64
     torch.save(payload, tmp_path / "mismatch.pt")
-    fails(run(runner, tmp_path / "mismatch.pt", "-p", "a"), "weights do not fit this model")
+    assert_input_error(run(runner, tmp_path / "mismatch.pt", "-p", "a"), "weights do not fit this model")
 
 
 def test_help_has_an_example(runner):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_input_error
 
 import lmkit
 import lmkit.tracking.sweep
@@ -38,15 +39,6 @@ def config(tmp_path: Path) -> Path:
 
 def sweep(runner, config: Path, spec: str, *args: str):
     return runner.invoke(app, ["train", "--quiet", "--config", str(config), "--sweep", spec, *args])
-
-
-def _fails(result, message: str) -> None:
-    assert result.exit_code == 2, result.output
-    text = result.stderr
-    assert text.startswith("error: ") and text.count("error:") == 1, text
-    # The console wraps long lines anywhere, even inside a path: compare without whitespace.
-    assert "".join(message.split()) in "".join(text.split())
-    assert "Traceback" not in result.output
 
 
 def test_sweep_trains_one_run_per_value_in_sibling_folders(runner, config, tmp_path):
@@ -128,15 +120,15 @@ def test_list_values_get_folders_that_hold_them(config, tmp_path):
 def test_bad_sweep_specs_fail_before_any_run(runner, config, tmp_path, spec, messages):
     result = sweep(runner, config, spec)
     for message in messages:
-        _fails(result, message)
+        assert_input_error(result, message)
     assert not (tmp_path / "sweep").exists()
 
 
 def test_sweep_needs_a_config_no_resume_and_fresh_folders(runner, config, tmp_path):
-    _fails(runner.invoke(app, ["train", "--sweep", "optim.lr=1e-3"]), "--sweep needs --config run.toml")
-    _fails(
+    assert_input_error(runner.invoke(app, ["train", "--sweep", "optim.lr=1e-3"]), "--sweep needs --config run.toml")
+    assert_input_error(
         sweep(runner, config, "optim.lr=1e-3", "--resume", str(tmp_path / "x.pt")), "cannot be combined with --resume"
     )
     assert sweep(runner, config, "optim.lr=2e-3").exit_code == 0
-    _fails(sweep(runner, config, "optim.lr=1e-3,2e-3"), "optim.lr=2e-3 already holds a run")
+    assert_input_error(sweep(runner, config, "optim.lr=1e-3,2e-3"), "optim.lr=2e-3 already holds a run")
     assert not (tmp_path / "sweep" / "optim.lr=1e-3").exists()

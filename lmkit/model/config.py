@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmkit.errors import InputError, validation_error_message
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lmkit.fileio import read_toml
 
 
 def default_d_ff(d_model: int, ffn: str) -> int:
@@ -110,12 +105,7 @@ def load_model_table(path: str | os.PathLike) -> ModelConfig:
     unknown key or an impossible shape.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"config file {path} is not valid TOML ({err})") from None
+    raw = read_toml(path)
     table = raw.get("model")
     if not isinstance(table, dict):
         raise InputError(f"config file {path} has no [model] table")

@@ -12,19 +12,14 @@ import json
 import math
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmkit.errors import InputError, validation_error_message
+from lmkit.fileio import read_toml, tomllib
 from lmkit.model import ModelConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class DataConfig(BaseModel):
@@ -181,12 +176,7 @@ def validate_config(raw: dict[str, Any], source: str) -> RunConfig:
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
     """Read a TOML run config, apply `--set` overrides, and validate the result."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"config file {path} is not valid TOML ({err})") from None
+    raw = read_toml(path)
     apply_overrides(raw, list(overrides))
     return validate_config(raw, str(path))
 
