@@ -8,16 +8,9 @@ from lmkit.generate import generate, stream, token_steps
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EOT = 256  # the id of <|endoftext|> in the byte tokenizer below
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes load the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,9 @@ from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAKESPEARE = Path(lmkit.__file__).parent / "data" / "tinyshakespeare.txt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes load the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

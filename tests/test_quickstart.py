@@ -2,12 +2,10 @@
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lmkit.cli.app import app
 from lmkit.quickstart import BUNDLED_CORPUS, split_corpus, unigram_entropy
@@ -87,16 +85,6 @@ def test_zero_steps_is_a_usage_error(runner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--steps", "0"])
     assert result.exit_code == 2
     assert "--steps" in _one_line(result.stderr)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Torch's intra-op threads spin waiting on each other when other processes hold the cores: on a loaded
-    2-core machine one thread trained the quickstart model 3-4 times faster per step than two did."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

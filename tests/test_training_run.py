@@ -20,6 +20,8 @@ from lmkit.model import TransformerLM
 from lmkit.tokenizer.formats import save_tokenizer
 from lmkit.training.checkpoint import load_inference_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAKESPEARE = Path(lmkit.__file__).parent / "data" / "tinyshakespeare.txt"
 TINY_MODEL = {"vocab_size": 256, "context_length": 32, "d_model": 32, "num_layers": 2, "num_heads": 4}
 
@@ -58,16 +60,6 @@ def write_config(workdir: Path, name: str = "run.toml", **tables: dict) -> Path:
     path = workdir / name
     path.write_text(_toml(config))
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread runs them as fast as two and does not stall when the cores are
-    shared with other jobs (OpenMP threads spin-waiting on a busy machine slow small steps tenfold)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def metrics(out_dir: Path, event: str = "train") -> list[dict]:
