@@ -8,7 +8,7 @@ median of the ratios within each round (the machines are shared and noisy: the b
 disturbed one).
 
     python benchmarks/train_step.py                       # batch 8, 3 rounds, anchor from /work/shared/bench
-    python benchmarks/train_step.py --batch 8 --rounds 3 --bench-dir ../shared/bench
+    python benchmarks/train_step.py --batch 8 --rounds 3 --bench-dir /work/shared/bench
 """
 
 from __future__ import annotations

@@ -105,8 +105,8 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class SwiGLU(nn.Module):
-    """The SwiGLU feed-forward network: W2 (SiLU(W1 x) ⊙ W3 x).
+class SiLUFeedForward(nn.Module):
+    """The ungated feed-forward network of the FFN ablation: W2 SiLU(W1 x) (usually d_ff = 4 d_model).
 
     `fused` (default True) uses torch's single-kernel F.silu; False uses the `silu` formula above.
     Both give the same numbers (tested).
@@ -124,16 +124,18 @@ class SwiGLU(nn.Module):
         self.fused = fused
         self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
         self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
-        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def activation(self, x: Tensor) -> Tensor:
+        """SiLU, through torch's kernel or the plain formula."""
+        return F.silu(x) if self.fused else silu(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., d_model) -> (..., d_model)."""
-        act = F.silu if self.fused else silu
-        return self.w2(act(self.w1(x)) * self.w3(x))
+        return self.w2(self.activation(self.w1(x)))
 
 
-class SiLUFeedForward(nn.Module):
-    """The ungated feed-forward network of the FFN ablation: W2 SiLU(W1 x) (usually d_ff = 4 d_model)."""
+class SwiGLU(SiLUFeedForward):
+    """The SwiGLU feed-forward network: W2 (SiLU(W1 x) ⊙ W3 x), the ungated network plus a gate W3."""
 
     def __init__(
         self,
@@ -143,12 +145,9 @@ class SiLUFeedForward(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.fused = fused
-        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
-        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        super().__init__(d_model, d_ff, fused=fused, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., d_model) -> (..., d_model)."""
-        act = F.silu if self.fused else silu
-        return self.w2(act(self.w1(x)))
+        return self.w2(self.activation(self.w1(x)) * self.w3(x))
