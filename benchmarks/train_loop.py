@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -24,22 +23,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from anchors import ref_model_tokens_per_s
 
 from lmkit.tokenizer.formats import save_tokenizer
 
 SHAPE = {"vocab_size": 10000, "context_length": 256, "d_model": 512, "num_layers": 4, "num_heads": 16, "d_ff": 1344}
 STEPS, WARMUP = 12, 3
-
-
-def _anchor_tokens_per_s(anchor_dir: Path, batch: int, env: dict[str, str]) -> float:
-    out = subprocess.run(
-        [sys.executable, str(anchor_dir / "ref_model.py"), str(batch)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout
-    return float(re.search(r"([\d.]+) tokens/s", out).group(1))
 
 
 def _write_run(folder: Path, batch: int) -> Path:
@@ -94,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = _write_run(Path(tmp), args.batch)
         for round_index in range(args.rounds):
-            anchor = _anchor_tokens_per_s(args.anchor_dir, args.batch, env)
+            anchor = ref_model_tokens_per_s(args.anchor_dir, args.batch, env)
             ours = _lmkit_tokens_per_s(config, Path(tmp) / f"out{round_index}", args.batch, env)
             ratios.append(ours / anchor)
             print(

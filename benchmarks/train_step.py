@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from anchors import ref_model_tokens_per_s
 
 from lmkit.model import ModelConfig, TransformerLM
 
@@ -66,18 +64,9 @@ def lmkit_tokens_per_second(batch: int, steps: int = 8, warmup: int = 3) -> floa
 def anchor_tokens_per_second(bench_dir: Path, batch: int) -> float:
     """Run the anchor script with this process's thread count and read its tokens/s."""
     threads = str(torch.get_num_threads())
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    result = subprocess.run(
-        [sys.executable, str(bench_dir / "ref_model.py"), str(batch)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
+    return ref_model_tokens_per_s(
+        bench_dir, batch, {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     )
-    match = re.search(r"([\d.]+) tokens/s", result.stdout)
-    if match is None:
-        raise RuntimeError(f"could not read tokens/s from the anchor's output: {result.stdout!r}")
-    return float(match.group(1))
 
 
 def main() -> None:
