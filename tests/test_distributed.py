@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from cli_checks import assert_input_error
+from helpers import assert_input_error
 from test_training_run import metrics, train, write_config
 from torch import nn
 

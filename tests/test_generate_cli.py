@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_checks import assert_input_error
+from helpers import assert_input_error
 from typer.testing import CliRunner
 
 import lmkit

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_checks import assert_input_error
+from helpers import assert_input_error
 
 import lmkit.tracking.plot
 from lmkit.cli.app import app

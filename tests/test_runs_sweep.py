@@ -3,38 +3,25 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from cli_checks import assert_input_error
+from helpers import assert_input_error, make_loss_nan_at_call, write_tiny_run
 
 import lmkit
 import lmkit.tracking.sweep
 import lmkit.training.loop
 from lmkit.cli.app import app
-from lmkit.tokenizer.formats import save_tokenizer
 from lmkit.tracking.sweep import parse_sweep, plan_sweep, run_sweep
 from lmkit.training.loop import TrainResult
-
-SHAKESPEARE = Path(lmkit.__file__).parent / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A 3-step run of a tiny model on byte-level tinyshakespeare, into tmp_path/sweep."""
-    save_tokenizer(tmp_path / "tokenizer.json", {i: bytes([i]) for i in range(256)}, [], [])
-    ids = np.frombuffer(SHAKESPEARE.read_bytes()[:30_000], dtype=np.uint8).astype(np.uint16)
-    np.save(tmp_path / "train.npy", ids[:25_000])
-    np.save(tmp_path / "val.npy", ids[25_000:])
-    path = tmp_path / "run.toml"
-    path.write_text(
-        f'[data]\ntrain = "{tmp_path / "train.npy"}"\nval = "{tmp_path / "val.npy"}"\n'
-        f'tokenizer = "{tmp_path / "tokenizer.json"}"\n'
-        "[model]\nvocab_size = 256\ncontext_length = 16\nd_model = 16\nnum_layers = 1\nnum_heads = 2\n"
-        "[optim]\nlr = 1e-3\n"
-        f'[train]\nbatch_size = 4\nsteps = 3\neval_every = 3\neval_batches = 1\nlog_every = 1\ndevice = "cpu"\n'
-        f'out_dir = "{tmp_path / "sweep"}"\n'
+    return write_tiny_run(
+        tmp_path,
+        'batch_size = 4\nsteps = 3\neval_every = 3\neval_batches = 1\nlog_every = 1\ndevice = "cpu"\n'
+        f'out_dir = "{tmp_path / "sweep"}"\n',
     )
-    return path
 
 
 def sweep(runner, config: Path, spec: str, *args: str):
@@ -66,14 +53,7 @@ def test_sweep_trains_one_run_per_value_in_sibling_folders(runner, config, tmp_p
 
 
 def test_a_diverging_run_does_not_stop_the_sweep(runner, config, tmp_path, monkeypatch):
-    real, calls = lmkit.training.loop.cross_entropy, []
-
-    def nan_on_second_step_of_first_run(logits, targets):
-        calls.append(1)
-        loss = real(logits, targets)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    monkeypatch.setattr(lmkit.training.loop, "cross_entropy", nan_on_second_step_of_first_run)
+    make_loss_nan_at_call(monkeypatch, 2)  # the second step of the first run
     result = sweep(runner, config, "train.seed=1,2")
     assert result.exit_code == 0, result.output
     assert "diverged" in result.stdout and "finished" in result.stdout

@@ -6,32 +6,21 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import write_tiny_run
 
-import lmkit
 from lmkit.cli.app import app
-from lmkit.tokenizer.formats import save_tokenizer
-
-SHAKESPEARE = Path(lmkit.__file__).parent / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A 4-step run of a tiny byte-level model that asks for W&B logging."""
-    save_tokenizer(tmp_path / "tokenizer.json", {i: bytes([i]) for i in range(256)}, [], [])
-    ids = np.frombuffer(SHAKESPEARE.read_bytes()[:20_000], dtype=np.uint8).astype(np.uint16)
-    np.save(tmp_path / "train.npy", ids[:16_000])
-    np.save(tmp_path / "val.npy", ids[16_000:])
-    path = tmp_path / "run.toml"
-    path.write_text(
-        f'[data]\ntrain = "{tmp_path / "train.npy"}"\nval = "{tmp_path / "val.npy"}"\n'
-        f'tokenizer = "{tmp_path / "tokenizer.json"}"\n'
-        "[model]\nvocab_size = 256\ncontext_length = 16\nd_model = 16\nnum_layers = 1\nnum_heads = 2\n"
-        "[train]\nbatch_size = 4\nsteps = 4\neval_every = 2\neval_batches = 1\nlog_every = 1\n"
-        f'device = "cpu"\nwandb_project = "lmkit-test"\nout_dir = "{tmp_path / "run"}"\n'
+    return write_tiny_run(
+        tmp_path,
+        "batch_size = 4\nsteps = 4\neval_every = 2\neval_batches = 1\nlog_every = 1\n"
+        f'device = "cpu"\nwandb_project = "lmkit-test"\nout_dir = "{tmp_path / "run"}"\n',
+        n_bytes=20_000,
     )
-    return path
 
 
 class FakeRun:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_checks import assert_input_error
+from helpers import assert_input_error, make_loss_nan_at_call
 
 import lmkit.training.loop
 from lmkit.cli.app import app
@@ -168,14 +168,7 @@ def test_ckpt_info_reports_the_run(runner, workdir):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(runner, workdir, monkeypatch):
-    real, calls = lmkit.training.loop.cross_entropy, []
-
-    def diverging(logits, targets):
-        calls.append(1)
-        loss = real(logits, targets)
-        return loss * float("nan") if len(calls) == 7 else loss
-
-    monkeypatch.setattr(lmkit.training.loop, "cross_entropy", diverging)
+    make_loss_nan_at_call(monkeypatch, 7)
     monkeypatch.delenv("LMKIT_DEBUG", raising=False)
     config = write_config(workdir, train={"eval_every": 100, "ckpt_every": 5})
     result = train(runner, "--config", str(config))
