@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,13 +41,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
 
+from lmkit.device import resolve_device
 from lmkit.errors import InputError, validation_error_message
 from lmkit.model import TransformerLM
 from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer import Tokenizer
 
 END_OF_TEXT = "<|endoftext|>"
-_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class GenerationConfig(BaseModel):
@@ -368,15 +367,6 @@ def stream(
     return TextStream(_Batch(model, tokenizer, [prompt], generation_config(config, **options)))
 
 
-def choose_device(name: str) -> torch.device:
-    """ "auto" (cuda, then mps, then cpu), "cpu", "mps", "cuda" or "cuda:N"; InputError if absent or unknown."""
-    if not _DEVICE_RE.fullmatch(name):
-        raise InputError(f"unknown device {name!r}; use auto, cpu, mps, cuda or cuda:N")
-    from lmkit.training.loop import resolve_device as resolve_training_device
-
-    return resolve_training_device(name)
-
-
 def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[TransformerLM, Tokenizer]:
     """The model (in eval mode, on `device`) and tokenizer stored in a checkpoint written by `lmkit train`.
 
@@ -384,7 +374,7 @@ def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "auto"
     """
     from lmkit.training.checkpoint import check_weights_fit, load_inference_checkpoint
 
-    target = choose_device(device)
+    target = resolve_device(device, "--device")
     stored = load_inference_checkpoint(checkpoint)
     model = TransformerLM(stored.model_config)
     check_weights_fit(stored.state_dict, model, str(checkpoint))

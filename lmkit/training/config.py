@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lmkit.device import DEVICE_PATTERN
 from lmkit.errors import InputError, validation_error_message
 from lmkit.fileio import read_toml, tomllib
 from lmkit.model import ModelConfig
@@ -68,7 +69,7 @@ class TrainConfig(BaseModel):
     steps: int | None = Field(default=None, gt=0, description="optimizer steps (or give total_tokens)")
     total_tokens: int | None = Field(default=None, gt=0, description="tokens to train on (or give steps)")
     grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: cuda, mps, cpu")
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto: cuda, mps, cpu")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="auto: bfloat16 autocast where the GPU supports it, else float32"
     )

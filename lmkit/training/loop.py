@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lmkit.device import resolve_device
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
@@ -64,20 +65,6 @@ class TrainResult:
     tokens_per_s: float | None
     checkpoint: Path
     interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device to train on: "auto" picks cuda, then mps, then cpu; a named device must be present."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError('train.device is "cuda" but no CUDA GPU is visible; use "auto" or "cpu"')
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError('train.device is "mps" but MPS is not available; use "auto" or "cpu"')
-    return device
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -171,7 +158,7 @@ class Trainer:
             )
         self.dist = Distributed.from_env()
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
-        self.device = self.dist.device_for(resolve_device(config.train.device))
+        self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
