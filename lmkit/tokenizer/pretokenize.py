@@ -63,11 +63,6 @@ def split_on_special(text: str, special_re: regex.Pattern | None) -> Iterator[tu
         yield text[start:], False
 
 
-def pretokens(text: str) -> list[str]:
-    """The GPT-2 pre-tokens of a text that holds no special tokens."""
-    return PRETOKEN_RE.findall(text)
-
-
 def _printable_ascii(byte: int) -> bool:
     return 0x21 <= byte <= 0x7E
 
