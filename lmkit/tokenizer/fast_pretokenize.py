@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 import regex
 
@@ -35,8 +36,13 @@ def bmp_pretoken_re() -> re.Pattern:
     )
 
 
+def pretoken_finder(text: str) -> Callable[[str], list[str]]:
+    """The fastest exact `findall` of GPT-2 pre-tokens for `text` and for any part of it."""
+    if _BEYOND_BMP_RE.search(text):
+        return PRETOKEN_RE.findall
+    return bmp_pretoken_re().findall
+
+
 def split_pretokens(text: str) -> list[str]:
     """The GPT-2 pre-tokens of a text without special tokens, exactly as `PRETOKEN_RE.findall` gives them."""
-    if _BEYOND_BMP_RE.search(text):
-        return PRETOKEN_RE.findall(text)
-    return bmp_pretoken_re().findall(text)
+    return pretoken_finder(text)(text)

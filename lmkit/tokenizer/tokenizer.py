@@ -3,23 +3,27 @@
 Encoding splits the text on special tokens, cuts the rest into GPT-2 pre-tokens, and turns each pre-token
 into ids by repeatedly merging its adjacent pair of lowest merge rank. Most pre-tokens repeat, so the ids of
 each pre-token are cached; a pre-token seen for the first time is merged with a rank lookup per adjacent
-pair, never a scan of the merge list. The cache holds ids packed as machine integers (uint16 or uint32,
-like the `.npy` files), so the ids of a whole text are one `bytes.join` of cached values.
+pair, never a scan of the merge list. The pre-tokens a text brings for the first time are merged together,
+vectorized (`batch_merge.py`), when there are many of them. The cache holds ids packed as machine integers
+(uint16 or uint32, like the `.npy` files), so the ids of a whole text are one `bytes.join` of cached values.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 from array import array
 from collections.abc import Iterable, Iterator
-from itertools import repeat
+from itertools import compress, repeat
 from pathlib import Path
 
 import numpy as np
+import regex
 
 from lmkit.errors import InputError
-from lmkit.tokenizer.fast_pretokenize import split_pretokens
+from lmkit.tokenizer.batch_merge import BatchMerger, in_creation_order
+from lmkit.tokenizer.fast_pretokenize import pretoken_finder
 from lmkit.tokenizer.formats import (
     Merges,
     Vocab,
@@ -29,12 +33,14 @@ from lmkit.tokenizer.formats import (
     save_tokenizer,
     to_hf_json,
 )
-from lmkit.tokenizer.pretokenize import check_special_tokens, iter_chunks, special_token_regex, split_on_special
+from lmkit.tokenizer.pretokenize import check_special_tokens, iter_chunks, special_token_regex
 
 TOKENIZER_FILE = "tokenizer.json"
 # Bounds the pre-token cache (about 150 bytes an entry): enough for every common word of a large corpus.
 _CACHE_LIMIT = 1 << 19
 _NO_MERGE = 1 << 62
+# Below this many new pre-tokens, merging them one by one in Python beats the vectorized set-up.
+_BATCH_MIN = 256
 
 
 class Tokenizer:
@@ -62,11 +68,24 @@ class Tokenizer:
             self._products.append(product)
             self.merges.append((a, b))
         self._byte_ids = [token_ids[bytes([b])] for b in range(256)]
-        self._special_re = special_token_regex(self.special_tokens)
+        self._batch_merger = self._new_batch_merger()
+        special_re = special_token_regex(self.special_tokens)
+        # Splitting with the special token captured gives [text, special, text, ..., text].
+        self._special_split = None if special_re is None else regex.compile(f"({special_re.pattern})").split
         self.dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         self._typecode = next(code for code in "HIL" if array(code).itemsize == self.dtype.itemsize)
+        # Pre-token -> its packed ids. It also holds each special token's id: no pre-token equals a special
+        # token, since the text is split at special tokens before it is cut into pre-tokens.
         self._special_packed = {t: self._pack([i]) for t, i in self.special_ids.items()}
-        self._cache: dict[str, bytes] = {}  # pre-token -> its packed ids
+        self._cache: dict[str, bytes] = dict(self._special_packed)
+
+    def _new_batch_merger(self) -> BatchMerger | None:
+        """The vectorized merger, or None when the merge list is not in creation order (it would not be exact)."""
+        pairs = np.array(list(self._ranks), dtype=np.int64).reshape(-1, 2)
+        products = np.array(self._products, dtype=np.int64)
+        if not in_creation_order(pairs, products):
+            return None
+        return BatchMerger(pairs, products, np.array(self._byte_ids), self.vocab_size)
 
     def _index_tokens(self) -> dict[bytes, int]:
         """Map bytes to the lowest id holding them, after appending missing special tokens to the vocabulary."""
@@ -157,41 +176,51 @@ class Tokenizer:
     def _pack(self, ids: Iterable[int]) -> bytes:
         return array(self._typecode, ids).tobytes()
 
-    def _encode_packed(self, text: str) -> bytes:
-        """The ids of `text`, packed."""
-        if self._special_re is None:
-            return self._encode_ordinary(text)
-        return b"".join(
-            self._special_packed[piece] if is_special else self._encode_ordinary(piece)
-            for piece, is_special in split_on_special(text, self._special_re)
-        )
+    def _pretokens(self, text: str) -> list[str]:
+        """The pre-tokens of `text`, with each special token as one piece of its own."""
+        findall = pretoken_finder(text)
+        if self._special_split is None:
+            return findall(text)
+        parts = self._special_split(text)
+        pieces = findall(parts[0])
+        for special, ordinary in zip(parts[1::2], parts[2::2], strict=True):
+            pieces.append(special)
+            pieces += findall(ordinary)
+        return pieces
 
-    def _encode_ordinary(self, text: str) -> bytes:
-        """The packed ids of a text holding no special tokens, through the pre-token cache."""
-        pieces = split_pretokens(text)
+    def _encode_packed(self, text: str) -> bytes:
+        """The ids of `text`, packed, through the pre-token cache."""
+        pieces = self._pretokens(text)
         found = list(map(self._cache.get, pieces))
         try:
             return b"".join(found)
         except TypeError:  # a None: some pre-token is not cached yet
-            self._fill_misses(pieces, found)
-            return b"".join(found)
+            return b"".join(self._fill_misses(pieces, found))
 
-    def _fill_misses(self, pieces: list[str], found: list[bytes | None]) -> None:
-        """Merge the pre-tokens missing from the cache, cache them, and put their ids into `found`."""
+    def _fill_misses(self, pieces: list[str], found: list[bytes | None]) -> list[bytes]:
+        """Merge and cache the pre-tokens that `found` lacks; return the packed ids of every pre-token."""
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        i = -1
-        try:
-            while True:
-                i = found.index(None, i + 1)  # a scan in C: most pre-tokens are cached
-                piece = pieces[i]
-                ids = cache.get(piece)  # a pre-token may be new twice in one text
-                if ids is None:
-                    ids = cache[piece] = self._pack(self._merge_pretoken(piece))
-                found[i] = ids
-        except ValueError:
-            pass
+            cache.update(self._special_packed)
+        missing = list(compress(range(len(found)), map(operator.not_, found)))  # packed ids are never empty
+        new = list(set(map(pieces.__getitem__, missing)))
+        cache.update(zip(new, self._merge_packed(new), strict=True))
+        if 4 * len(missing) > len(found):  # most are missing (a cold cache): look them all up again
+            return list(map(cache.__getitem__, pieces))
+        for i in missing:
+            found[i] = cache[pieces[i]]
+        return found
+
+    def _merge_packed(self, pieces: list[str]) -> list[bytes]:
+        """The packed ids of each pre-token, merged together when they are many (the same ids either way)."""
+        merger = self._batch_merger if len(pieces) >= _BATCH_MIN else None
+        if merger is None:
+            return [self._pack(self._merge_pretoken(piece)) for piece in pieces]
+        ids, lengths = merger.merge([piece.encode("utf-8") for piece in pieces])
+        data = ids.astype(self.dtype).tobytes()
+        ends = (np.cumsum(lengths) * self.dtype.itemsize).tolist()
+        return list(map(data.__getitem__, map(slice, [0, *ends[:-1]], ends)))
 
     def _merge_pretoken(self, piece: str) -> list[int]:
         """BPE on one pre-token: merge the leftmost adjacent pair of lowest rank until no pair has a rank.
