@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Callable
 
 import regex
@@ -36,13 +37,26 @@ def bmp_pretoken_re() -> re.Pattern:
     )
 
 
+def _may_hold_beyond_bmp(text: str) -> bool:
+    """False only where `text` certainly has no character above U+FFFF; in O(1) for long texts.
+
+    CPython stores a string with such a character at 4 bytes per character, any other at 1 or 2, so a
+    long string taking under 3 bytes per character has none. Otherwise the text is searched.
+    """
+    if text.isascii() or sys.getsizeof(text) < 3 * len(text):
+        return False
+    return _BEYOND_BMP_RE.search(text) is not None
+
+
 def pretoken_finder(text: str) -> Callable[[str], list[str]]:
     """The fastest exact `findall` of GPT-2 pre-tokens for `text` and for any part of it."""
-    if _BEYOND_BMP_RE.search(text):
-        return PRETOKEN_RE.findall
+    if _may_hold_beyond_bmp(text):
+        return split_pretokens  # which decides for each part
     return bmp_pretoken_re().findall
 
 
 def split_pretokens(text: str) -> list[str]:
     """The GPT-2 pre-tokens of a text without special tokens, exactly as `PRETOKEN_RE.findall` gives them."""
-    return pretoken_finder(text)(text)
+    if _may_hold_beyond_bmp(text):
+        return PRETOKEN_RE.findall(text)
+    return bmp_pretoken_re().findall(text)
