@@ -107,19 +107,21 @@ class _DocumentSplitter:
 
 
 _worker_tokenizer: Tokenizer | None = None
+_worker_corpus: BinaryIO | None = None
 
 
-def _start_worker(tokenizer: Tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
+def _start_worker(tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
+    global _worker_tokenizer, _worker_corpus
+    _worker_tokenizer, _worker_corpus = tokenizer, open(corpus, "rb")  # open while the worker lives
 
 
 def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes) -> np.ndarray:
     return tokenizer.encode_array(decode_chunk(offset, chunk))
 
 
-def _encode_in_worker(offset: int, chunk: bytes) -> np.ndarray:
-    return _encode_chunk(_worker_tokenizer, offset, chunk)
+def _encode_in_worker(offset: int, size: int) -> np.ndarray:
+    _worker_corpus.seek(offset)
+    return _encode_chunk(_worker_tokenizer, offset, _worker_corpus.read(size))
 
 
 def _encoded_chunks(
@@ -128,14 +130,17 @@ def _encoded_chunks(
     pool: multiprocessing.pool.Pool | None,
     in_flight_limit: int,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield `(chunk bytes, ids)` in corpus order: in this process, or in `pool` with a bounded backlog."""
+    """Yield `(chunk bytes, ids)` in corpus order: in this process, or in `pool` with a bounded backlog.
+
+    A worker reads its chunk from the corpus itself: only the offset and size go through the pipe.
+    """
     if pool is None:
         for offset, chunk in chunks:
             yield len(chunk), _encode_chunk(tokenizer, offset, chunk)
         return
     in_flight: deque = deque()
     for offset, chunk in chunks:
-        in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, chunk))))
+        in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, len(chunk)))))
         if len(in_flight) > in_flight_limit:
             size, result = in_flight.popleft()
             yield size, result.get()
@@ -172,7 +177,7 @@ def encode_file(
         # Workers start before the progress bar's drawing thread, so none is forked while it holds a lock.
         pool = None
         if workers > 1:
-            pool = stack.enter_context(multiprocessing.Pool(workers, _start_worker, (tokenizer,)))
+            pool = stack.enter_context(multiprocessing.Pool(workers, _start_worker, (tokenizer, corpus)))
         writers = [_NpyWriter(stack.enter_context(atomic_write(path)), dtype) for path in paths]
         sink = writers[0]
         if val_fraction > 0:
