@@ -191,25 +191,21 @@ class Tokenizer:
         """The ids of `text`, packed, through the pre-token cache."""
         pieces = self._pretokens(text)
         found = list(map(self._cache.get, pieces))
-        try:
-            return b"".join(found)
-        except TypeError:  # a None: some pre-token is not cached yet
-            return b"".join(self._fill_misses(pieces, found))
+        missing = _positions_of_none(found)
+        if missing:
+            self._fill_misses(pieces, found, missing)
+        return b"".join(found)
 
-    def _fill_misses(self, pieces: list[str], found: list[bytes | None]) -> list[bytes]:
-        """Merge and cache the pre-tokens that `found` lacks; return the packed ids of every pre-token."""
+    def _fill_misses(self, pieces: list[str], found: list[bytes | None], missing: list[int]) -> None:
+        """Merge and cache the pre-tokens at the `missing` positions, and put their ids into `found`."""
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
             cache.update(self._special_packed)
-        missing = _positions_of_none(found)
         new = list(set(map(pieces.__getitem__, missing)))
         cache.update(zip(new, self._merge_packed(new), strict=True))
-        if 4 * len(missing) > len(found):  # most are missing (a cold cache): look them all up again
-            return list(map(cache.__getitem__, pieces))
         for i in missing:
             found[i] = cache[pieces[i]]
-        return found
 
     def _merge_packed(self, pieces: list[str]) -> list[bytes]:
         """The packed ids of each pre-token, merged together when they are many (the same ids either way)."""
