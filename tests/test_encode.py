@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from gpt2_reference import EOT, tiktoken_gpt2, tiktoken_ids
 from lmkit.cli.app import app
 from lmkit.errors import InputError
 from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer import encode as encode_module
 from lmkit.tokenizer.encode import encode_file, npy_header
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -223,6 +226,42 @@ def test_bad_utf8_found_by_a_worker_process(gpt2: Tokenizer, tmp_path: Path) -> 
     with pytest.raises(InputError, match=message):
         encode_file(corpus, gpt2, tmp_path / "t.npy", workers=2, chunk_bytes=1024, show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.txt"]
+
+
+def test_ctrl_c_stops_the_workers_and_writes_nothing(
+    gpt2: Tokenizer, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collect = encode_module._ChunkWorkers.collect
+    calls = []
+
+    def interrupted_after_one_chunk(self):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return collect(self)
+
+    monkeypatch.setattr(encode_module._ChunkWorkers, "collect", interrupted_after_one_chunk)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        encode_file(corpus, gpt2, out / "t.npy", workers=2, chunk_bytes=4096, show_progress=False)
+    assert list(out.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+def _die(connection, tokenizer, corpus) -> None:
+    connection.recv()
+    os._exit(3)
+
+
+def test_a_worker_that_dies_is_a_runtime_error(
+    gpt2: Tokenizer, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encode_module, "_serve_chunks", _die)
+    with pytest.raises(RuntimeError, match=r"an encoding worker stopped unexpectedly \(exit code 3\)"):
+        encode_file(corpus, gpt2, tmp_path / "t.npy", workers=2, chunk_bytes=4096, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
 
 
 def test_out_in_a_missing_folder(runner, tok_file: Path, corpus: Path, tmp_path: Path) -> None:

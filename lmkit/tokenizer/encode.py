@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
-import multiprocessing.pool
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -106,47 +107,103 @@ class _DocumentSplitter:
         self.val.finish()
 
 
-_worker_tokenizer: Tokenizer | None = None
-_worker_corpus: BinaryIO | None = None
-
-
-def _start_worker(tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
-    global _worker_tokenizer, _worker_corpus
-    _worker_tokenizer, _worker_corpus = tokenizer, open(corpus, "rb")  # open while the worker lives
-
-
 def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes) -> np.ndarray:
     return tokenizer.encode_array(decode_chunk(offset, chunk))
 
 
-def _encode_in_worker(offset: int, size: int) -> np.ndarray:
-    _worker_corpus.seek(offset)
-    return _encode_chunk(_worker_tokenizer, offset, _worker_corpus.read(size))
+def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
+    """A worker's loop: read `(offset, size)`, encode that chunk of the corpus, send back the ids or the error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    with open(corpus, "rb") as source:
+        while (task := connection.recv()) is not None:
+            offset, size = task
+            source.seek(offset)
+            try:
+                connection.send((True, _encode_chunk(tokenizer, offset, source.read(size))))
+            except Exception as err:  # the parent re-raises it
+                connection.send((False, err))
+
+
+class _ChunkWorkers:
+    """Worker processes that encode chunks of the corpus, each reading its chunks from the file itself.
+
+    Chunks go to the workers in turn and their ids are collected in the same turn, so they come back in
+    corpus order, and workers given chunks of about the same size stay about equally busy. Only an offset
+    and a size go to a worker, only ids (or an error) come back: no helper threads, no copies of the text.
+    """
+
+    def __init__(self, count: int, tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
+        context = multiprocessing.get_context()
+        self._connections: list[Connection] = []
+        self._processes = []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_serve_chunks, args=(theirs, tokenizer, corpus), daemon=True)
+            process.start()
+            theirs.close()
+            self._connections.append(ours)
+            self._processes.append(process)
+        self._submitted = self._collected = 0
+
+    def submit(self, offset: int, size: int) -> None:
+        """Give the next chunk to the next worker in turn."""
+        index = self._submitted % len(self._connections)
+        self._submitted += 1
+        try:
+            self._connections[index].send((offset, size))
+        except OSError:  # a broken pipe: the worker is gone
+            raise self._stopped(index) from None
+
+    def collect(self) -> np.ndarray:
+        """The ids of the oldest chunk not yet collected (raising the error its worker met)."""
+        index = self._collected % len(self._connections)
+        self._collected += 1
+        try:
+            ok, payload = self._connections[index].recv()
+        except (EOFError, OSError):
+            raise self._stopped(index) from None
+        if not ok:
+            raise payload
+        return payload
+
+    def _stopped(self, index: int) -> RuntimeError:
+        process = self._processes[index]
+        process.join(timeout=10)
+        return RuntimeError(f"an encoding worker stopped unexpectedly (exit code {process.exitcode})")
+
+    def close(self) -> None:
+        """Stop the workers: politely once all is collected, at once otherwise (an error, Ctrl-C)."""
+        finished = self._collected == self._submitted
+        for connection, process in zip(self._connections, self._processes, strict=True):
+            if finished:
+                with contextlib.suppress(OSError):
+                    connection.send(None)
+            else:
+                process.terminate()
+        for connection, process in zip(self._connections, self._processes, strict=True):
+            process.join()
+            connection.close()
 
 
 def _encoded_chunks(
     chunks: Iterable[tuple[int, bytes]],
     tokenizer: Tokenizer,
-    pool: multiprocessing.pool.Pool | None,
+    workers: _ChunkWorkers | None,
     in_flight_limit: int,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield `(chunk bytes, ids)` in corpus order: in this process, or in `pool` with a bounded backlog.
-
-    A worker reads its chunk from the corpus itself: only the offset and size go through the pipe.
-    """
-    if pool is None:
+    """Yield `(chunk bytes, ids)` in corpus order: in this process, or by `workers` with a bounded backlog."""
+    if workers is None:
         for offset, chunk in chunks:
             yield len(chunk), _encode_chunk(tokenizer, offset, chunk)
         return
-    in_flight: deque = deque()
+    sizes: deque[int] = deque()
     for offset, chunk in chunks:
-        in_flight.append((len(chunk), pool.apply_async(_encode_in_worker, (offset, len(chunk)))))
-        if len(in_flight) > in_flight_limit:
-            size, result = in_flight.popleft()
-            yield size, result.get()
-    while in_flight:
-        size, result = in_flight.popleft()
-        yield size, result.get()
+        workers.submit(offset, len(chunk))
+        sizes.append(len(chunk))
+        if len(sizes) > in_flight_limit:
+            yield sizes.popleft(), workers.collect()
+    while sizes:
+        yield sizes.popleft(), workers.collect()
 
 
 def encode_file(
@@ -170,14 +227,15 @@ def encode_file(
     paths = list(split_paths(out)) if val_fraction > 0 else [Path(out)]
     for path in paths:
         check_output_path(path)
-    workers = min(workers, math.ceil(size / chunk_bytes))  # a pool for a single chunk costs more than it saves
+    workers = min(workers, math.ceil(size / chunk_bytes))  # workers for a single chunk cost more than they save
     dtype = tokenizer.dtype
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # Workers start before the progress bar's drawing thread, so none is forked while it holds a lock.
         pool = None
         if workers > 1:
-            pool = stack.enter_context(multiprocessing.Pool(workers, _start_worker, (tokenizer, corpus)))
+            pool = _ChunkWorkers(workers, tokenizer, corpus)
+            stack.callback(pool.close)
         writers = [_NpyWriter(stack.enter_context(atomic_write(path)), dtype) for path in paths]
         sink = writers[0]
         if val_fraction > 0:
