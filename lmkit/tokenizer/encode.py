@@ -33,7 +33,7 @@ from lmkit.progress import progress_bar
 from lmkit.tokenizer.pretokenize import corpus_size, decode_chunk, iter_chunks
 from lmkit.tokenizer.tokenizer import Tokenizer
 
-CHUNK_BYTES = 1 << 19
+CHUNK_BYTES = 1 << 18
 # A 1-D .npy header with up to 21 digits of length fits in 128 bytes; a fixed size lets the data go first.
 _NPY_HEADER_BYTES = 128
 
