@@ -85,7 +85,7 @@ class BatchMerger:
         self._byte_pair_ranks = self._pair_ranks.lookup(np.repeat(self._byte_ids, 256), np.tile(self._byte_ids, 256))
 
     def merge(self, pieces: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """The ids of every piece, end to end in the order given, and how many ids each piece has."""
+        """The ids of every piece (none empty), end to end in the order given, and how many ids each piece has."""
         lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
         data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
         ids = self._byte_ids[data]
