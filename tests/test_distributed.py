@@ -2,6 +2,7 @@
 Gloo processes that must train like one process and resume each other's checkpoints."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,42 @@ def test_two_processes_train_like_one_and_resume_each_others_checkpoints(runner,
     assert len(expected) == 10
     for run in ("two_then_one", "one_then_two"):
         # Each step logged once (rank 0 alone writes metrics), with the loss of the one-process run.
+        assert [r["step"] for r in metrics(workdir / run)] == list(range(1, 11))
+        assert _losses(workdir / run) == pytest.approx(expected, rel=1e-5)
+        assert _losses(workdir / run, "eval", "val_loss") == pytest.approx(
+            _losses(workdir / "one", "eval", "val_loss"), rel=1e-5
+        )
+
+
+def test_fsdp_shards_the_model_trains_like_one_process_and_resumes_across(runner, workdir):
+    # Sharded over two processes (FSDP2), steps 1-5; then one process resumes; and one process's
+    # checkpoint resumed sharded. Checkpoints hold whole tensors either way.
+    settings = {"steps": 10, "batch_size": 4, "grad_accum": 2, "eval_every": 5, "ckpt_every": 5}
+
+    def config(name: str, parallel: str) -> str:
+        train_table = {**settings, "out_dir": str(workdir / name), "parallel": parallel}
+        return str(write_config(workdir, f"{name}.toml", train=train_table))
+
+    alone = train(runner, "--config", config("one", "ddp"))
+    assert alone.exit_code == 0
+    sharded_run = _torchrun("--config", config("fsdp_then_one", "fsdp"), "--until-step", "5")
+    # Each process holds half of every parameter (FSDP pads a shard where a size is odd).
+    whole_count = int(re.search(r"parameters per process\D+([\d,]+)", alone.stdout).group(1).replace(",", ""))
+    shard_count = int(re.search(r"parameters per process\D+([\d,]+)", sharded_run.stdout).group(1).replace(",", ""))
+    assert whole_count / 2 <= shard_count < 0.6 * whole_count
+    sharded = torch.load(workdir / "fsdp_then_one" / "last.pt", weights_only=True)
+    model = TransformerLM(ModelConfig(**sharded["config"]["model"]))
+    assert {name: value.shape for name, value in sharded["model"].items()} == {
+        name: value.shape for name, value in model.state_dict().items()
+    }
+    first_state = next(iter(sharded["optimizer"]["state"].values()))
+    assert type(first_state["exp_avg"]) is torch.Tensor  # whole, not a shard
+    assert train(runner, "--resume", str(workdir / "fsdp_then_one" / "last.pt")).exit_code == 0
+    assert train(runner, "--config", config("one_then_fsdp", "fsdp"), "--until-step", "5").exit_code == 0
+    _torchrun("--resume", str(workdir / "one_then_fsdp" / "last.pt"))
+
+    expected = _losses(workdir / "one")
+    for run in ("fsdp_then_one", "one_then_fsdp"):
         assert [r["step"] for r in metrics(workdir / run)] == list(range(1, 11))
         assert _losses(workdir / run) == pytest.approx(expected, rel=1e-5)
         assert _losses(workdir / run, "eval", "val_loss") == pytest.approx(

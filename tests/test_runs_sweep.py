@@ -66,7 +66,7 @@ def test_ctrl_c_stops_the_sweep_after_the_current_run(config, monkeypatch):
 
     def interrupted_run(config_path, overrides, resume, until_step, show_progress):
         started.append(overrides)
-        return TrainResult(1, 3, 64, 5.0, None, None, 0.1, None, Path("x/last.pt"), interrupted=True)
+        return TrainResult(1, 3, 64, 5.0, None, None, 0.1, None, Path("x/last.pt"), True, 1000)
 
     monkeypatch.setattr(lmkit.tracking.sweep, "train_from_files", interrupted_run)
     plan = plan_sweep(config, [], "optim.lr=1e-3,2e-3,3e-3")

@@ -49,13 +49,25 @@ def save_checkpoint(
 
     `out` is a path (written atomically: a temporary file renamed into place) or an open binary file.
     """
+    optimizer_state = optimizer.state_dict() if optimizer is not None else None
+    write_checkpoint(model_state(model), optimizer_state, iteration, out, **run_state)
+
+
+def write_checkpoint(
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    iteration: int,
+    out: str | os.PathLike | IO[bytes],
+    **run_state: Any,
+) -> None:
+    """`save_checkpoint` from state dicts already taken (e.g. gathered whole from the shards of several ranks)."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "lmkit_version": __version__,
         "iteration": int(iteration),
-        "model": model_state(model),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model": model_state,
+        "optimizer": optimizer_state,
         **run_state,
     }
     if isinstance(out, str | os.PathLike):

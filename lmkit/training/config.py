@@ -74,6 +74,11 @@ class TrainConfig(BaseModel):
         default="auto", description="auto: bfloat16 autocast where the GPU supports it, else float32"
     )
     compile: bool = Field(default=False, description="torch.compile the model")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="under several processes: ddp keeps a whole model on each; fsdp shards parameters, "
+        "gradients and optimizer state over them, block by block (FSDP2)",
+    )
     seed: int = Field(default=0, description="seeds the weights' initialisation and the batch sampler")
     eval_every: int = Field(default=500, gt=0, description="steps between validation evaluations (and at the end)")
     eval_batches: int = Field(default=20, gt=0, description="fixed validation batches per evaluation")

@@ -10,6 +10,12 @@ the same global batch from the same seeded generator and keeps its own slice of 
 step, and the generator state saved in checkpoints, do not depend on the number of processes; a run
 resumes exactly on any number of them. DistributedDataParallel averages the gradients; only rank 0 logs
 and writes files.
+
+With train.parallel = "fsdp" the model is sharded instead (FSDP2's `fully_shard`, one unit per transformer
+block and one for the rest): each rank holds 1/world_size of every parameter, gradient and optimizer state,
+and gathers a block's weights only while it runs. Checkpoints stay the same single file with whole tensors
+(gathered for rank 0 to write, cut into shards again on loading), so runs resume across ddp, fsdp and one
+process alike.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ import contextlib
 import inspect
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from lmkit.errors import InputError
@@ -126,9 +135,19 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """`model` in DistributedDataParallel (which averages gradients over the ranks), or as is for one process."""
+    def wrap(self, model: nn.Module, device: torch.device, parallel: str = "ddp") -> nn.Module:
+        """`model` made ready for several processes (as is for one): in DistributedDataParallel (which averages
+        gradients over the ranks), or, for `parallel="fsdp"`, sharded in place block by block (FSDP2).
+
+        Build the optimizer after this: sharding replaces the parameters.
+        """
         if not self.enabled:
+            return model
+        if parallel == "fsdp":
+            mesh = init_device_mesh(device.type, (self.world_size,))
+            for block in model.layers:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
             return model
         # The only buffers are the RoPE tables, alike on every rank: broadcasting them before every forward
         # would be wasted traffic and, under torch.compile, a graph break. (torch 2.13 renamed the switch.)
@@ -158,16 +177,80 @@ class Distributed:
         return bool(value.item())
 
 
+@contextlib.contextmanager
+def _fsdp_gradient_sync(model: FSDPModule, sync: bool) -> Iterator[None]:
+    model.set_requires_gradient_sync(sync)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """Around one micro-batch's forward and backward: skips DDP's gradient all-reduce unless `sync`.
+    """Around one micro-batch's forward and backward: skips the gradients' all-reduce (DDP) or reduce-scatter
+    (FSDP) unless `sync`.
 
     With gradient accumulation only the last micro-batch needs the averaged gradients; the others only add
     to the local ones. `model` may be torch.compile'd.
     """
     model = getattr(model, "_orig_mod", model)
-    if sync or not isinstance(model, DistributedDataParallel):
+    if sync:
         return contextlib.nullcontext()
-    return model.no_sync()
+    if isinstance(model, FSDPModule):
+        return _fsdp_gradient_sync(model, sync)
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def local_numel(tensor: torch.Tensor) -> int:
+    """How many of the tensor's elements this process holds: its shard's under FSDP, else all."""
+    return tensor.to_local().numel() if isinstance(tensor, DTensor) else tensor.numel()
+
+
+def _gathered(value: object, keep: bool) -> object:
+    """A shard gathered whole (onto the CPU, and only if `keep`: every rank must take part); else `value`."""
+    if not isinstance(value, DTensor):
+        return value
+    whole = value.full_tensor()
+    return whole.cpu() if keep else None
+
+
+def whole_state(model: nn.Module, optimizer: torch.optim.Optimizer, keep: bool) -> tuple[dict, dict]:
+    """The model's and the optimizer's state dicts with whole tensors, as one process would have them.
+
+    Under FSDP every rank must call this: the shards are gathered one tensor at a time, and only where
+    `keep` (rank 0, which writes them) do the whole tensors stay, in CPU memory. Elsewhere nothing is
+    gathered or copied.
+    """
+    model_state = {name: _gathered(value, keep) for name, value in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {
+        index: {key: _gathered(value, keep) for key, value in state.items()}
+        for index, state in optimizer_state["state"].items()
+    }
+    return model_state, optimizer_state
+
+
+def shard_like_parameters(optimizer_state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A whole-tensor optimizer state dict (from a checkpoint) cut into the shards of the optimizer's parameters.
+
+    Where the parameters are not sharded it is returned as is.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(isinstance(p, DTensor) for p in params):
+        return optimizer_state
+    index_of = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    state = {}
+    for index, values in optimizer_state["state"].items():
+        param = params[index_of.index(index)]
+        state[index] = {
+            key: distribute_tensor(value, param.device_mesh, param.placements)
+            if isinstance(value, torch.Tensor) and isinstance(param, DTensor) and value.shape == param.shape
+            else value
+            for key, value in values.items()
+        }
+    return {**optimizer_state, "state": state}
 
 
 def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:

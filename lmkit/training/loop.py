@@ -8,8 +8,8 @@ updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes t
 `ckpt_every` steps and at the end `last.pt`.
 
 Under torchrun (several processes, see lmkit.training.distributed and docs/distributed.md) the model runs in
-DistributedDataParallel, each process trains on its slice of every global batch, losses are averaged over
-the processes, and only rank 0 logs and writes files.
+DistributedDataParallel or sharded by FSDP2 (train.parallel), each process trains on its slice of every
+global batch, losses are averaged over the processes, and only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -33,10 +33,16 @@ from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tracking.wandb_log import WandbMirror
-from lmkit.training.checkpoint import read_checkpoint, save_checkpoint
+from lmkit.training.checkpoint import read_checkpoint, write_checkpoint
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
-from lmkit.training.distributed import Distributed, gradient_sync
+from lmkit.training.distributed import (
+    Distributed,
+    gradient_sync,
+    local_numel,
+    shard_like_parameters,
+    whole_state,
+)
 from lmkit.training.loss import cross_entropy
 from lmkit.training.metrics import MetricsLog
 from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
@@ -65,6 +71,7 @@ class TrainResult:
     tokens_per_s: float | None
     checkpoint: Path
     interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
+    parameters_per_process: int  # the model's parameters each process holds: all of them, but a share under fsdp
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -167,6 +174,12 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)
         self.model = TransformerLM(config.model).to(self.device)
+        if checkpoint is not None:
+            self.model.load_state_dict(checkpoint["model"])  # whole tensors: before any sharding
+        self.dist.start(self.device)
+        # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,
+        # over the parameters as they now are.
+        forward = self.dist.wrap(self.model, self.device, config.train.parallel)
         optim = config.optim
         self.optimizer = AdamW(
             param_groups(self.model, optim.weight_decay, optim.decay_embeddings),
@@ -181,8 +194,6 @@ class Trainer:
         self.best_val_loss: float | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.dist.start(self.device)
-        forward = self.dist.wrap(self.model, self.device)  # DistributedDataParallel under several processes
         self.forward = torch.compile(forward) if config.train.compile else forward
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
@@ -201,8 +212,8 @@ class Trainer:
         )
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        """Everything but the weights (loaded before sharding): optimizer state, generators, counters."""
+        self.optimizer.load_state_dict(shard_like_parameters(checkpoint["optimizer"], self.optimizer))
         _restore_rng(checkpoint["rng"], self.batch_rng)
         self.step, self.tokens_seen = checkpoint["iteration"], checkpoint["tokens_seen"]
         self.elapsed_before = checkpoint["elapsed_s"]
@@ -267,13 +278,14 @@ class Trainer:
         return self.dist.mean(total).item() / len(self.val_batches)
 
     def save(self, name: str, elapsed_s: float) -> Path:
-        """Write the full run checkpoint `name` in the run folder (rank 0 alone writes)."""
+        """Write the full run checkpoint `name` in the run folder (every rank gathers, rank 0 alone writes)."""
         path = self.out_dir / name
+        model_state, optimizer_state = whole_state(self.model, self.optimizer, keep=self.dist.is_main)
         if not self.dist.is_main:
             return path
-        save_checkpoint(
-            self.model,
-            self.optimizer,
+        write_checkpoint(
+            model_state,
+            optimizer_state,
             self.step,
             path,
             tokens_seen=self.tokens_seen,
@@ -333,6 +345,7 @@ class Trainer:
             tokens_per_s=self.tokens_per_s,
             checkpoint=self.out_dir / "last.pt",
             interrupted=stop.is_set(),
+            parameters_per_process=sum(map(local_numel, self.model.parameters())),
         )
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 class AdamW(torch.optim.Optimizer):
@@ -156,8 +157,9 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_l2_norm: float, eps: 
     if not grads:
         return torch.tensor(0.0)
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    if total.device.type == "cpu" and total <= max_l2_norm:
-        return total  # reading the norm costs no pause on the CPU, and saves a pass over every gradient
+    norm = total.full_tensor() if isinstance(total, DTensor) else total  # sharded gradients (FSDP) give a DTensor
+    if norm.device.type == "cpu" and norm <= max_l2_norm:
+        return norm  # reading the norm costs no pause on the CPU, and saves a pass over every gradient
     scale = torch.where(total > max_l2_norm, max_l2_norm / (total + eps), torch.ones_like(total))
     torch._foreach_mul_(grads, scale)
-    return total
+    return norm
