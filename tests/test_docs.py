@@ -48,5 +48,5 @@ def test_config_reference_gives_type_default_and_meaning() -> None:
     assert "| `lr` | float | `0.0003` | peak learning rate (&gt; 0) |" in text
     batch = "sequences per micro-batch (the global batch, split over processes under torchrun) (&gt; 0)"
     assert f"| `batch_size` | integer | required | {batch} |" in text
-    assert '| `dtype` | "auto" or "float32" or "bfloat16" | `"auto"` |' in text
+    assert '| `dtype` | "auto" or "float32" or "bfloat16" or "float16" | `"auto"` |' in text
     assert "| `grad_clip` | float (or omitted) | `1.0` |" in text

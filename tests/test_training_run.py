@@ -18,7 +18,9 @@ import lmkit.training.loop
 from lmkit.cli.app import app
 from lmkit.model import TransformerLM
 from lmkit.tokenizer.formats import save_tokenizer
-from lmkit.training.checkpoint import load_inference_checkpoint
+from lmkit.training.checkpoint import load_inference_checkpoint, read_checkpoint
+from lmkit.training.config import load_config
+from lmkit.training.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,6 +100,43 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     val_losses = [[r["val_loss"] for r in metrics(workdir / run, "eval")] for run in ("straight", "broken")]
     assert val_losses[0] == val_losses[1] and len(val_losses[0]) == 4
+
+
+def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(workdir, monkeypatch):
+    config = load_config(write_config(workdir, train={"dtype": "float16", "steps": 6, "ckpt_every": 3}))
+    trainer = Trainer(config)
+    assert trainer.scaler is not None and trainer.scaler.get_scale() == 2.0**16
+    # The first backward overflows in one gradient: the step must be skipped and the scale halved.
+    head = trainer.model.lm_head.weight
+    hook = head.register_hook(lambda grad: torch.full_like(grad, math.inf))
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    loss, _, grad_norm = trainer.train_step()
+    hook.remove()
+    assert math.isfinite(loss) and grad_norm == math.inf
+    assert all(torch.equal(before[name], value) for name, value in trainer.model.state_dict().items())
+    assert trainer.scaler.get_scale() == 2.0**15
+    _, _, grad_norm = trainer.train_step()  # finite gradients: unscaled before clipping, applied
+    assert grad_norm < 100  # not 2**15 times the true norm
+    assert not torch.equal(before["lm_head.weight"], trainer.model.lm_head.weight)
+    assert trainer.scaler.get_scale() == 2.0**15
+    (workdir / "out").mkdir()
+    trainer.save("last.pt", 0.0)
+    resumed = Trainer(config, read_checkpoint(workdir / "out" / "last.pt"), "last.pt")
+    assert resumed.scaler.get_scale() == 2.0**15
+    assert torch.load(workdir / "out" / "last.pt", weights_only=True)["scaler"]["scale"] == 2.0**15
+
+
+def test_float16_learns_and_refuses_fsdp(runner, workdir, monkeypatch):
+    config = write_config(workdir, train={"dtype": "float16", "steps": 20})
+    assert train(runner, "--config", str(config)).exit_code == 0
+    losses = [r["loss"] for r in metrics(workdir / "out")]
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.1
+    torchrun_env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}
+    for key, value in torchrun_env.items():
+        monkeypatch.setenv(key, value)
+    sharded = {"dtype": "float16", "parallel": "fsdp", "out_dir": str(workdir / "sharded")}
+    fsdp = write_config(workdir, "fsdp.toml", train=sharded)
+    assert_input_error(train(runner, "--config", str(fsdp)), 'train.dtype = "float16" needs loss scaling')
 
 
 def test_overfits_one_batch(runner, workdir):

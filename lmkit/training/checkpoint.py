@@ -7,7 +7,8 @@ A checkpoint is a dict:
 and, in the run checkpoints that `lmkit train` writes, also `tokens_seen`, `config` (the resolved run
 config as plain data; `config["model"]` is the ModelConfig), `tokenizer_json` (the text of the tokenizer
 file, so the checkpoint needs nothing else), `rng` (torch, CUDA and batch-sampler generator states),
-`elapsed_s`, `lr`, `train_loss`, `val_loss` and `best_val_loss`.
+`elapsed_s`, `lr`, `train_loss`, `val_loss`, `best_val_loss`, `world_size` (how many processes wrote it)
+and `scaler` (the float16 loss scaler's state, or None).
 Every file is loaded with `torch.load(..., weights_only=True)`.
 """
 

@@ -70,8 +70,10 @@ class TrainConfig(BaseModel):
     total_tokens: int | None = Field(default=None, gt=0, description="tokens to train on (or give steps)")
     grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto: cuda, mps, cpu")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="auto: bfloat16 autocast where the GPU supports it, else float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="auto: bfloat16 autocast where the GPU supports it, else float32; float16: autocast with "
+        "dynamic loss scaling, for GPUs without bfloat16 (T4, V100)",
     )
     compile: bool = Field(default=False, description="torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = Field(

@@ -76,12 +76,15 @@ class TrainResult:
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: plain float32). "auto" uses bfloat16 only on a CUDA GPU that supports it;
-    on CPUs and MPS bfloat16 is usually slower than float32 or unsupported, so "auto" keeps float32 there."""
+    on CPUs and MPS bfloat16 is usually slower than float32 or unsupported, so "auto" keeps float32 there.
+    "float16" is for GPUs without bfloat16; its gradients need loss scaling (see `Trainer`)."""
+    if name == "float16":
+        return torch.float16
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if name == "float32" or (name == "auto" and not cuda_bf16):
         return None
     if device.type == "cuda" and not cuda_bf16:
-        raise InputError('this GPU does not support bfloat16; set train.dtype = "float32"')
+        raise InputError('this GPU does not support bfloat16; set train.dtype = "float16" or "float32"')
     return torch.bfloat16
 
 
@@ -167,6 +170,14 @@ class Trainer:
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
+        if self.autocast_dtype == torch.float16 and self.dist.enabled and config.train.parallel == "fsdp":
+            raise InputError(
+                'train.dtype = "float16" needs loss scaling, which lmkit does not do across FSDP shards; '
+                'use train.parallel = "ddp" or train.dtype = "bfloat16" / "float32"'
+            )
+        # float16 gradients underflow: the loss is scaled up before backward and the gradients back down
+        # before clipping; a step whose gradients overflowed is skipped and the scale halved.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -214,6 +225,8 @@ class Trainer:
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         """Everything but the weights (loaded before sharding): optimizer state, generators, counters."""
         self.optimizer.load_state_dict(shard_like_parameters(checkpoint["optimizer"], self.optimizer))
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         _restore_rng(checkpoint["rng"], self.batch_rng)
         self.step, self.tokens_seen = checkpoint["iteration"], checkpoint["tokens_seen"]
         self.elapsed_before = checkpoint["elapsed_s"]
@@ -249,7 +262,8 @@ class Trainer:
             with gradient_sync(self.forward, sync=micro == train.grad_accum - 1):
                 with self._autocast():
                     loss = cross_entropy(self.forward(inputs), targets)
-                (loss / train.grad_accum).backward()
+                micro_loss = loss / train.grad_accum
+                (micro_loss if self.scaler is None else self.scaler.scale(micro_loss)).backward()
             loss_sum += loss.detach()
         loss_value = self.dist.mean(loss_sum).item() / train.grad_accum
         if not math.isfinite(loss_value):
@@ -258,8 +272,14 @@ class Trainer:
                 f"(the last checkpoint in {self.out_dir} is untouched); try a lower optim.lr or a grad_clip",
                 loss_value,
             )
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip or math.inf)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)  # skipped where the gradients overflowed
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.config.tokens_per_step
@@ -298,6 +318,7 @@ class Trainer:
             val_loss=self.val_loss,
             best_val_loss=self.best_val_loss,
             world_size=self.dist.world_size,
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
         )
         return path
 
