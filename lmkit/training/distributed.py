@@ -240,10 +240,11 @@ def shard_like_parameters(optimizer_state: dict, optimizer: torch.optim.Optimize
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not any(isinstance(p, DTensor) for p in params):
         return optimizer_state
-    index_of = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    saved_indices = [i for group in optimizer_state["param_groups"] for i in group["params"]]
+    param_at = dict(zip(saved_indices, params, strict=True))
     state = {}
     for index, values in optimizer_state["state"].items():
-        param = params[index_of.index(index)]
+        param = param_at[index]
         state[index] = {
             key: distribute_tensor(value, param.device_mesh, param.placements)
             if isinstance(value, torch.Tensor) and isinstance(param, DTensor) and value.shape == param.shape
