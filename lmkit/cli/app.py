@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from lmkit import __version__
 from lmkit.cli import ckpt as ckpt_cli
+from lmkit.cli import eval as eval_cli
 from lmkit.cli import generate as generate_cli
 from lmkit.cli import model as model_cli
 from lmkit.cli import quickstart as quickstart_cli
@@ -94,6 +95,7 @@ def _root(
 
 app.command(name="train")(train_cli.train)
 app.command(name="generate")(generate_cli.generate)
+app.command(name="eval")(eval_cli.eval_command)
 app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspect byte-level BPE tokenizers.")
 app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")

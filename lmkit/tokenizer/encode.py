@@ -206,6 +206,14 @@ def _encoded_chunks(
         yield sizes.popleft(), workers.collect()
 
 
+def iter_encoded(
+    source: BinaryIO, tokenizer: Tokenizer, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield `(chunk bytes, ids)` for each chunk of an open corpus file, in order, encoded in this process
+    (for readers that consume the ids as they come, such as `lmkit eval`)."""
+    return _encoded_chunks(iter_chunks(source, tokenizer.special_tokens, chunk_bytes), tokenizer, None, 0)
+
+
 def encode_file(
     corpus: str | os.PathLike,
     tokenizer: Tokenizer,
