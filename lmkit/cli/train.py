@@ -62,6 +62,7 @@ def train(
             "val loss": result.val_loss,
             "best val loss": result.best_val_loss,
             "tokens/s": result.tokens_per_s,
+            **({} if result.mfu is None else {"MFU": f"{result.mfu:.1%}"}),  # left out where no peak is known
             "parameters per process": result.parameters_per_process,
             "time (s)": result.elapsed_s,
             "checkpoint": str(result.checkpoint),

@@ -87,6 +87,12 @@ class TrainConfig(BaseModel):
     log_every: int = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
     ckpt_every: int = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
     out_dir: Path = Field(default=Path("runs/lmkit"), description="run folder: checkpoints, metrics, config")
+    peak_tflops: float | None = Field(
+        default=None,
+        gt=0,
+        description="peak TFLOP/s of one device, for the MFU in the logs (default: looked up for known GPUs; "
+        "without it MFU is left out on CPU, mps and other GPUs)",
+    )
     wandb_project: str | None = Field(
         default=None, description="also log metrics to this Weights & Biases project (needs pip install wandb)"
     )

@@ -3,9 +3,10 @@
 One step: the learning rate from the schedule; `grad_accum` micro-batches drawn by get_batch from a
 dedicated generator (its state is checkpointed, so a resumed run draws the very batches the unbroken run
 would have); forward under autocast, cross-entropy, backward; a finite-loss check before anything is
-updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes to metrics.jsonl, every
-`eval_every` steps the loss over a fixed set of validation batches (`best.pt` when it improves), every
-`ckpt_every` steps and at the end `last.pt`.
+updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes to metrics.jsonl (with the
+MFU where the device's peak is known, see lmkit.training.mfu), every `eval_every` steps the loss over a fixed
+set of validation batches and its bits per byte (`best.pt` when it improves), every `ckpt_every` steps and
+at the end `last.pt`.
 
 Under torchrun (several processes, see lmkit.training.distributed and docs/distributed.md) the model runs in
 DistributedDataParallel or sharded by FSDP2 (train.parallel), each process trains on its slice of every
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import math
 import signal
 import threading
@@ -29,6 +31,7 @@ import torch
 
 from lmkit.device import resolve_device
 from lmkit.errors import InputError
+from lmkit.evaluation.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
@@ -45,6 +48,7 @@ from lmkit.training.distributed import (
 )
 from lmkit.training.loss import cross_entropy
 from lmkit.training.metrics import MetricsLog
+from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
 from lmkit.training.schedule import get_lr_cosine_schedule
 
@@ -72,6 +76,7 @@ class TrainResult:
     checkpoint: Path
     interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
     parameters_per_process: int  # the model's parameters each process holds: all of them, but a share under fsdp
+    mfu: float | None = None  # model FLOPs utilisation of the last logged interval (None without a known peak)
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -103,6 +108,17 @@ def _read_tokenizer(config: RunConfig) -> str:
             f"({needed} ids in {path})"
         )
     return path.read_text(encoding="utf-8")
+
+
+def _val_bytes_per_token(tokenizer_json: str, val_batches: list[torch.Tensor], vocab_size: int) -> float:
+    """Text bytes per scored token of the validation windows (special tokens count 0), to turn the validation
+    loss into bits per byte."""
+    from lmkit.tokenizer.formats import from_hf_json
+
+    vocab, _, special_tokens = from_hf_json(json.loads(tokenizer_json), source="the run's tokenizer")
+    targets = torch.cat([window[:, 1:] for window in val_batches]).numpy().ravel()
+    lengths = token_byte_lengths(vocab, special_tokens, vocab_size)
+    return count_bytes(targets, lengths, "validation data") / len(targets)
 
 
 def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
@@ -178,6 +194,9 @@ class Trainer:
         # float16 gradients underflow: the loss is scaled up before backward and the gradients back down
         # before clipping; a step whose gradients overflowed is skipped and the scale halved.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
+        self.peak_tflops = device_peak_tflops(self.device, self.autocast_dtype, config.train.peak_tflops)
+        self.flops_per_token = training_flops_per_token(config.model)
+        self.mfu: float | None = None
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -221,6 +240,7 @@ class Trainer:
         self.val_batches = validation_batches(
             val_tokens, self.config.train.batch_size, model.context_length, self.config.train.eval_batches
         )
+        self.val_bytes_per_token = _val_bytes_per_token(self.tokenizer_json, self.val_batches, model.vocab_size)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         """Everything but the weights (loaded before sharding): optimizer state, generators, counters."""
@@ -367,6 +387,7 @@ class Trainer:
             checkpoint=self.out_dir / "last.pt",
             interrupted=stop.is_set(),
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
+            mfu=self.mfu,
         )
 
     def close(self) -> None:
@@ -395,12 +416,21 @@ class Trainer:
         facts = {"step": self.step, "tokens": self.tokens_seen, "time_s": elapsed}
         if self.step % train.log_every == 0 or done:
             self.tokens_per_s = self._throughput.rate()
+            if self.peak_tflops is not None:
+                self.mfu = mfu(self.tokens_per_s, self.flops_per_token, self.peak_tflops, self.dist.world_size)
             metrics.write(
-                "train", **facts, loss=self.train_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=self.tokens_per_s
+                "train",
+                **facts,
+                loss=self.train_loss,
+                lr=lr,
+                grad_norm=grad_norm,
+                tokens_per_s=self.tokens_per_s,
+                **({} if self.mfu is None else {"mfu": self.mfu}),
             )
         if self.step % train.eval_every == 0 or done:
             self.val_loss = self.evaluate()
-            metrics.write("eval", **facts, val_loss=self.val_loss)
+            val_bpb = bits_per_byte(self.val_loss, self.val_bytes_per_token)
+            metrics.write("eval", **facts, val_loss=self.val_loss, val_bpb=val_bpb)
             if self.best_val_loss is None or self.val_loss < self.best_val_loss:
                 self.best_val_loss = self.val_loss
                 self.save("best.pt", elapsed)

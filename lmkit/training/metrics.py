@@ -2,7 +2,8 @@
 
 Each line has `event` ("train" or "eval"), `step`, `tokens` (tokens trained on so far) and `time_s`
 (wall-clock seconds of training, carried across resumes); "train" lines add `loss`, `lr`, `grad_norm` and
-`tokens_per_s`, "eval" lines add `val_loss`.
+`tokens_per_s` (and `mfu`, the model FLOPs utilisation, where the device's peak is known), "eval" lines add
+`val_loss` and `val_bpb` (bits per byte: the validation loss over the text bytes of the validation windows).
 """
 
 from __future__ import annotations
