@@ -68,7 +68,7 @@ def list_command(
     directory: Path = typer.Argument(Path("runs"), help="Folder holding run folders (searched recursively)."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as one JSON object."),
 ) -> None:
-    """List the runs in a folder: shape, parameters, tokens, steps, best validation loss, time, status.
+    """List the runs in a folder: shape, parameters, tokens, steps, best validation loss and bpb, time, status.
 
     Shape is layers x d_model and heads (2x512 h8). Status is finished, running, crashed or diverged
     (the rules are in docs/experiments.md).
@@ -83,7 +83,7 @@ def list_command(
     if as_json:
         print_json({"runs": summaries})
         return
-    columns = ["run", "shape", "params", "tokens", "steps", "best val", "time", "status"]
+    columns = ["run", "shape", "params", "tokens", "steps", "best val", "best bpb", "time", "status"]
     rows = [
         [
             s["name"],
@@ -92,6 +92,7 @@ def list_command(
             _short(s["tokens"]),
             f"{s['step']:,}/{s['total_steps']:,}",
             _value(s["best_val_loss"]),
+            _value(s["best_val_bpb"]),
             _duration(s["time_s"]),
             _status(s["status"]),
         ]
@@ -104,7 +105,7 @@ def list_command(
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding runs (e.g. a sweep)."),
     x: str = typer.Option("steps", "--x", help="The x axis: steps, tokens or time."),
-    metric: str = typer.Option("val_loss", "--metric", help="val_loss, train_loss, lr or grad_norm."),
+    metric: str = typer.Option("val_loss", "--metric", help="val_loss, val_bpb, train_loss, lr or grad_norm."),
     log: bool = typer.Option(False, "--log", help="Logarithmic y axis."),
     out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="The image to write (.png, .svg or .pdf)."),
 ) -> None:

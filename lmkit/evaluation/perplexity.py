@@ -169,8 +169,11 @@ def _token_chunks(tokens: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 
 @contextlib.contextmanager
-def _data_chunks(data: Path, tokenizer: Tokenizer) -> Iterator[tuple[Iterator[tuple[int, np.ndarray]], int, str]]:
-    """The data as `(progress amount, ids)` chunks, with the progress total and unit (MB of text, M tokens)."""
+def _data_chunks(
+    data: Path, tokenizer: Tokenizer, lengths: np.ndarray, max_ids: int | None
+) -> Iterator[tuple[Iterator[tuple[int, np.ndarray]], int, str]]:
+    """The data as `(progress amount, ids)` chunks, with the progress total and unit (MB of text, M tokens).
+    A token array is cut to `max_ids` and its ids are checked against `lengths` (see count_bytes) first."""
     from lmkit.tokenizer.encode import iter_encoded
     from lmkit.tokenizer.pretokenize import corpus_size
 
@@ -179,9 +182,11 @@ def _data_chunks(data: Path, tokenizer: Tokenizer) -> Iterator[tuple[Iterator[tu
     if data.is_dir():
         raise InputError(f"data {data} is a folder; give a text file or a .npy token array")
     if is_token_array(data):
-        tokens = load_tokens(data, "data")
+        tokens = load_tokens(data, "data")[:max_ids]
         if len(tokens) == 0:
             raise InputError(f"data file {data} holds no tokens")
+        for _, chunk in _token_chunks(tokens):  # every id checked before the work starts, not after hours of it
+            count_bytes(chunk, lengths, f"data {data}")
         yield _token_chunks(tokens), len(tokens), "M tokens"
         return
     size = corpus_size(data)
@@ -209,14 +214,16 @@ def evaluate(
     context = model.config.context_length if context is None else context
     stride = context if stride is None else stride
     _check_options(model, context, stride, batch_size, max_tokens)
-    lengths = token_byte_lengths(tokenizer.vocab, tokenizer.special_tokens)[: model.config.vocab_size]
+    vocab_size = model.config.vocab_size
+    lengths = token_byte_lengths(tokenizer.vocab, tokenizer.special_tokens, vocab_size)[:vocab_size]
     data = Path(data)
     model.eval()
     tokens = n_bytes = 0
     total_nats = 0.0
     start = time.perf_counter()
     with (
-        _data_chunks(data, tokenizer) as (chunks, total, unit),
+        # Scoring max_tokens needs max_tokens + 1 ids at most (the first is context without a start token).
+        _data_chunks(data, tokenizer, lengths, max_tokens and max_tokens + 1) as (chunks, total, unit),
         progress_bar("Evaluating", total, unit, scale=1e6, enabled=show_progress) as bar,
     ):
 

@@ -18,6 +18,7 @@ from lmkit.tracking.runs import Run, load_runs, run_status
 # metric name -> (event, field in metrics.jsonl, axis label)
 METRICS = {
     "val_loss": ("eval", "val_loss", "validation loss"),
+    "val_bpb": ("eval", "val_bpb", "validation bits per byte"),
     "train_loss": ("train", "loss", "train loss"),
     "lr": ("train", "lr", "learning rate"),
     "grad_norm": ("train", "grad_norm", "gradient norm (before clipping)"),

@@ -175,6 +175,7 @@ def run_summary(run: Run, now: float | None = None) -> dict[str, Any]:
     """The facts `lmkit runs list` shows for a run (losses None until logged)."""
     model = run.config.model
     train_losses, val_losses = run.values("train", "loss"), run.values("eval", "val_loss")
+    val_bpbs = run.values("eval", "val_bpb")  # absent from runs logged before lmkit recorded bits per byte
     return {
         "name": run.name,
         "path": str(run.path),
@@ -188,6 +189,8 @@ def run_summary(run: Run, now: float | None = None) -> dict[str, Any]:
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_val_loss": val_losses[-1] if val_losses else None,
         "best_val_loss": _finite_min(val_losses),
+        "final_val_bpb": val_bpbs[-1] if val_bpbs else None,
+        "best_val_bpb": _finite_min(val_bpbs),
         "time_s": run.last("time_s") or 0.0,
         "status": run_status(run, now),
     }
@@ -212,7 +215,17 @@ def config_differences(runs: list[Run]) -> dict[str, list[Any]]:
     }
 
 
-COMPARED_METRICS = ("status", "step", "tokens", "final_train_loss", "final_val_loss", "best_val_loss", "time_s")
+COMPARED_METRICS = (
+    "status",
+    "step",
+    "tokens",
+    "final_train_loss",
+    "final_val_loss",
+    "best_val_loss",
+    "final_val_bpb",
+    "best_val_bpb",
+    "time_s",
+)
 
 
 def compare_runs(runs: list[Run], now: float | None = None) -> dict[str, Any]:
