@@ -83,7 +83,7 @@ def list_command(
     if as_json:
         print_json({"runs": summaries})
         return
-    columns = ["run", "shape", "params", "tokens", "steps", "best val", "best bpb", "time", "status"]
+    columns = ["run", "shape", "params", "tokens", "steps", "best val", "time", "status"]
     rows = [
         [
             s["name"],
@@ -92,12 +92,15 @@ def list_command(
             _short(s["tokens"]),
             f"{s['step']:,}/{s['total_steps']:,}",
             _value(s["best_val_loss"]),
-            _value(s["best_val_bpb"]),
             _duration(s["time_s"]),
             _status(s["status"]),
         ]
         for s in summaries
     ]
+    if any(s["best_val_bpb"] is not None for s in summaries):  # runs logged before lmkit recorded bpb have none
+        columns.insert(6, "best bpb")
+        for row, s in zip(rows, summaries, strict=True):
+            row.insert(6, _value(s["best_val_bpb"]))
     _print(f"Runs in {directory}", columns, rows)
 
 

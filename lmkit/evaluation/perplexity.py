@@ -239,7 +239,9 @@ def evaluate(
             tokens += rows.shape[0] * n
             bar.update(description=f"Evaluating: loss {total_nats / tokens:.3f}")
     if tokens == 0:
-        raise InputError(f"data {data} is too short to score: one token, and no special token in the tokenizer to put before it")
+        raise InputError(
+            f"data {data} is too short to score: one token, and the tokenizer has no special token to put before it"
+        )
     if n_bytes == 0:
         raise InputError(f"data {data} holds only special tokens: no text bytes to score")
     return EvalResult(tokens=tokens, bytes=n_bytes, total_nats=total_nats, seconds=time.perf_counter() - start)
