@@ -233,6 +233,8 @@ def test_bad_checkpoints_and_data_exit_2_with_one_line(runner, small_checkpoint,
     np.save(tmp_path / "empty.npy", np.zeros(0, dtype=np.uint16))
     np.save(tmp_path / "big.npy", np.array([1, 2, 300, 4], dtype=np.uint16))
     np.save(tmp_path / "one.npy", np.array([5], dtype=np.uint16))
+    np.save(tmp_path / "matrix.npy", np.zeros((2, 3), dtype=np.uint16))
+    (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
     cases = [
         ([tmp_path / "missing.pt", tmp_path / "t.txt"], "does not exist"),
         ([tmp_path / "corrupt.pt", tmp_path / "t.txt"], "not a complete PyTorch checkpoint"),
@@ -246,6 +248,8 @@ def test_bad_checkpoints_and_data_exit_2_with_one_line(runner, small_checkpoint,
         ([small_checkpoint, tmp_path / "t.txt", "--batch-size", "0"], "--batch-size must be at least 1"),
         ([small_checkpoint, tmp_path / "t.txt", "--dtype", "int8"], "unknown --dtype"),
         ([small_checkpoint, tmp_path, "--quiet"], "is a folder"),
+        ([small_checkpoint, tmp_path / "matrix.npy"], "not 1-D ids"),
+        ([small_checkpoint, tmp_path / "latin1.txt", "--quiet"], "not UTF-8: invalid byte 0xe9 at byte 3"),
     ]
     for args, message in cases:
         assert_input_error(runner.invoke(app, ["eval", *map(str, args)]), message)
