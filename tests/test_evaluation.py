@@ -247,6 +247,7 @@ def test_bad_checkpoints_and_data_exit_2_with_one_line(runner, small_checkpoint,
         ([small_checkpoint, tmp_path / "t.txt", "--context", "17"], "--context must be in 1 … 16"),
         ([small_checkpoint, tmp_path / "t.txt", "--batch-size", "0"], "--batch-size must be at least 1"),
         ([small_checkpoint, tmp_path / "t.txt", "--dtype", "int8"], "unknown --dtype"),
+        ([small_checkpoint, tmp_path / "t.txt", "--workers", "0"], "--workers must be at least 1"),
         ([small_checkpoint, tmp_path, "--quiet"], "is a folder"),
         ([small_checkpoint, tmp_path / "matrix.npy"], "not 1-D ids"),
         ([small_checkpoint, tmp_path / "latin1.txt", "--quiet"], "not UTF-8: invalid byte 0xe9 at byte 3"),
@@ -351,3 +352,16 @@ def write_tiny_run_folder(folder: Path) -> Path:
         f'[train]\nbatch_size = 4\nsteps = 4\nout_dir = "{folder}"\n'
     )
     return folder
+
+
+def test_worker_processes_encode_a_long_text_to_the_same_result(tmp_path):
+    """Two chunks (256 KB and the rest), encoded by two worker processes: the same figures as one process."""
+    tokenizer = byte_tokenizer()
+    (tmp_path / "t.txt").write_bytes(SHAKESPEARE.read_bytes()[:300_000])
+    model = tiny_model(257, context=256)
+    one = evaluate(model, tokenizer, tmp_path / "t.txt", batch_size=64)
+    two = evaluate(model, tokenizer, tmp_path / "t.txt", batch_size=64, workers=2)
+    assert one.tokens == two.tokens == one.bytes == 300_000
+    assert two.total_nats == pytest.approx(one.total_nats, rel=1e-9)
+    stopped = evaluate(model, tokenizer, tmp_path / "t.txt", max_tokens=1000, workers=2)  # workers stopped early
+    assert stopped.tokens == 1000

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from lmkit.cli.common import print_json, print_table
 from lmkit.errors import InputError
+
+if TYPE_CHECKING:  # imported inside the command at run time, so `lmkit --help` does not load torch
+    import torch
 
 
 def eval_command(
@@ -24,6 +28,9 @@ def eval_command(
         None, "--stride", help="Sliding windows: score this many new tokens per window (default: --context)."
     ),
     max_tokens: int = typer.Option(None, "--max-tokens", help="Stop after scoring this many tokens."),
+    workers: int = typer.Option(
+        None, "--workers", help="Processes encoding a text DATA (default: all cores on a GPU, 1 on a CPU)."
+    ),
     dtype: str = typer.Option(
         "auto",
         "--dtype",
@@ -72,6 +79,7 @@ def eval_command(
             batch_size=batch_size,
             max_tokens=max_tokens,
             autocast_dtype=autocast_dtype,
+            workers=_default_workers(model_device) if workers is None else workers,
             show_progress=not (quiet or as_json),
         )
         window = context or model.config.context_length
@@ -88,3 +96,10 @@ def eval_command(
         if part in report:
             header = {key: report[key] for key in ("checkpoint", "device", "dtype")}
             print_table(title, {**header, **report[part]})
+
+
+def _default_workers(device: torch.device) -> int:
+    """On a CPU the model's forward passes need the cores; on an accelerator encoding can be the bottleneck."""
+    import os
+
+    return 1 if device.type == "cpu" else os.cpu_count() or 1

@@ -170,11 +170,12 @@ def _token_chunks(tokens: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 @contextlib.contextmanager
 def _data_chunks(
-    data: Path, tokenizer: Tokenizer, lengths: np.ndarray, max_ids: int | None
+    data: Path, tokenizer: Tokenizer, lengths: np.ndarray, max_ids: int | None, workers: int
 ) -> Iterator[tuple[Iterator[tuple[int, np.ndarray]], int, str]]:
     """The data as `(progress amount, ids)` chunks, with the progress total and unit (MB of text, M tokens).
-    A token array is cut to `max_ids` and its ids are checked against `lengths` (see count_bytes) first."""
-    from lmkit.tokenizer.encode import iter_encoded
+    A token array is cut to `max_ids` and its ids are checked against `lengths` (see count_bytes) first;
+    a text is encoded by `workers` processes."""
+    from lmkit.tokenizer.encode import CHUNK_BYTES, encoded_chunks
     from lmkit.tokenizer.pretokenize import corpus_size
 
     if not data.exists():
@@ -190,8 +191,9 @@ def _data_chunks(
         yield _token_chunks(tokens), len(tokens), "M tokens"
         return
     size = corpus_size(data)
-    with data.open("rb") as source:
-        yield iter_encoded(source, tokenizer), size, "MB"
+    workers = min(workers, math.ceil(size / CHUNK_BYTES))  # no more workers than chunks
+    with encoded_chunks(data, tokenizer, workers) as chunks:
+        yield chunks, size, "MB"
 
 
 def evaluate(
@@ -204,16 +206,18 @@ def evaluate(
     batch_size: int = 8,
     max_tokens: int | None = None,
     autocast_dtype: torch.dtype | None = None,
+    workers: int = 1,
     show_progress: bool = False,
 ) -> EvalResult:
     """Score the text file or `.npy` token array `data` with `model` (see the module docstring).
 
-    `context` defaults to the model's context length, `stride` to `context`. InputError for missing or
-    empty data, ids the tokenizer or the model does not have, and options out of range.
+    `context` defaults to the model's context length, `stride` to `context`; a text is encoded by `workers`
+    processes while it is scored. InputError for missing or empty data, ids the tokenizer or the model does
+    not have, and options out of range.
     """
     context = model.config.context_length if context is None else context
     stride = context if stride is None else stride
-    _check_options(model, context, stride, batch_size, max_tokens)
+    _check_options(model, context, stride, batch_size, max_tokens, workers)
     vocab_size = model.config.vocab_size
     lengths = token_byte_lengths(tokenizer.vocab, tokenizer.special_tokens, vocab_size)[:vocab_size]
     data = Path(data)
@@ -223,7 +227,7 @@ def evaluate(
     start = time.perf_counter()
     with (
         # Scoring max_tokens needs max_tokens + 1 ids at most (the first is context without a start token).
-        _data_chunks(data, tokenizer, lengths, max_tokens and max_tokens + 1) as (chunks, total, unit),
+        _data_chunks(data, tokenizer, lengths, max_tokens and max_tokens + 1, workers) as (chunks, total, unit),
         progress_bar("Evaluating", total, unit, scale=1e6, enabled=show_progress) as bar,
     ):
 
@@ -247,7 +251,9 @@ def evaluate(
     return EvalResult(tokens=tokens, bytes=n_bytes, total_nats=total_nats, seconds=time.perf_counter() - start)
 
 
-def _check_options(model: TransformerLM, context: int, stride: int, batch_size: int, max_tokens: int | None) -> None:
+def _check_options(
+    model: TransformerLM, context: int, stride: int, batch_size: int, max_tokens: int | None, workers: int
+) -> None:
     if not 1 <= context <= model.config.context_length:
         raise InputError(f"--context must be in 1 … {model.config.context_length} (the model's), got {context}")
     if not 1 <= stride <= context:
@@ -256,3 +262,5 @@ def _check_options(model: TransformerLM, context: int, stride: int, batch_size: 
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if max_tokens is not None and max_tokens < 1:
         raise InputError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")

@@ -206,12 +206,21 @@ def _encoded_chunks(
         yield sizes.popleft(), workers.collect()
 
 
-def iter_encoded(
-    source: BinaryIO, tokenizer: Tokenizer, chunk_bytes: int = CHUNK_BYTES
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield `(chunk bytes, ids)` for each chunk of an open corpus file, in order, encoded in this process
-    (for readers that consume the ids as they come, such as `lmkit eval`)."""
-    return _encoded_chunks(iter_chunks(source, tokenizer.special_tokens, chunk_bytes), tokenizer, None, 0)
+@contextlib.contextmanager
+def encoded_chunks(
+    corpus: str | os.PathLike, tokenizer: Tokenizer, workers: int = 1, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[Iterator[tuple[int, np.ndarray]]]:
+    """Yield an iterator of `(chunk bytes, ids)` over the chunks of `corpus` in order, encoded by `workers`
+    processes (in this one when 1), for readers that consume the ids as they come, such as `lmkit eval`.
+    Enter it before starting threads (a progress bar): the workers are forked as it is entered."""
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1:
+            pool = _ChunkWorkers(workers, tokenizer, corpus)
+            stack.callback(pool.close)
+        source = stack.enter_context(open(corpus, "rb"))
+        chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
+        yield _encoded_chunks(chunks, tokenizer, pool, 2 * workers)
 
 
 def encode_file(
