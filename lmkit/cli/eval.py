@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from lmkit.cli.common import print_json, print_table
-from lmkit.errors import InputError
-
-if TYPE_CHECKING:  # imported inside the command at run time, so `lmkit --help` does not load torch
-    import torch
 
 
 def eval_command(
@@ -51,55 +46,25 @@ def eval_command(
 
         lmkit eval runs/tinystories/best.pt --choices questions.jsonl --json
     """
-    from lmkit.evaluation.choices import evaluate_choices, read_questions
-    from lmkit.evaluation.perplexity import evaluate
-    from lmkit.generate import load_model_and_tokenizer
-    from lmkit.training.loop import resolve_autocast_dtype
+    from lmkit.evaluation.report import evaluation_report
 
-    if data is None and choices is None:
-        raise InputError("nothing to evaluate: give a DATA file (text or .npy) or --choices FILE.jsonl")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise InputError(f"unknown --dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    questions = read_questions(choices) if choices is not None else None  # bad questions fail before any work
-    model, tokenizer = load_model_and_tokenizer(checkpoint, device)
-    model_device = model.lm_head.weight.device
-    autocast_dtype = resolve_autocast_dtype(dtype, model_device)
-    report: dict[str, object] = {
-        "checkpoint": str(checkpoint),
-        "device": str(model_device),
-        "dtype": "float32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
-    }
-    if data is not None:
-        result = evaluate(
-            model,
-            tokenizer,
-            data,
-            context=context,
-            stride=stride,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            autocast_dtype=autocast_dtype,
-            workers=_default_workers(model_device) if workers is None else workers,
-            show_progress=not (quiet or as_json),
-        )
-        window = context or model.config.context_length
-        report["data"] = {"file": str(data), "context": window, "stride": stride or window, **result.facts()}
-    if questions is not None:
-        scores = evaluate_choices(
-            model, tokenizer, questions, autocast_dtype=autocast_dtype, show_progress=not (quiet or as_json)
-        )
-        report["choices"] = {"file": str(choices), **scores}
+    report = evaluation_report(
+        checkpoint,
+        data,
+        choices,
+        device=device,
+        dtype=dtype,
+        context=context,
+        stride=stride,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        workers=workers,
+        show_progress=not (quiet or as_json),
+    )
     if as_json:
         print_json(report)
         return
+    header = {key: report[key] for key in ("checkpoint", "device", "dtype")}
     for part, title in (("data", "Evaluation"), ("choices", "Multiple choice")):
         if part in report:
-            header = {key: report[key] for key in ("checkpoint", "device", "dtype")}
             print_table(title, {**header, **report[part]})
-
-
-def _default_workers(device: torch.device) -> int:
-    """On a CPU the model's forward passes need the cores; on an accelerator encoding can be the bottleneck."""
-    import os
-
-    return 1 if device.type == "cpu" else os.cpu_count() or 1
