@@ -27,6 +27,8 @@ FLOPS_PER_TOKEN = 3 * (2 * LAYERS * (4 * D * D + 3 * D * F) + 2 * D * VOCAB + LA
         ("NVIDIA H100 80GB HBM3", 989.0, 494.7),
         ("NVIDIA H100 PCIe", 756.0, 378.0),
         ("NVIDIA H200", 989.0, 494.7),
+        ("NVIDIA H100 NVL", 835.5, 417.5),
+        ("NVIDIA H200 NVL", 835.5, 417.5),
         ("NVIDIA A100-SXM4-80GB", 312.0, 156.0),
         ("NVIDIA A100-PCIE-40GB", 312.0, 156.0),
         ("NVIDIA L4", 121.0, 60.0),
@@ -41,7 +43,9 @@ def test_known_gpus_have_their_data_sheet_peaks(name, half, single):
     assert table_peak_tflops(name, half_precision=False) == single
 
 
-@pytest.mark.parametrize("name", ["NVIDIA L40S", "NVIDIA A100X", "NVIDIA GeForce RTX 3090", "AMD Instinct MI300X"])
+@pytest.mark.parametrize(
+    "name", ["NVIDIA L40S", "NVIDIA A100X", "NVIDIA GH200 480GB", "NVIDIA GeForce RTX 3090", "AMD Instinct MI300X"]
+)
 def test_unknown_gpus_get_no_peak_rather_than_a_neighbours(name):
     assert table_peak_tflops(name, half_precision=True) is None
 

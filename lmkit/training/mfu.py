@@ -21,6 +21,7 @@ from lmkit.model.config import ModelConfig
 # reaches: lmkit enables TF32 matmuls on CUDA, so it is the TF32 peak on GPUs that have TF32, plain FP32 on
 # V100 and T4. Patterns are tried in order against torch.cuda.get_device_name().
 PEAK_TFLOPS: list[tuple[str, float, float]] = [
+    (r"\bH[12]00\b.*\bNVL\b", 835.5, 417.5),  # the PCIe NVL cards of either, at a lower power
     (r"\bH200\b", 989.0, 494.7),
     (r"\bH100\b.*\bPCIe\b", 756.0, 378.0),
     (r"\bH100\b", 989.0, 494.7),  # SXM (reported as "H100 80GB HBM3")
