@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -124,6 +125,18 @@ def test_encoding_equals_the_concatenated_text_for_any_worker_count(inputs, layo
         summary = encode_file(inputs[layout], gpt2, out, workers=workers, chunk_bytes=2048, show_progress=False)
         assert np.array_equal(np.load(out), expected)
         assert summary["bytes"] == len(EOT.join(DOCS).encode("utf-8"))
+
+
+def test_chunks_larger_than_a_pipe_reach_the_workers(gpt2, tmp_path) -> None:
+    # Default-size chunks (256 KiB) of a JSON Lines corpus go to the workers as bytes, more than a pipe holds,
+    # while the workers send back ids: this once hung for ever, hence a separate process with a time limit.
+    docs = DOCS * 40
+    (tmp_path / "docs.jsonl").write_bytes(_jsonl(docs))
+    gpt2.save(tmp_path / "tok.json")
+    args = ["tokenizer", "encode", str(tmp_path / "docs.jsonl"), "--tokenizer", str(tmp_path / "tok.json")]
+    args += ["--out", str(tmp_path / "t.npy"), "--workers", "2"]
+    subprocess.run([sys.executable, "-m", "lmkit", *args], check=True, timeout=300, capture_output=True)
+    assert np.array_equal(np.load(tmp_path / "t.npy"), gpt2.encode(EOT.join(docs)))
 
 
 def test_validation_split_by_document_is_the_same(inputs, gpt2, tmp_path) -> None:

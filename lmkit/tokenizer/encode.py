@@ -17,10 +17,12 @@ import contextlib
 import math
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import BinaryIO
@@ -112,14 +114,37 @@ def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes) -> np.ndarray
     return tokenizer.encode_array(decode_chunk(offset, chunk))
 
 
+def _receive_ahead(connection: Connection) -> Callable[[], tuple[int, bytes] | None]:
+    """Receive tasks on a thread of this worker and return the function that takes the next one.
+
+    A task that carries a chunk's bytes is larger than the pipe holds: the parent sending it and this worker
+    sending the ids of the previous chunk would each wait for the other to read, for ever. A thread that
+    always reads lets the parent's send finish. EOF (the parent is gone) reads as the end of the tasks.
+    """
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:
+        task = ()
+        while task is not None:
+            try:
+                task = connection.recv()
+            except (EOFError, OSError):
+                task = None
+            tasks.put(task)
+
+    threading.Thread(target=receive, daemon=True).start()
+    return tasks.get
+
+
 def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike | None) -> None:
     """A worker's loop: read `(offset, size)`, encode that chunk of the corpus, send back the ids or the error.
 
     Without a corpus file (inputs joined by `lmkit.tokenizer.sources`) a task is `(offset, chunk bytes)`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    next_task = connection.recv if corpus is not None else _receive_ahead(connection)
     with open(corpus, "rb") if corpus is not None else contextlib.nullcontext() as source:
-        while (task := connection.recv()) is not None:
+        while (task := next_task()) is not None:
             offset, chunk = task
             try:
                 if source is not None:
