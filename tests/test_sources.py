@@ -4,6 +4,7 @@ concatenated by hand, with the separator between them, into one .txt file; and b
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import subprocess
@@ -22,7 +23,7 @@ from lmkit.errors import InputError
 from lmkit.tokenizer import Tokenizer, train_bpe
 from lmkit.tokenizer.counting import count_pretokens
 from lmkit.tokenizer.encode import encode_file
-from lmkit.tokenizer.sources import find_corpus
+from lmkit.tokenizer.sources import BLOCK_BYTES, find_corpus, open_corpus
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -195,6 +196,39 @@ def test_format_overrides_the_extension(tmp_path) -> None:
 def test_folder_order_is_sorted_and_recursive(inputs) -> None:
     names = [f.path.name for f in find_corpus(inputs["folder"]).files]
     assert names == [f"doc{i:03d}.txt" for i in range(len(DOCS))]
+
+
+class _Recorder:
+    """Stands in for a progress bar: adds up the bytes read from disk."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def advance(self, amount: float = 1) -> None:
+        self.total += amount
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl.gz", ".jsonl.zst"])
+def test_inputs_are_read_as_a_stream(tmp_path, suffix: str) -> None:
+    # About 5 MB of text that hardly compresses: reading the first 100 KB of the joined text must read a block
+    # or two from disk, not the file.
+    text = base64.b64encode(np.random.default_rng(0).bytes(4_000_000)).decode("ascii")
+    docs = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+    path = tmp_path / f"big{suffix}"
+    data = _jsonl(docs) if "jsonl" in suffix else "\n".join(docs).encode()
+    if suffix.endswith(".gz"):
+        path.write_bytes(gzip.compress(data))
+    elif suffix.endswith(".zst"):
+        _write_zst(path, data)
+    else:
+        path.write_bytes(data)
+    recorder = _Recorder()
+    stream = open_corpus(find_corpus([path, path]), recorder)
+    assert len(stream.read(100_000)) == 100_000
+    assert recorder.total <= 2 * BLOCK_BYTES < path.stat().st_size
+    while stream.read(1 << 20):
+        pass
+    assert recorder.total == 2 * path.stat().st_size  # and in the end everything, once
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
