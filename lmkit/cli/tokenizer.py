@@ -22,8 +22,6 @@ _SEPARATOR_HELP = (
 )
 
 
-
-
 @app.command()
 def train(
     corpus: list[str] = typer.Argument(..., help=_CORPUS_HELP, show_default=False),

@@ -2,9 +2,9 @@
 
 The corpus (one file, or many inputs joined into one stream by `lmkit.tokenizer.sources`) is read in chunks
 cut at safe boundaries (see `iter_chunks`), so memory holds a few chunks and the table of distinct
-pre-tokens, never the whole corpus. Each worker keeps a running total of the chunks it
-counted and hands it over once at the end; totals are summed, and addition does not care about order, so
-the result is the same for any number of workers and any chunk size.
+pre-tokens, never the whole corpus. Each worker keeps a running total of the chunks it counted and hands it
+over once at the end; totals are summed, and addition does not care about order, so the result is the same
+for any number of workers and any chunk size.
 """
 
 from __future__ import annotations

@@ -124,13 +124,14 @@ def _receive_ahead(connection: Connection) -> Callable[[], tuple[int, bytes] | N
     tasks: queue.SimpleQueue = queue.SimpleQueue()
 
     def receive() -> None:
-        task = ()
-        while task is not None:
+        while True:
             try:
                 task = connection.recv()
             except (EOFError, OSError):
                 task = None
             tasks.put(task)
+            if task is None:
+                return
 
     threading.Thread(target=receive, daemon=True).start()
     return tasks.get
@@ -158,12 +159,11 @@ def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os
 class _ChunkWorkers:
     """Worker processes that encode chunks of the corpus, each reading its chunks from the file itself.
 
-    (A corpus joined from several inputs or decoded from JSON, Parquet or an archive has no such file: then
-    each chunk's bytes go to the worker.)
-
     Chunks go to the workers in turn and their ids are collected in the same turn, so they come back in
     corpus order, and workers given chunks of about the same size stay about equally busy. Only an offset
     and a size go to a worker, only ids (or an error) come back: no helper threads, no copies of the text.
+    A corpus joined from several inputs, or decoded from JSON, Parquet or an archive, has no such file: then
+    each chunk's bytes go to the worker, which receives them on a thread (see `_receive_ahead`).
     """
 
     def __init__(self, count: int, tokenizer: Tokenizer, corpus: str | os.PathLike | None) -> None:
