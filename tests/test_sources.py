@@ -272,6 +272,7 @@ def test_bad_inputs_name_the_file_and_line(command, runner, tok_dir: Path) -> No
         "nofield.jsonl": (f'{good}\n{{"body": "x"}}\n', 'nofield.jsonl line 2: no "text" field'),
         "notstring.jsonl": (f'{good}\n\n{{"text": 7}}\n', 'notstring.jsonl line 3: the "text" field is a number'),
         "null.jsonl": (f'{{"text": null}}\n{good}\n', 'null.jsonl line 1: the "text" field is null'),
+        "array.json": (f"[{good}, {good}]\n", "array.json line 1: not a JSON object"),
     }
     for name, (content, message) in cases.items():
         (d / name).write_text(content)
@@ -286,6 +287,10 @@ def test_bad_inputs_name_the_file_and_line(command, runner, tok_dir: Path) -> No
     assert "garbage.txt.zst is not a valid zstd file" in bad([str(d / "garbage.txt.zst")])
     _write_parquet(d / "body.parquet", ["a", "b"], field="body")
     assert 'body.parquet has no column "text" (its columns: id, body)' in bad([str(d / "body.parquet")])
+    pq.write_table(pa.table({"text": [1, 2]}), d / "numbers.parquet")
+    assert 'numbers.parquet: column "text" holds int64, not strings' in bad([str(d / "numbers.parquet")])
+    _write_parquet(d / "gap.parquet", ["a", "b", None])
+    assert 'gap.parquet row 2: the "text" value is null' in bad([str(d / "gap.parquet")])
     (d / "ok.txt").write_text("hello")
     (d / "latin1.txt").write_bytes(b"hello caf\xe9 world")
     message = bad([str(d / "ok.txt"), str(d / "latin1.txt")])

@@ -311,7 +311,9 @@ def _record_text(line: bytes, name: str, line_number: int, field: str) -> bytes:
         record = json.loads(line)
     except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
         raise InputError(f"{where}: not valid JSON ({err})") from None
-    if not isinstance(record, dict) or field not in record:
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: not a JSON object (JSON Lines hold one object per line, e.g. {{\"{field}\": ...}})")
+    if field not in record:
         raise InputError(f'{where}: no "{field}" field; name the field holding the text with --text-field')
     text = record[field]
     if not isinstance(text, str):
@@ -373,7 +375,8 @@ def _parquet_documents(item: InputFile, field: str, bar: ProgressBar) -> Iterato
                 "name the text column with --text-field"
             )
         column_type = schema.field(field).type
-        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        string_types = (pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", None))
+        if not any(is_type(column_type) for is_type in string_types if is_type):
             raise InputError(f'{item.name}: column "{field}" holds {column_type}, not strings')
         # Progress for a file read in place goes by rows; a copied one was counted while copying.
         rows_total = max(table.metadata.num_rows, 1) if isinstance(source, str) else 0
