@@ -282,7 +282,10 @@ def test_bad_inputs_exit_2_with_one_line(runner, tmp_path, monkeypatch):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes(b"hello caf\xe9 world")
     assert "does not exist" in _bad_input(runner, tmp_path, tmp_path / "missing.txt", "--vocab-size", "300")
-    assert "is a folder" in _bad_input(runner, tmp_path, tmp_path, "--vocab-size", "300")
+    no_corpus_files = tmp_path / "notes"
+    no_corpus_files.mkdir()
+    (no_corpus_files / "readme.md").write_text("not a corpus file")
+    assert "holds no corpus files" in _bad_input(runner, tmp_path, no_corpus_files, "--vocab-size", "300")
     assert "is empty" in _bad_input(runner, tmp_path, empty, "--vocab-size", "300")
     assert "not UTF-8" in (msg := _bad_input(runner, tmp_path, latin1, "--vocab-size", "300")) and "byte 9" in msg
     msg = _bad_input(runner, tmp_path, good, "--vocab-size", "256", "--special-token", EOT)

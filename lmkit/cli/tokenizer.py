@@ -11,10 +11,20 @@ from lmkit.cli.common import print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Train, apply and inspect byte-level BPE tokenizers.")
 
+_CORPUS_HELP = (
+    "Files, folders (their files, sorted, recursively), globs, or - for standard input: text (.txt), JSON Lines "
+    "(.jsonl, .json), Parquet (.parquet), each also as .gz or .zst."
+)
+_FORMAT_HELP = "Read every input as txt, jsonl or parquet (optionally .gz or .zst, e.g. jsonl.zst), whatever its name."
+_TEXT_FIELD_HELP = "The JSON field or Parquet column holding the text."
+_SEPARATOR_HELP = (
+    "Put between documents (records, rows, files): default the first special token; --separator '' for none."
+)
+
 
 @app.command()
 def train(
-    corpus: Path = typer.Argument(..., help="The UTF-8 text file to train on."),
+    corpus: list[str] = typer.Argument(..., help=_CORPUS_HELP, show_default=False),
     vocab_size: int = typer.Option(
         ..., "--vocab-size", help="Tokens in the vocabulary: specials + 256 bytes + merges."
     ),
@@ -23,19 +33,28 @@ def train(
     ),
     out: Path = typer.Option(Path("tokenizer.json"), "--out", help="Where to write the tokenizer JSON file."),
     workers: int | None = typer.Option(None, "--workers", help="Processes for pre-tokenizing (default: all cores)."),
+    input_format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
+    text_field: str = typer.Option("text", "--text-field", help=_TEXT_FIELD_HELP),
+    separator: str | None = typer.Option(None, "--separator", help=_SEPARATOR_HELP, show_default=False),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Train a byte-level BPE tokenizer on a text corpus and write it as one tokenizer.json file.
 
     Example: lmkit tokenizer train corpus.txt --vocab-size 10000 --special-token "<|endoftext|>" --out tok.json
+
+    Many files, JSON Lines or Parquet, compressed or not: documents are joined by the separator.
+
+    Example: lmkit tokenizer train "shards/*.jsonl.zst" --vocab-size 32000 --special-token "<|endoftext|>"
     """
     from lmkit.fileio import check_output_path
     from lmkit.tokenizer.formats import save_tokenizer
+    from lmkit.tokenizer.sources import find_corpus
     from lmkit.tokenizer.train import train_bpe_with_stats, training_summary
 
     check_output_path(out)
     start = time.perf_counter()
-    trained = train_bpe_with_stats(corpus, vocab_size, special_token, num_workers=workers, progress=True)
+    source = find_corpus(corpus, input_format=input_format, text_field=text_field, separator=separator)
+    trained = train_bpe_with_stats(source, vocab_size, special_token, num_workers=workers, progress=True)
     save_tokenizer(out, trained.vocab, trained.merges, trained.special_tokens)
     facts = {"output": str(out), **training_summary(trained, time.perf_counter() - start)}
     if json_output:
@@ -49,7 +68,7 @@ def train(
 
 @app.command()
 def encode(
-    corpus: Path | None = typer.Argument(None, help="The UTF-8 text file to encode (or give --text)."),
+    corpus: list[str] | None = typer.Argument(None, help=f"{_CORPUS_HELP} Or give --text.", show_default=False),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="A tokenizer.json file, or the folder holding one."),
     out: Path | None = typer.Option(
         None, "--out", help="The .npy file to write; with --val-fraction, OUT.train.npy and OUT.val.npy instead."
@@ -58,6 +77,9 @@ def encode(
     val_fraction: float = typer.Option(
         0.0, "--val-fraction", help="Share of the documents (split at the first special token) kept for validation."
     ),
+    input_format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
+    text_field: str = typer.Option("text", "--text-field", help=_TEXT_FIELD_HELP),
+    separator: str | None = typer.Option(None, "--separator", help=_SEPARATOR_HELP, show_default=False),
     text: str | None = typer.Option(None, "--text", help="Encode this string and print its ids instead of a file."),
     show: bool = typer.Option(False, "--show", help="With --text: print each token beside its id."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary (or the ids) as one JSON object."),
@@ -75,18 +97,20 @@ def encode(
     from lmkit.errors import InputError
     from lmkit.tokenizer.tokenizer import Tokenizer
 
-    if (corpus is None) == (text is None):
+    if bool(corpus) == (text is not None):
         raise InputError("give either a CORPUS file to encode (with --out) or --text, not both")
-    if corpus is not None and out is None:
+    if corpus and out is None:
         raise InputError("--out is required to encode a corpus, e.g. --out tokens.npy")
     tok = Tokenizer.load(tokenizer)
     if text is not None:
         _print_ids(tok, text, show, json_output)
         return
     from lmkit.tokenizer.encode import encode_file
+    from lmkit.tokenizer.sources import find_corpus
 
     workers = workers if workers is not None else os.cpu_count() or 1
-    summary = encode_file(corpus, tok, out, workers=workers, val_fraction=val_fraction)
+    source = find_corpus(corpus, input_format=input_format, text_field=text_field, separator=separator)
+    summary = encode_file(source, tok, out, workers=workers, val_fraction=val_fraction)
     if json_output:
         print_json(summary)
     else:

@@ -1,9 +1,10 @@
-"""Counting pre-tokens in a corpus file: streamed in chunks, counted in worker processes for large files.
+"""Counting pre-tokens in a corpus: streamed in chunks, counted in worker processes for large corpora.
 
-The file is read in chunks cut at safe boundaries (see `iter_chunks`), so memory holds a few chunks and the
-table of distinct pre-tokens, never the whole corpus. Each worker keeps a running total of the chunks it
-counted and hands it over once at the end; totals are summed, and addition does not care about order, so
-the result is the same for any number of workers and any chunk size.
+The corpus (one file, or many inputs joined into one stream by `lmkit.tokenizer.sources`) is read in chunks
+cut at safe boundaries (see `iter_chunks`), so memory holds a few chunks and the table of distinct
+pre-tokens, never the whole corpus. Each worker keeps a running total of the chunks it counted and hands it
+over once at the end; totals are summed, and addition does not care about order, so the result is the same
+for any number of workers and any chunk size.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import multiprocessing
 import os
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import cache
 
-from lmkit.progress import progress_bar
+from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.pretokenize import (
     corpus_size,
@@ -26,6 +27,7 @@ from lmkit.tokenizer.pretokenize import (
     special_token_regex,
     split_on_special,
 )
+from lmkit.tokenizer.sources import Corpus, as_corpus, check_not_empty, open_corpus
 
 CHUNK_BYTES = 1 << 20
 # Below this size a pool costs more to start than it saves: count in the calling process.
@@ -129,7 +131,7 @@ def _count_in_pool(
 
 
 def count_pretokens(
-    input_path: str | os.PathLike,
+    corpus: Corpus | str | os.PathLike | Sequence[str | os.PathLike],
     special_tokens: list[str],
     *,
     num_workers: int | None = None,
@@ -137,27 +139,35 @@ def count_pretokens(
     chunk_bytes: int | None = None,
     parallel_min_bytes: int | None = None,
 ) -> PretokenCounts:
-    """Count every pre-token of a UTF-8 corpus file (special tokens split the text and are not counted).
+    """Count every pre-token of a UTF-8 corpus (special tokens split the text and are not counted).
 
-    The file is read in chunks of about `chunk_bytes` (default `CHUNK_BYTES`). Files of at least
-    `parallel_min_bytes` (default `PARALLEL_MIN_BYTES`) are counted by `num_workers` processes (default: one
-    per core); smaller files, or one worker, in this process. Raises InputError for a missing, empty or
-    non-UTF-8 file.
+    `corpus` is a Corpus (`lmkit.tokenizer.sources`) or what `find_corpus` takes; paths found here get the
+    first special token as the separator between documents. It is read in chunks of about `chunk_bytes`
+    (default `CHUNK_BYTES`). Corpora of at least `parallel_min_bytes` (default `PARALLEL_MIN_BYTES`) on disk,
+    or of unknown size, are counted by `num_workers` processes (default: one per core); smaller ones, or one
+    worker, in this process. Raises InputError for a missing, empty or non-UTF-8 corpus.
     """
-    size = corpus_size(input_path)
+    corpus = as_corpus(corpus, special_tokens[0] if special_tokens else "")
+    plain_file = corpus.plain_text_file()
+    size = corpus_size(plain_file) if plain_file is not None else corpus.disk_bytes()
     workers = num_workers or default_workers()
     tokens = tuple(special_tokens)
     total: Counter[str] = Counter()
     min_bytes = PARALLEL_MIN_BYTES if parallel_min_bytes is None else parallel_min_bytes
-    parallel = workers > 1 and size >= min_bytes
+    parallel = workers > 1 and (size is None or size >= min_bytes)
     context = _pool_context()
     # The pool is forked before the progress bar starts its drawing thread.
     pool = context.Pool(workers, _start_worker, (context.Barrier(workers),)) if parallel else nullcontext()
-    with pool, open(input_path, "rb") as source:
-        with progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar:
-            chunks = iter_chunks(source, tokens, chunk_bytes or CHUNK_BYTES)
-            if parallel:
-                specials, ends_in_text = _count_in_pool(pool, workers, chunks, tokens, total, bar)
-            else:
-                specials, ends_in_text = _count_here(chunks, tokens, total, bar)
-    return PretokenCounts(total, size, specials + int(ends_in_text))
+    with pool, progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar, ExitStack() as stack:
+        if plain_file is not None:
+            source, chunk_bar = stack.enter_context(open(plain_file, "rb")), bar
+        else:  # the stream advances the bar by the bytes it reads from disk
+            source, chunk_bar = open_corpus(corpus, bar), ProgressBar(None, None)
+        chunks = iter_chunks(source, tokens, chunk_bytes or CHUNK_BYTES)
+        if parallel:
+            specials, ends_in_text = _count_in_pool(pool, workers, chunks, tokens, total, chunk_bar)
+        else:
+            specials, ends_in_text = _count_here(chunks, tokens, total, chunk_bar)
+        corpus_bytes = size if plain_file is not None else source.bytes_read
+    check_not_empty(corpus, corpus_bytes)
+    return PretokenCounts(total, corpus_bytes, specials + int(ends_in_text))

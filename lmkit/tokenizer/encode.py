@@ -1,4 +1,4 @@
-"""Encoding a corpus file into `.npy` token arrays: parallel over chunks, streamed, with bounded memory.
+"""Encoding a corpus into `.npy` token arrays: parallel over chunks, streamed, with bounded memory.
 
 The corpus is read in chunks cut where no pre-token or special token crosses (`iter_chunks`), the chunks are
 encoded in worker processes, and the ids are written in corpus order as they come back, so the output is
@@ -17,10 +17,12 @@ import contextlib
 import math
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import BinaryIO
@@ -29,8 +31,9 @@ import numpy as np
 
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, check_output_path
-from lmkit.progress import progress_bar
+from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer.pretokenize import corpus_size, decode_chunk, iter_chunks
+from lmkit.tokenizer.sources import Corpus, as_corpus, check_not_empty, open_corpus
 from lmkit.tokenizer.tokenizer import Tokenizer
 
 CHUNK_BYTES = 1 << 18
@@ -111,15 +114,44 @@ def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes) -> np.ndarray
     return tokenizer.encode_array(decode_chunk(offset, chunk))
 
 
-def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
-    """A worker's loop: read `(offset, size)`, encode that chunk of the corpus, send back the ids or the error."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
-    with open(corpus, "rb") as source:
-        while (task := connection.recv()) is not None:
-            offset, size = task
-            source.seek(offset)
+def _receive_ahead(connection: Connection) -> Callable[[], tuple[int, bytes] | None]:
+    """Receive tasks on a thread of this worker and return the function that takes the next one.
+
+    A task that carries a chunk's bytes is larger than the pipe holds: the parent sending it and this worker
+    sending the ids of the previous chunk would each wait for the other to read, for ever. A thread that
+    always reads lets the parent's send finish. EOF (the parent is gone) reads as the end of the tasks.
+    """
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+
+    def receive() -> None:
+        while True:
             try:
-                connection.send((True, _encode_chunk(tokenizer, offset, source.read(size))))
+                task = connection.recv()
+            except (EOFError, OSError):
+                task = None
+            tasks.put(task)
+            if task is None:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    return tasks.get
+
+
+def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike | None) -> None:
+    """A worker's loop: read `(offset, size)`, encode that chunk of the corpus, send back the ids or the error.
+
+    Without a corpus file (inputs joined by `lmkit.tokenizer.sources`) a task is `(offset, chunk bytes)`.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    next_task = connection.recv if corpus is not None else _receive_ahead(connection)
+    with open(corpus, "rb") if corpus is not None else contextlib.nullcontext() as source:
+        while (task := next_task()) is not None:
+            offset, chunk = task
+            try:
+                if source is not None:
+                    source.seek(offset)
+                    chunk = source.read(chunk)
+                connection.send((True, _encode_chunk(tokenizer, offset, chunk)))
             except Exception as err:  # the parent re-raises it
                 connection.send((False, err))
 
@@ -130,9 +162,12 @@ class _ChunkWorkers:
     Chunks go to the workers in turn and their ids are collected in the same turn, so they come back in
     corpus order, and workers given chunks of about the same size stay about equally busy. Only an offset
     and a size go to a worker, only ids (or an error) come back: no helper threads, no copies of the text.
+    A corpus joined from several inputs, or decoded from JSON, Parquet or an archive, has no such file: then
+    each chunk's bytes go to the worker, which receives them on a thread (see `_receive_ahead`).
     """
 
-    def __init__(self, count: int, tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
+    def __init__(self, count: int, tokenizer: Tokenizer, corpus: str | os.PathLike | None) -> None:
+        self.reads_file = corpus is not None  # else each task carries its chunk's bytes
         context = multiprocessing.get_context()
         self._connections: list[Connection] = []
         self._processes = []
@@ -145,12 +180,12 @@ class _ChunkWorkers:
             self._processes.append(process)
         self._submitted = self._collected = 0
 
-    def submit(self, offset: int, size: int) -> None:
-        """Give the next chunk to the next worker in turn."""
+    def submit(self, offset: int, chunk: int | bytes) -> None:
+        """Give the next chunk (its size when the workers read the file, else its bytes) to the next worker."""
         index = self._submitted % len(self._connections)
         self._submitted += 1
         try:
-            self._connections[index].send((offset, size))
+            self._connections[index].send((offset, chunk))
         except OSError:  # a broken pipe: the worker is gone
             raise self._stopped(index) from None
 
@@ -198,7 +233,7 @@ def _encoded_chunks(
         return
     sizes: deque[int] = deque()
     for offset, chunk in chunks:
-        workers.submit(offset, len(chunk))
+        workers.submit(offset, len(chunk) if workers.reads_file else chunk)
         sizes.append(len(chunk))
         if len(sizes) > in_flight_limit:
             yield sizes.popleft(), workers.collect()
@@ -224,7 +259,7 @@ def encoded_chunks(
 
 
 def encode_file(
-    corpus: str | os.PathLike,
+    corpus: Corpus | str | os.PathLike | Sequence[str | os.PathLike],
     tokenizer: Tokenizer,
     out: str | os.PathLike,
     *,
@@ -233,8 +268,14 @@ def encode_file(
     chunk_bytes: int = CHUNK_BYTES,
     show_progress: bool = True,
 ) -> dict[str, object]:
-    """Encode `corpus` into `out` (or its train/val pair when `val_fraction` > 0); return a summary."""
-    size = corpus_size(corpus)
+    """Encode `corpus` into `out` (or its train/val pair when `val_fraction` > 0); return a summary.
+
+    `corpus` is a Corpus (`lmkit.tokenizer.sources`) or what `find_corpus` takes; paths found here get the
+    tokenizer's first special token as the separator between documents.
+    """
+    corpus = as_corpus(corpus, tokenizer.special_tokens[0] if tokenizer.special_tokens else "")
+    plain_file = corpus.plain_text_file()
+    size = corpus_size(plain_file) if plain_file is not None else corpus.disk_bytes()
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     if not 0.0 <= val_fraction < 1.0:
@@ -244,32 +285,38 @@ def encode_file(
     paths = list(split_paths(out)) if val_fraction > 0 else [Path(out)]
     for path in paths:
         check_output_path(path)
-    workers = min(workers, math.ceil(size / chunk_bytes))  # workers for a single chunk cost more than they save
+    if size is not None:  # workers for a single chunk cost more than they save
+        workers = min(workers, math.ceil(size / chunk_bytes))
     dtype = tokenizer.dtype
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # Workers start before the progress bar's drawing thread, so none is forked while it holds a lock.
         pool = None
         if workers > 1:
-            pool = _ChunkWorkers(workers, tokenizer, corpus)
+            pool = _ChunkWorkers(workers, tokenizer, plain_file)
             stack.callback(pool.close)
         writers = [_NpyWriter(stack.enter_context(atomic_write(path)), dtype) for path in paths]
         sink = writers[0]
         if val_fraction > 0:
             separator = tokenizer.special_ids[tokenizer.special_tokens[0]]
             sink = _DocumentSplitter(*writers, separator, val_fraction)
-        source = stack.enter_context(open(corpus, "rb"))
         bar = stack.enter_context(progress_bar("Encoding", total=size, unit="MB", scale=1e6, enabled=show_progress))
+        if plain_file is not None:
+            source, chunk_bar = stack.enter_context(open(plain_file, "rb")), bar
+        else:  # the stream advances the bar by the bytes it reads from disk
+            source, chunk_bar = open_corpus(corpus, bar), ProgressBar(None, None)
         chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
         # Two chunks in flight per worker keep every worker busy while the oldest result is written.
         for chunk_size, ids in _encoded_chunks(chunks, tokenizer, pool, 2 * workers):
             sink.write(ids)
-            bar.advance(chunk_size)
+            chunk_bar.advance(chunk_size)
+        size = size if plain_file is not None else source.bytes_read
+        check_not_empty(corpus, size)
         sink.finish()
     seconds = time.perf_counter() - start
     tokens = sum(w.count for w in writers)
     summary: dict[str, object] = {
-        "corpus": str(corpus),
+        "corpus": corpus.describe(),
         "output": ", ".join(map(str, paths)),
         "dtype": dtype.name,
         "bytes": size,

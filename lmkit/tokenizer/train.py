@@ -22,13 +22,14 @@ import heapq
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lmkit.errors import InputError
 from lmkit.progress import progress_bar
 from lmkit.tokenizer.counting import count_pretokens
-from lmkit.tokenizer.pretokenize import check_special_tokens, corpus_size
+from lmkit.tokenizer.pretokenize import check_special_tokens
+from lmkit.tokenizer.sources import Corpus
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -189,7 +190,7 @@ def build_vocab(special_tokens: list[str], merges: Merges) -> Vocab:
 
 
 def train_bpe_with_stats(
-    input_path: str | os.PathLike,
+    input_path: Corpus | str | os.PathLike | Sequence[str | os.PathLike],
     vocab_size: int,
     special_tokens: list[str] | None,
     *,
@@ -206,7 +207,6 @@ def train_bpe_with_stats(
         )
     if num_workers is not None and num_workers < 1:
         raise InputError(f"workers must be at least 1, got {num_workers}")
-    corpus_size(input_path)
     counted = count_pretokens(input_path, specials, num_workers=num_workers, progress=progress)
     word_counts = {w.encode("utf-8"): c for w, c in counted.counts.items()}
     merges = learn_merges(word_counts, vocab_size - smallest, progress=progress)
@@ -255,14 +255,16 @@ def training_summary(trained: TrainedBpe, seconds: float, longest: int = 5) -> d
 
 
 def train_bpe(
-    input_path: str | os.PathLike,
+    input_path: Corpus | str | os.PathLike | Sequence[str | os.PathLike],
     vocab_size: int,
     special_tokens: list[str] | None,
     *,
     num_workers: int | None = None,
     progress: bool = False,
 ) -> tuple[Vocab, Merges]:
-    """Train a byte-level BPE tokenizer on a UTF-8 text file.
+    """Train a byte-level BPE tokenizer on a UTF-8 corpus: a text file, or files, folders and globs of text,
+    JSON Lines or Parquet, plain or compressed (see `lmkit.tokenizer.sources.find_corpus`; their documents are
+    joined by the first special token), or a `Corpus`.
 
     Returns `(vocab, merges)`: vocab maps ids to bytes (special tokens first, in the order given, then the
     256 bytes, then one token per merge); merges are the merged pairs in order of creation. Ties between
