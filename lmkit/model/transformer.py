@@ -37,7 +37,13 @@ class TransformerBlock(nn.Module):
         self.post_norm = config.norm == "post"
         self.ln1 = _norm(config, device, dtype)
         self.attn = MultiHeadSelfAttention(
-            config.d_model, config.num_heads, rope=rope, fused=fused, device=device, dtype=dtype
+            config.d_model,
+            config.num_heads,
+            rope=rope,
+            fused=fused,
+            device=device,
+            dtype=dtype,
+            num_kv_heads=config.num_kv_heads,
         )
         self.ln2 = _norm(config, device, dtype)
         ffn_class = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward
@@ -119,7 +125,7 @@ class TransformerLM(nn.Module):
         return KVCache(
             self.config.num_layers,
             batch_size,
-            self.config.num_heads,
+            self.config.num_kv_heads,
             self.config.head_dim,
             max_len,
             device=weight.device,
