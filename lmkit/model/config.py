@@ -56,6 +56,7 @@ class ModelConfig(BaseModel):
         default="swiglu", description="feed-forward: W2(SiLU(W1 x) * W3 x), or W2 SiLU(W1 x) with d_ff 4 d_model"
     )
     tie_embeddings: bool = Field(default=False, description="share one matrix between token embeddings and LM head")
+    norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm's epsilon, added to mean(x²)")
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:

@@ -14,7 +14,7 @@ def _norm(config: ModelConfig, device: torch.device | str | None, dtype: torch.d
     """An RMSNorm, or the identity (no parameters) when the config's norm is "none"."""
     if config.norm == "none":
         return nn.Identity()
-    return RMSNorm(config.d_model, device=device, dtype=dtype)
+    return RMSNorm(config.d_model, eps=config.norm_eps, device=device, dtype=dtype)
 
 
 class TransformerBlock(nn.Module):
