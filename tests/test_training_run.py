@@ -382,7 +382,7 @@ def test_resume_reads_checkpoints_written_before_num_kv_heads_and_norm_eps():
         raw = {"data": data, "train": {"batch_size": 1, "steps": 1}}
         return validate_config({**raw, "model": {**TINY_MODEL, **model}}, "test")
 
-    old = {"config": {"model": {**TINY_MODEL, "d_ff": 128, "rope_theta": 10000.0, "norm": "pre"}}}
+    old = {"config": {"model": {**TINY_MODEL, "d_ff": 64, "rope_theta": 10000.0, "norm": "pre"}}}
     _check_same_model(run_config(), old, "old.pt")
     with pytest.raises(InputError, match="model.num_kv_heads = 4, the config says 2"):
         _check_same_model(run_config(num_kv_heads=2), old, "old.pt")
