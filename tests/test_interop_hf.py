@@ -268,6 +268,7 @@ def test_fine_tuning_starts_from_the_imported_weights(runner, tokenizer, tmp_pat
     assert result.exit_code == 0, result.output
     tuned, start = read_checkpoint(tmp_path / "out" / "last.pt")["model"], read_checkpoint(ckpt)["model"]
     assert all(torch.allclose(tuned[name], start[name], atol=1e-6) for name in start)
+    assert_input_error(invoke(runner, "train", "--resume", ckpt), "set train.init_from")
     # a wrong shape is refused before training
     (tmp_path / "run.toml").write_text((tmp_path / "run.toml").read_text().replace("num_layers = 2", "num_layers = 1"))
     wrong = invoke(

@@ -484,7 +484,10 @@ def resolve_run(
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
     checkpoint = read_checkpoint(resume) if resume is not None else None
     if checkpoint is not None and "rng" not in checkpoint:
-        raise InputError(f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume")
+        raise InputError(
+            f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume "
+            f'(to fine-tune it, set train.init_from = "{resume}" in a run config)'
+        )
     if config_path is not None:
         config = load_config(config_path, overrides)
     else:
