@@ -335,6 +335,13 @@ def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
+def llama3_style_merges(path: Path) -> None:
+    """Llama 3's tokenizer.json takes a whole word from the vocabulary before any merge (ignore_merges)."""
+    obj = json.loads(path.read_text())
+    obj["model"]["ignore_merges"] = True
+    path.write_text(json.dumps(obj))
+
+
 def edit_weights(path: Path, edit) -> None:
     tensors = load_file(path)
     edit(tensors)
@@ -372,6 +379,7 @@ def edit_weights(path: Path, edit) -> None:
             lambda src: edit_json(src / "tokenizer.json", normalizer={"type": "NFC"}),
             "is not a GPT-2-style byte-level BPE",
         ),
+        (lambda src: llama3_style_merges(src / "tokenizer.json"), "is not a GPT-2-style byte-level BPE"),
     ],
     ids=[
         "not-llama",
@@ -385,6 +393,7 @@ def edit_weights(path: Path, edit) -> None:
         "no-weights",
         "no-tokenizer",
         "tokenizer",
+        "tokenizer-ignore-merges",
     ],
 )
 def test_import_refuses_bad_folders(runner, llama_folder, tmp_path, damage, message):

@@ -31,7 +31,7 @@ def export_hf(
     """
     from lmkit.interop.hf import export_hf as run_export
 
-    facts = run_export(checkpoint, out, dtype=dtype, force=force, max_shard_bytes=max_shard_mb * 10**6)
+    facts = run_export(checkpoint, out, dtype=dtype, force=force, max_shard_bytes=max_shard_mb * 10**6, progress=True)
     if as_json:
         print_json(facts)
     else:
@@ -54,11 +54,11 @@ def import_hf(
 
     Example:
 
-        lmkit import hf ./SmolLM-135M --out smollm.pt --context-length 2048
+        lmkit import hf ./my-llama --out my-llama.pt --context-length 2048
     """
     from lmkit.interop.hf import import_hf as run_import
 
-    facts = run_import(folder, out, force=force, context_length=context_length)
+    facts = run_import(folder, out, force=force, context_length=context_length, progress=True)
     if as_json:
         print_json(facts)
     else:

@@ -2,7 +2,7 @@
 
     from lmkit.interop.hf import export_hf, import_hf
     export_hf("runs/tinystories/best.pt", "tinystories-hf")          # transformers loads the folder
-    import_hf("SmolLM-135M", "smollm.pt")                            # lmkit generate / train.init_from read it
+    import_hf("tinystories-hf", "back.pt")                           # lmkit generate / train.init_from read it
 
 The names map one to one (DESIGN.md, "Hugging Face Llama mapping"). The one change to the numbers is the
 order of the q_proj and k_proj rows: lmkit's RoPE rotates the pairs of dims (2k, 2k+1) of each head, HF
@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from lmkit.errors import InputError, validation_error_message
 from lmkit.model.config import ModelConfig
+from lmkit.progress import progress_bar
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -240,21 +241,30 @@ def shard(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str
     return shards
 
 
-def write_weights(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[str]:
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def write_weights(
+    folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int, progress: bool = False
+) -> list[str]:
     """model.safetensors, or model-0000i-of-0000n.safetensors and the index transformers reads; the file names."""
     from safetensors.torch import save_file
 
     shards = shard(state, max_shard_bytes)
+    names = (
+        [WEIGHTS_FILE]
+        if len(shards) == 1
+        else [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
+    )
+    total = _nbytes(state.values())
+    with progress_bar("Writing weights", total=total, unit="MB", scale=1e6, enabled=progress) as bar:
+        for name, part in zip(names, shards, strict=True):
+            save_file(part, folder / name, metadata={"format": "pt"})
+            bar.advance(_nbytes(part.values()))
     if len(shards) == 1:
-        save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-        return [WEIGHTS_FILE]
-    weight_map, names = {}, []
-    for number, part in enumerate(shards, 1):
-        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file(part, folder / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, name))
-        names.append(name)
-    total = sum(t.numel() * t.element_size() for t in state.values())
+        return names
+    weight_map = {tensor: name for name, part in zip(names, shards, strict=True) for tensor in part}
     _write_json(folder / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
     return [*names, INDEX_FILE]
 
@@ -299,6 +309,7 @@ def export_hf(
     dtype: str = "float32",
     force: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = False,
 ) -> dict[str, object]:
     """Write an lmkit checkpoint as a Hugging Face LlamaForCausalLM folder; return what was written.
 
@@ -306,7 +317,7 @@ def export_hf(
     generation_config.json, tokenizer.json and tokenizer_config.json. It is built in a temporary folder
     beside `out` and renamed into place, so a failure leaves nothing behind. InputError for a bad
     checkpoint, a dtype other than float32/bfloat16/float16, a model HF Llama cannot express, or an
-    output folder that exists and is not empty (unless `force`).
+    output folder that exists and is not empty (unless `force`). `progress` draws a bar on stderr.
     """
     from lmkit.tokenizer.formats import from_hf_json, special_token_ids
     from lmkit.training.checkpoint import load_inference_checkpoint
@@ -327,7 +338,7 @@ def export_hf(
     state = to_hf_state(stored.state_dict, config, DTYPES[dtype])
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        files = write_weights(staging, state, max_shard_bytes)
+        files = write_weights(staging, state, max_shard_bytes, progress)
         _write_json(staging / "config.json", hf_config(config, eos_id, dtype))
         _write_json(staging / "generation_config.json", {"bos_token_id": None, "eos_token_id": eos_id})
         _write_json(staging / "tokenizer.json", tokenizer_obj)
@@ -452,12 +463,29 @@ def weight_files(src: Path) -> list[Path]:
     raise InputError(f"{src} has no {WEIGHTS_FILE} or {INDEX_FILE}")
 
 
-def read_hf_weights(src: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Every tensor the config needs, from the folder's safetensors files, checked by name and shape."""
+def read_hf_weights(src: Path, config: ModelConfig, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor the config needs, from the folder's safetensors files, checked by name and shape first
+    (from the file headers, so a bad folder is refused before gigabytes are read)."""
+    from safetensors import safe_open
+
+    located = _locate_tensors(src, config)
+    total = sum(path.stat().st_size for path in set(located.values()))
+    state: dict[str, torch.Tensor] = {}
+    with progress_bar("Reading weights", total=total, unit="MB", scale=1e6, enabled=progress) as bar:
+        for path in dict.fromkeys(located.values()):
+            with safe_open(path, framework="pt") as handle:
+                state.update({name: handle.get_tensor(name) for name, where in located.items() if where == path})
+            bar.advance(path.stat().st_size)
+    return state
+
+
+def _locate_tensors(src: Path, config: ModelConfig) -> dict[str, Path]:
+    """The file holding each tensor the config needs; InputError for an unreadable file or a missing, stray or
+    misshapen tensor."""
     from safetensors import SafetensorError, safe_open
 
     expected = expected_hf_shapes(config)
-    state: dict[str, torch.Tensor] = {}
+    located: dict[str, Path] = {}
     for path in weight_files(src):
         if not path.is_file():
             raise InputError(f"{path} (named in {INDEX_FILE}) does not exist")
@@ -470,15 +498,16 @@ def read_hf_weights(src: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
                         raise InputError(
                             f"{path} holds {name}, which a Llama model of this config.json has no place for"
                         )
-                    state[name] = handle.get_tensor(name)
+                    shape = tuple(handle.get_slice(name).get_shape())
+                    if shape != expected[name]:
+                        raise InputError(f"{name} is {shape} in {path}, but config.json makes it {expected[name]}")
+                    located[name] = path
         except SafetensorError as err:
             raise InputError(f"{path} is not a readable safetensors file ({err})") from None
-    for name, shape in expected.items():
-        if name not in state:
-            raise InputError(f"{src} is missing the tensor {name}")
-        if tuple(state[name].shape) != shape:
-            raise InputError(f"{name} is {tuple(state[name].shape)} in {src}, but config.json makes it {shape}")
-    return state
+    missing = [name for name in expected if name not in located]
+    if missing:
+        raise InputError(f"{src} is missing the tensor {missing[0]}")
+    return located
 
 
 def _tokenizer_json(src: Path, vocab_size: int) -> str:
@@ -492,6 +521,9 @@ def _tokenizer_json(src: Path, vocab_size: int) -> str:
         model.get("type") == "BPE"
         and not model.get("byte_fallback")
         and obj.get("normalizer") is None
+        and not model.get("ignore_merges")
+        and model.get("continuing_subword_prefix") is None
+        and model.get("end_of_word_suffix") is None
         and pre.get("type") == "ByteLevel"
         and pre.get("use_regex", True)
         and not pre.get("add_prefix_space", False)
@@ -510,7 +542,11 @@ def _tokenizer_json(src: Path, vocab_size: int) -> str:
 
 
 def import_hf(
-    src: str | os.PathLike, out: str | os.PathLike, force: bool = False, context_length: int | None = None
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    force: bool = False,
+    context_length: int | None = None,
+    progress: bool = False,
 ) -> dict[str, object]:
     """Read a local Hugging Face Llama folder into an lmkit checkpoint (float32 weights); return what was read.
 
@@ -518,7 +554,7 @@ def import_hf(
     `train.init_from` (fine-tuning) take it. `context_length` overrides max_position_embeddings (a smaller
     one keeps RoPE tables and the KV cache small). InputError, before anything is written, for a missing
     folder, a Hub id, a non-Llama config, a missing or misshapen tensor, a tokenizer lmkit cannot represent,
-    or an existing `out` (unless `force`).
+    or an existing `out` (unless `force`). `progress` draws a bar on stderr.
     """
     from lmkit.fileio import check_output_path
     from lmkit.training.checkpoint import parameter_count, write_checkpoint
@@ -532,7 +568,7 @@ def import_hf(
         _read_json_file(src / "config.json", "config"), str(src / "config.json"), context_length
     )
     tokenizer_json = _tokenizer_json(src, config.vocab_size)
-    state = from_hf_state(read_hf_weights(src, config), config)
+    state = from_hf_state(read_hf_weights(src, config, progress), config)
     if config.tie_embeddings:
         state["token_embeddings.weight"] = state["lm_head.weight"]  # one tensor under both names, as the model has
     write_checkpoint(
