@@ -2,6 +2,7 @@
 token ids; imports round-trip; every bad input is one line, exit 2, nothing written."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -316,6 +317,13 @@ def test_export_output_folder_must_be_new_or_empty_unless_forced(runner, tokeniz
     empty.mkdir()
     export(runner, ckpt, empty)
     assert (empty / "model.safetensors").is_file()
+    assert empty.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's private 0700
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_export_bad_checkpoint_and_options(runner, tokenizer, tmp_path):

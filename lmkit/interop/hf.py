@@ -337,6 +337,10 @@ def export_hf(
     eos_id = special_ids.get(END_OF_TEXT)
     state = to_hf_state(stored.state_dict, config, DTYPES[dtype])
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # mkdtemp makes the folder 0700; give it what a plain mkdir would (0777 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     try:
         files = write_weights(staging, state, max_shard_bytes, progress)
         _write_json(staging / "config.json", hf_config(config, eos_id, dtype))
