@@ -269,11 +269,17 @@ def test_fine_tuning_starts_from_the_imported_weights(runner, tokenizer, tmp_pat
     assert result.exit_code == 0, result.output
     tuned, start = read_checkpoint(tmp_path / "out" / "last.pt")["model"], read_checkpoint(ckpt)["model"]
     assert all(torch.allclose(tuned[name], start[name], atol=1e-6) for name in start)
-    assert_input_error(invoke(runner, "train", "--resume", ckpt), "set train.init_from")
+    # --resume of weights without run state is the same fresh start
+    assert_input_error(invoke(runner, "train", "--resume", ckpt), "give --config run.toml")
+    out2 = f'train.out_dir="{tmp_path / "out2"}"'
+    resumed = invoke(runner, "train", "--quiet", "--resume", ckpt, "--config", tmp_path / "run.toml", "--set", out2)
+    assert resumed.exit_code == 0, resumed.output
+    again = read_checkpoint(tmp_path / "out2" / "last.pt")["model"]
+    assert all(torch.equal(again[name], tuned[name]) for name in tuned)
     # a wrong shape is refused before training
     (tmp_path / "run.toml").write_text((tmp_path / "run.toml").read_text().replace("num_layers = 2", "num_layers = 1"))
     wrong = invoke(
-        runner, "train", "--quiet", "--config", tmp_path / "run.toml", "--set", f'train.out_dir="{tmp_path}/o2"'
+        runner, "train", "--quiet", "--config", tmp_path / "run.toml", "--set", f'train.out_dir="{tmp_path}/o3"'
     )
     assert_input_error(wrong, "model.num_layers = 2, the config says 1")
 

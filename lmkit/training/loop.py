@@ -484,10 +484,15 @@ def resolve_run(
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
     checkpoint = read_checkpoint(resume) if resume is not None else None
     if checkpoint is not None and "rng" not in checkpoint:
-        raise InputError(
-            f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume "
-            f'(to fine-tune it, set train.init_from = "{resume}" in a run config)'
-        )
+        # Weights without run state (from `lmkit import hf`, say): a new run starts from them, as with init_from.
+        if config_path is None:
+            raise InputError(
+                f"{resume} holds weights but no run state; give --config run.toml to train from its weights "
+                "(or set train.init_from)"
+            )
+        config = load_config(config_path, overrides)
+        config.train.init_from = Path(resume)
+        return config, None
     if config_path is not None:
         config = load_config(config_path, overrides)
     else:
