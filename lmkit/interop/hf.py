@@ -100,9 +100,10 @@ def lmkit_names(config: ModelConfig) -> list[str]:
 
 
 def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """lmkit's state dict as HF Llama's: renamed, q/k rows permuted, in `dtype`, each tensor its own memory.
+    """lmkit's state dict as HF Llama's: renamed, q/k rows permuted, in `dtype`.
 
-    A tied LM head is left out: HF rebuilds it from the embeddings when tie_word_embeddings is true.
+    A tied LM head is left out: HF rebuilds it from the embeddings when tie_word_embeddings is true (and
+    safetensors refuses two names for one tensor), so no two tensors share memory and none is copied needlessly.
     """
     out = {}
     for name in lmkit_names(config):
@@ -113,7 +114,7 @@ def to_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, dtype: torc
             tensor = interleaved_to_halves(tensor, config.num_heads)
         elif name.endswith("attn.k_proj.weight"):
             tensor = interleaved_to_halves(tensor, config.num_kv_heads)
-        out[hf_name(name)] = tensor.to(dtype).contiguous().clone()
+        out[hf_name(name)] = tensor.to(dtype).contiguous()
     return out
 
 
