@@ -4,7 +4,8 @@ A randomly initialised lmkit model of GPT-2 small's size with grouped-query atte
 768, 12 layers, 12 heads, 4 key/value heads, d_ff 2048, context 1024; 153 M parameters, float32), on the CPU:
 - export: `export_hf` from the checkpoint file to a folder, against transformers' `save_pretrained` of the
   loaded model to another folder (the same bytes written, without the conversion);
-- import: `import_hf` from that folder to a checkpoint, against transformers' `from_pretrained` of it;
+- import: `import_hf` from that folder to a checkpoint, against transformers' `from_pretrained` of it followed
+  by `torch.save` of its state dict to a file (the same job: the folder's weights in one PyTorch file, synced);
 - exactness: the largest difference between lmkit's logits and the exported model's in transformers, and
   between the imported checkpoint's logits and the original's, on 2 x 128 random ids.
 Each timing is the best of `--rounds`, alternating lmkit and transformers.
@@ -16,6 +17,7 @@ Each timing is the best of `--rounds`, alternating lmkit and transformers.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -77,14 +79,18 @@ def main() -> None:
             import_hf(work / "hf", work / "imported.pt", force=True)
 
         def hf_load() -> None:
-            AutoModelForCausalLM.from_pretrained(work / "hf")
+            # The same job as an import: the folder's weights into one PyTorch file on disk, synced.
+            with open(work / "hf_state.pt", "wb") as handle:
+                torch.save(AutoModelForCausalLM.from_pretrained(work / "hf").state_dict(), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
 
         timings = {}
         for name, job in (("export", lmkit_export), ("save_pretrained", hf_save)):
             timings[name] = best_of(args.rounds, job)
-        for name, job in (("import", lmkit_import), ("from_pretrained", hf_load)):
+        for name, job in (("import", lmkit_import), ("from_pretrained + torch.save", hf_load)):
             timings[name] = best_of(args.rounds, job)
-        for ours, theirs in (("export", "save_pretrained"), ("import", "from_pretrained")):
+        for ours, theirs in (("export", "save_pretrained"), ("import", "from_pretrained + torch.save")):
             ratio = timings[ours] / timings[theirs]
             print(
                 f"{ours} hf: lmkit {timings[ours]:.2f} s; transformers {theirs} {timings[theirs]:.2f} s ({ratio:.2f}x)"

@@ -166,6 +166,18 @@ def test_cli_explicit_shape_batch_and_time(runner):
     assert facts["training_time"]["seconds"] == pytest.approx(expected_seconds)
 
 
+def test_cli_grouped_query_attention(runner):
+    shape = ("--preset", "tinystories-17m", "--batch-size", "2")
+    full, grouped = flops_json(runner, *shape), flops_json(runner, *shape, "--num-kv-heads", "4")
+    assert grouped["model"]["num_kv_heads"] == 4 and full["model"]["num_kv_heads"] == 16
+    assert full["kv_cache_bytes"]["float32"] == 2 * 4 * 2 * 256 * 512 * 4  # K and V, layers, batch, T, d, bytes
+    assert grouped["kv_cache_bytes"]["float32"] * 4 == full["kv_cache_bytes"]["float32"]
+    assert grouped["kv_cache_bytes"]["bfloat16"] * 2 == grouped["kv_cache_bytes"]["float32"]
+    assert full["parameters"]["attention"] - grouped["parameters"]["attention"] == 4 * 2 * 512 * (512 - 128)
+    table = runner.invoke(app, ["model", "flops", *shape, "--num-kv-heads", "4"])
+    assert "KV cache (generation)" in table.stdout and "2 x 256" in table.stdout and "1.049 MB" in table.stdout
+
+
 def test_cli_reads_only_the_model_table_of_a_run_config(runner, tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(

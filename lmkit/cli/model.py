@@ -46,6 +46,11 @@ def _count(n: float, unit: str = "") -> str:
     return f"{n:,} {unit}".rstrip()
 
 
+def _bytes(n: int) -> str:
+    """Bytes as GB, or MB below one GB (10^9 and 10^6 bytes)."""
+    return f"{n / 1e9:,.3f} GB" if n >= 1e9 else f"{n / 1e6:,.3f} MB"
+
+
 def _print_report(facts: dict) -> None:
     """The report as rich tables, one per topic."""
     from lmkit.accounting import FLOP_LABELS, GB
@@ -67,10 +72,9 @@ def _print_report(facts: dict) -> None:
     rows["formula (bytes)"] = f"{memory['activations_per_sequence']:,} · batch_size + {memory['fixed']:,}"
     rows[f"largest batch in {facts['gpu_memory_gb']:g} GB"] = facts["max_batch_size"]
     print_table("Training memory (AdamW, float32)", rows)
-    cache = facts["kv_cache_bytes"]
-    print_table(
-        "KV cache (generation, batch size x sequence length)", {k: f"{n / GB:.3f} GB" for k, n in cache.items()}
-    )
+    rows = {"sequences x tokens": f"{facts['batch_size']} x {facts['seq_len']}"}
+    rows.update({dtype: _bytes(n) for dtype, n in facts["kv_cache_bytes"].items()})
+    print_table("KV cache (generation)", rows)
     if "training_time" in facts:
         time = facts["training_time"]
         print_table(
