@@ -27,12 +27,12 @@ import torch
 from pydantic import ValidationError
 
 from lmkit.errors import InputError, validation_error_message
+from lmkit.generate import END_OF_TEXT
 from lmkit.model.config import ModelConfig
 from lmkit.progress import progress_bar
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-END_OF_TEXT = "<|endoftext|>"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default ("5GB")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -233,17 +233,16 @@ def shard(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
+        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = tensor
-        size += nbytes
+        size += tensor.nbytes
     return shards
 
 
 def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.nbytes for t in tensors)
 
 
 def write_weights(
