@@ -244,7 +244,7 @@ def test_import_reads_shards_and_the_checkpoint_serves_lmkit_commands(runner, to
     assert info.exit_code == 0, info.output
     facts = json.loads(info.stdout)
     assert facts["model.num_kv_heads"] == 2 and facts["model.context_length"] == 32 and facts["step"] == 0
-    assert facts["tokenizer.special_tokens"] == EOT
+    assert facts["tokenizer.special_tokens"] == EOT and facts["imported_from"] == str(src)
     sampled = invoke(runner, "generate", ckpt, "--prompt", "KING:", "-t", "0", "-n", "8", "--json")
     assert sampled.exit_code == 0, sampled.output
     assert json.loads(sampled.stdout)["generations"][0]["ids"]

@@ -224,6 +224,8 @@ def checkpoint_facts(path: str | os.PathLike) -> dict[str, object]:
         "lr": payload.get("lr"),
         "has_optimizer_state": payload.get("optimizer") is not None,
     }
+    if "imported_from" in payload:
+        facts["imported_from"] = payload["imported_from"]
     for table, fields in (payload.get("config") or {}).items():
         facts.update({f"{table}.{key}": value for key, value in fields.items()})
     if isinstance(payload.get("tokenizer_json"), str):
