@@ -35,7 +35,8 @@ def export_hf(
     if as_json:
         print_json(facts)
     else:
-        print_table(f"Exported {checkpoint} to {out}", {**facts, "weight_files": ", ".join(facts["weight_files"])})
+        lists = {key: ", ".join(facts[key]) for key in ("weight_files", "files")}
+        print_table(f"Exported {checkpoint} to {out}", {**facts, **lists})
 
 
 @import_app.command(name="hf")
