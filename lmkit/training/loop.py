@@ -109,7 +109,7 @@ def _read_tokenizer(config: RunConfig) -> str:
 def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str, action: str = "resume") -> None:
     # Validated, so that a field added since the checkpoint was written compares as its default.
     try:
-        saved_model = ModelConfig.model_validate(checkpoint["config"]["model"]).model_dump(mode="json")
+        saved_model = ModelConfig.model_validate(checkpoint.get("config", {}).get("model", {})).model_dump(mode="json")
     except ValidationError as err:
         raise InputError(f"{name}: its model config is not valid here ({validation_error_message(err)})") from None
     wanted = config.model.model_dump(mode="json")
@@ -117,7 +117,7 @@ def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str, 
         if saved_model.get(key) != value:
             raise InputError(
                 f"cannot {action} {name}: it was trained with model.{key} = {saved_model.get(key)!r}, "
-                f"the config says {value!r} ({action} needs the same model)"
+                f"the config says {value!r} (the model must be the same)"
             )
 
 
