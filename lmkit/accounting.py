@@ -35,7 +35,7 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     ffn_matrices = 3 if config.ffn == "swiglu" else 2
     counts = {
         "embedding": vocab * d,
-        "attention": layers * 4 * d * d,
+        "attention": layers * (2 * d * d + 2 * d * kv_width(config)),  # Q and output; K and V
         "ffn": layers * ffn_matrices * d * config.d_ff,
         "norms": 0 if config.norm == "none" else (2 * layers + 1) * d,
         "lm_head": 0 if config.tie_embeddings else vocab * d,
@@ -44,18 +44,24 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     return counts
 
 
+def kv_width(config: ModelConfig) -> int:
+    """Rows of k_proj and of v_proj: num_kv_heads · head_dim (d_model unless attention is grouped-query)."""
+    return config.num_kv_heads * config.head_dim
+
+
 def forward_flops(config: ModelConfig, seq_len: int, batch_size: int = 1) -> dict[str, int]:
     """FLOPs of each matrix product in one forward pass over batch_size sequences of seq_len, summed over
     the layers, and their total."""
     d, f, layers = config.d_model, config.d_ff, config.num_layers
     tokens = batch_size * seq_len
     projection = layers * 2 * tokens * d * d
+    kv_projection = layers * 2 * tokens * d * kv_width(config)
     # Every head multiplies (T x d_k)(d_k x T) and (T x T)(T x d_k): 2 T² d_k each, H heads: 2 T² d.
     square = layers * batch_size * 2 * seq_len * seq_len * d
     flops = {
         "q_proj": projection,
-        "k_proj": projection,
-        "v_proj": projection,
+        "k_proj": kv_projection,
+        "v_proj": kv_projection,
         "q_kT": square,
         "attn_v": square,
         "output_proj": projection,
@@ -81,7 +87,7 @@ def activation_floats(config: ModelConfig, seq_len: int) -> dict[str, int]:
     ffn_outputs = 3 if config.ffn == "swiglu" else 2  # W1, SiLU (and W3), each t x d_ff
     floats = {
         "norms": layers * 2 * t * d if has_norm else 0,
-        "qkv_proj": layers * 3 * t * d,
+        "qkv_proj": layers * t * (d + 2 * kv_width(config)),
         "q_kT": layers * config.num_heads * t * t,
         "softmax": layers * config.num_heads * t * t,
         "attn_v": layers * t * d,
@@ -103,6 +109,13 @@ def training_memory(config: ModelConfig, seq_len: int) -> dict[str, int]:
     memory["fixed"] = sum(memory.values())
     memory["activations_per_sequence"] = activation_floats(config, seq_len)["total"] * FLOAT32_BYTES
     return memory
+
+
+def kv_cache_bytes(config: ModelConfig, seq_len: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
+    """Bytes of the generation KV cache for batch_size sequences of seq_len: a key and a value of
+    num_kv_heads · head_dim numbers per token and layer (grouped-query attention divides it by
+    num_heads / num_kv_heads)."""
+    return 2 * config.num_layers * batch_size * seq_len * kv_width(config) * bytes_per_value
 
 
 def max_batch_size(config: ModelConfig, seq_len: int, memory_bytes: float) -> int:
@@ -169,6 +182,10 @@ def report(
     facts["training_memory_bytes"] = {
         **memory,
         "total": memory["fixed"] + batch_size * memory["activations_per_sequence"],
+    }
+    facts["kv_cache_bytes"] = {
+        "float32": kv_cache_bytes(config, seq_len, batch_size, FLOAT32_BYTES),
+        "bfloat16": kv_cache_bytes(config, seq_len, batch_size, 2),
     }
     facts["gpu_memory_gb"] = gpu_memory_gb
     facts["max_batch_size"] = max_batch_size(config, seq_len, gpu_memory_gb * GB)

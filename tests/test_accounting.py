@@ -10,6 +10,7 @@ import torch
 from lmkit.accounting import (
     activation_floats,
     forward_flops,
+    kv_cache_bytes,
     max_batch_size,
     measure_forward_flops,
     parameter_counts,
@@ -22,6 +23,7 @@ from lmkit.model import ModelConfig, TransformerLM
 
 GPT2_XL = ModelConfig(vocab_size=50257, context_length=1024, d_model=1600, num_layers=48, num_heads=25, d_ff=6400)
 TINY = ModelConfig(vocab_size=10, context_length=3, d_model=4, num_layers=1, num_heads=2, d_ff=8)
+SHAPE_MHA = dict(vocab_size=50, context_length=24, d_model=32, num_layers=3, num_heads=4)
 
 
 def test_gpt2_xl_anchor():
@@ -59,12 +61,40 @@ def test_ablations_change_the_counts():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"ffn": "silu", "d_ff": None}, {"tie_embeddings": True}, {"norm": "none"}, {"norm": "post"}],
+    [
+        {},
+        {"ffn": "silu", "d_ff": None},
+        {"tie_embeddings": True},
+        {"norm": "none"},
+        {"norm": "post"},
+        {"num_kv_heads": 1},
+    ],
 )
 def test_parameter_counts_match_the_real_model(overrides):
     config = ModelConfig(**{**TINY.model_dump(), "d_model": 8, **overrides})
     model = TransformerLM(config, device="meta")
     assert parameter_counts(config)["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_grouped_query_attention_counted_by_hand():
+    """TINY with one key/value head for its two query heads: K and V are 2 x 4 instead of 4 x 4."""
+    gqa = ModelConfig(**{**TINY.model_dump(), "num_kv_heads": 1})
+    counts = parameter_counts(gqa)
+    assert counts["attention"] == 2 * 16 + 2 * 8 and counts["total"] == 252 - 16
+    flops = forward_flops(gqa, seq_len=3, batch_size=2)
+    assert flops["k_proj"] == flops["v_proj"] == 2 * 6 * 4 * 2 and flops["q_proj"] == 2 * 6 * 4 * 4
+    assert flops["q_kT"] == forward_flops(TINY, 3, 2)["q_kT"]  # every query head still scores T x T
+    assert activation_floats(gqa, 3)["qkv_proj"] == 3 * (4 + 2 * 2)
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
+def test_kv_cache_bytes_are_the_real_cache(num_kv_heads):
+    config = ModelConfig(**SHAPE_MHA, num_kv_heads=num_kv_heads)
+    cache = TransformerLM(config).new_kv_cache(batch_size=2)
+    real = cache.keys.numel() * cache.keys.element_size() + cache.values.numel() * cache.values.element_size()
+    assert kv_cache_bytes(config, seq_len=24, batch_size=2) == real
+    # smaller by num_heads / num_kv_heads than plain multi-head attention
+    assert kv_cache_bytes(config, 24, 2) * 4 == kv_cache_bytes(ModelConfig(**SHAPE_MHA), 24, 2) * num_kv_heads
 
 
 def test_activation_memory_by_hand():
@@ -92,6 +122,7 @@ def test_training_seconds():
         (dict(vocab_size=300, context_length=32, d_model=48, num_layers=3, num_heads=6, ffn="silu"), 32, 3),
         (dict(vocab_size=500, context_length=128, d_model=96, num_layers=1, num_heads=2, position="none"), 100, 1),
         (dict(vocab_size=500, context_length=16, d_model=32, num_layers=2, num_heads=2, tie_embeddings=True), 16, 4),
+        (dict(vocab_size=500, context_length=32, d_model=64, num_layers=2, num_heads=8, num_kv_heads=2), 32, 2),
     ],
 )
 def test_measured_flops_agree_with_the_analytic_count(shape, seq_len, batch):
@@ -133,6 +164,18 @@ def test_cli_explicit_shape_batch_and_time(runner):
     assert memory["total"] == memory["fixed"] + 8 * memory["activations_per_sequence"]
     expected_seconds = 1000 * facts["train_step_flops"] / (100e12 * 0.4)
     assert facts["training_time"]["seconds"] == pytest.approx(expected_seconds)
+
+
+def test_cli_grouped_query_attention(runner):
+    shape = ("--preset", "tinystories-17m", "--batch-size", "2")
+    full, grouped = flops_json(runner, *shape), flops_json(runner, *shape, "--num-kv-heads", "4")
+    assert grouped["model"]["num_kv_heads"] == 4 and full["model"]["num_kv_heads"] == 16
+    assert full["kv_cache_bytes"]["float32"] == 2 * 4 * 2 * 256 * 512 * 4  # K and V, layers, batch, T, d, bytes
+    assert grouped["kv_cache_bytes"]["float32"] * 4 == full["kv_cache_bytes"]["float32"]
+    assert grouped["kv_cache_bytes"]["bfloat16"] * 2 == grouped["kv_cache_bytes"]["float32"]
+    assert full["parameters"]["attention"] - grouped["parameters"]["attention"] == 4 * 2 * 512 * (512 - 128)
+    table = runner.invoke(app, ["model", "flops", *shape, "--num-kv-heads", "4"])
+    assert "KV cache (generation)" in table.stdout and "2 x 256" in table.stdout and "1.049 MB" in table.stdout
 
 
 def test_cli_reads_only_the_model_table_of_a_run_config(runner, tmp_path):

@@ -173,6 +173,42 @@ def test_multihead_self_attention_by_loop_over_heads(use_rope):
     torch.testing.assert_close(attn(x[None])[0], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_grouped_query_attention_by_loop_over_heads(fused):
+    """8 query heads share 2 key/value heads: query head h uses key/value head h // 4."""
+    torch.manual_seed(0)
+    d_model, heads, kv_heads, seq = 32, 8, 2, 6
+    d = d_model // heads
+    rope = RotaryPositionalEmbedding(10000.0, d, 16)
+    attn = MultiHeadSelfAttention(d_model, heads, rope=rope, fused=fused, num_kv_heads=kv_heads)
+    assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (kv_heads * d, d_model)
+    x = torch.randn(seq, d_model)
+
+    def split(w, n):  # (seq, n * d) -> (n, seq, d)
+        return (x @ w.T).view(seq, n, d).transpose(0, 1)
+
+    q = rope(split(attn.q_proj.weight, heads))
+    k, v = rope(split(attn.k_proj.weight, kv_heads)), split(attn.v_proj.weight, kv_heads)
+    owner = torch.arange(heads) // (heads // kv_heads)
+    heads_out = loop_attention(q.detach(), k[owner].detach(), v[owner].detach(), causal=True)
+    expected = heads_out.transpose(0, 1).reshape(seq, d_model) @ attn.output_proj.weight.T
+    torch.testing.assert_close(attn(x[None])[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_kv_cache_holds_only_the_kv_heads():
+    model = small_model(num_kv_heads=2)
+    cache = model.new_kv_cache(batch_size=3)
+    assert cache.keys.shape == cache.values.shape == (2, 3, 2, 32, 8)  # layers, batch, kv heads, len, head dim
+    assert cache.keys.numel() * 2 == small_model().new_kv_cache(batch_size=3).keys.numel()
+
+
+def test_num_kv_heads_defaults_to_num_heads_and_norm_eps_reaches_the_norms():
+    config = ModelConfig(**SMALL)
+    assert config.num_kv_heads == config.num_heads == 4 and config.norm_eps == 1e-5
+    model = small_model(norm_eps=1e-6)
+    assert {m.eps for m in model.modules() if isinstance(m, RMSNorm)} == {1e-6}
+
+
 # --- the whole model ---------------------------------------------------------------------------------
 
 
@@ -218,7 +254,9 @@ def test_causal_changing_a_later_token_never_changes_earlier_logits():
     assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
-@pytest.mark.parametrize("overrides", [{}, {"norm": "post"}, {"position": "none"}, {"ffn": "silu"}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"norm": "post"}, {"position": "none"}, {"ffn": "silu"}, {"num_kv_heads": 2}]
+)
 def test_fused_equals_plain(overrides):
     fused = small_model(**overrides)
     plain = TransformerLM(fused.config, fused=False)
@@ -297,7 +335,7 @@ def test_tied_embeddings_share_one_matrix():
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("overrides", [{}, {"position": "none"}, {"norm": "post"}])
+@pytest.mark.parametrize("overrides", [{}, {"position": "none"}, {"norm": "post"}, {"num_kv_heads": 1}])
 def test_incremental_logits_equal_full_forward(fused, overrides):
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**{**SMALL, **overrides}), fused=fused)
@@ -387,6 +425,7 @@ def test_default_d_ff():
         ({"vocab_size": 0}, "vocab_size: Input should be greater than 0"),
         ({"d_ff": 0}, "d_ff: Input should be greater than 0"),
         ({"norm": "layer"}, "norm: Input should be 'pre', 'post' or 'none'"),
+        ({"num_kv_heads": 3}, "num_kv_heads (3) must divide num_heads (4)"),
         ({"dropout": 0.1}, "unknown key 'dropout'"),
     ],
 )

@@ -369,3 +369,20 @@ def test_learns_tinyshakespeare_below_the_unigram_entropy(runner, workdir):
     assert result.exit_code == 0, result.output
     val_loss = metrics(workdir / "out", "eval")[-1]["val_loss"]
     assert val_loss < unigram_entropy - 0.8, (val_loss, unigram_entropy)  # measured: 2.2 vs 3.31
+
+
+def test_resume_reads_checkpoints_written_before_num_kv_heads_and_norm_eps():
+    """A saved model config without the newer fields compares as their defaults; a real difference is refused."""
+    from lmkit.errors import InputError
+    from lmkit.training.config import validate_config
+    from lmkit.training.loop import _check_same_model
+
+    def run_config(**model) -> object:
+        data = {"train": "t.npy", "val": "v.npy", "tokenizer": "tok.json"}
+        raw = {"data": data, "train": {"batch_size": 1, "steps": 1}}
+        return validate_config({**raw, "model": {**TINY_MODEL, **model}}, "test")
+
+    old = {"config": {"model": {**TINY_MODEL, "d_ff": 64, "rope_theta": 10000.0, "norm": "pre"}}}
+    _check_same_model(run_config(), old, "old.pt")
+    with pytest.raises(InputError, match="model.num_kv_heads = 4, the config says 2"):
+        _check_same_model(run_config(num_kv_heads=2), old, "old.pt")

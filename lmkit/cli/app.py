@@ -15,6 +15,7 @@ from lmkit import __version__
 from lmkit.cli import ckpt as ckpt_cli
 from lmkit.cli import eval as eval_cli
 from lmkit.cli import generate as generate_cli
+from lmkit.cli import interop as interop_cli
 from lmkit.cli import model as model_cli
 from lmkit.cli import quickstart as quickstart_cli
 from lmkit.cli import runs as runs_cli
@@ -101,6 +102,8 @@ app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspec
 app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")
 app.command(name="quickstart")(quickstart_cli.quickstart)
 app.add_typer(runs_cli.app, name="runs", help="List, compare and plot training runs.")
+app.add_typer(interop_cli.export_app, name="export", help="Write a checkpoint as a Hugging Face Llama folder.")
+app.add_typer(interop_cli.import_app, name="import", help="Read a Hugging Face Llama folder into a checkpoint.")
 
 
 def main() -> None:

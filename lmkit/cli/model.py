@@ -10,7 +10,7 @@ from lmkit.cli.common import print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Account for a Transformer LM's parameters, FLOPs, memory and time.")
 
-_SHAPE_FLAGS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
+_SHAPE_FLAGS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "num_kv_heads")
 
 
 def _resolve_config(preset: str | None, config: Path | None, shape: dict[str, int | None]):
@@ -46,6 +46,11 @@ def _count(n: float, unit: str = "") -> str:
     return f"{n:,} {unit}".rstrip()
 
 
+def _bytes(n: int) -> str:
+    """Bytes as GB, or MB below one GB (10^9 and 10^6 bytes)."""
+    return f"{n / 1e9:,.3f} GB" if n >= 1e9 else f"{n / 1e6:,.3f} MB"
+
+
 def _print_report(facts: dict) -> None:
     """The report as rich tables, one per topic."""
     from lmkit.accounting import FLOP_LABELS, GB
@@ -67,6 +72,9 @@ def _print_report(facts: dict) -> None:
     rows["formula (bytes)"] = f"{memory['activations_per_sequence']:,} · batch_size + {memory['fixed']:,}"
     rows[f"largest batch in {facts['gpu_memory_gb']:g} GB"] = facts["max_batch_size"]
     print_table("Training memory (AdamW, float32)", rows)
+    rows = {"sequences x tokens": f"{facts['batch_size']} x {facts['seq_len']}"}
+    rows.update({dtype: _bytes(n) for dtype, n in facts["kv_cache_bytes"].items()})
+    print_table("KV cache (generation)", rows)
     if "training_time" in facts:
         time = facts["training_time"]
         print_table(
@@ -87,6 +95,9 @@ def flops(
     num_layers: int | None = typer.Option(None, "--num-layers", help="Transformer blocks."),
     num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads (must divide d_model)."),
     d_ff: int | None = typer.Option(None, "--d-ff", help="Feed-forward width (default 8/3 d_model, rounded to 64)."),
+    num_kv_heads: int | None = typer.Option(
+        None, "--num-kv-heads", help="Key/value heads for grouped-query attention (default: --num-heads)."
+    ),
     batch_size: int = typer.Option(1, "--batch-size", help="Sequences per step."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per sequence (default: the context length)."),
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Accelerator memory in GB (10^9 bytes)."),
@@ -103,7 +114,8 @@ def flops(
     """
     from lmkit.accounting import report
 
-    shape = dict(zip(_SHAPE_FLAGS, (vocab_size, context_length, d_model, num_layers, num_heads, d_ff), strict=True))
+    values = (vocab_size, context_length, d_model, num_layers, num_heads, d_ff, num_kv_heads)
+    shape = dict(zip(_SHAPE_FLAGS, values, strict=True))
     model_config = _resolve_config(preset, config, shape)
     facts = report(model_config, batch_size, seq_len, gpu_memory, steps, peak_tflops, mfu, measure)
     if json_output:

@@ -16,7 +16,12 @@ def train(
     overrides: list[str] = typer.Option(
         [], "--set", help="Override one config value, e.g. --set optim.lr=3e-4 (repeatable)."
     ),
-    resume: Path = typer.Option(None, "--resume", help="Continue exactly from this checkpoint (e.g. last.pt)."),
+    resume: Path = typer.Option(
+        None,
+        "--resume",
+        help="Continue exactly from this checkpoint (e.g. last.pt); one holding weights only (lmkit import hf) "
+        "starts a new run from them.",
+    ),
     until_step: int = typer.Option(
         None, "--until-step", help="Stop after this step with a checkpoint, to resume later."
     ),

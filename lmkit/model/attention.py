@@ -73,7 +73,8 @@ class KVCache:
     """The keys and values of every layer for the tokens seen so far, so generation feeds only new tokens.
 
     Create it with `model.new_kv_cache(batch_size)`: buffers of shape
-    (num_layers, batch_size, num_heads, max_len, head_dim) on the model's device, in its dtype.
+    (num_layers, batch_size, num_kv_heads, max_len, head_dim) on the model's device, in its dtype
+    (num_kv_heads < num_heads with grouped-query attention, which shrinks the cache by that factor).
     `length` is how many positions are filled, which is also the position of the next token fed.
 
         cache = model.new_kv_cache(batch_size=1)
@@ -125,7 +126,10 @@ class KVCache:
 class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention with optional RoPE on queries and keys.
 
-    q_proj, k_proj, v_proj and output_proj are d_model × d_model; the heads split d_model evenly.
+    q_proj and output_proj are d_model × d_model; the heads split d_model evenly. With grouped-query
+    attention (`num_kv_heads` < num_heads) k_proj and v_proj have num_kv_heads · head_dim rows, and query
+    head h attends with key/value head h // (num_heads / num_kv_heads), as in HF Llama; the KV cache holds
+    only the num_kv_heads heads.
     `fused` (default True) computes attention with torch.nn.functional.scaled_dot_product_attention;
     False uses this module's own `scaled_dot_product_attention`. Both give the same numbers (tested).
     """
@@ -138,16 +142,22 @@ class MultiHeadSelfAttention(nn.Module):
         fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        num_kv_heads: int | None = None,
     ) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.fused = fused
         self.rope = rope
+        kv_dim = num_kv_heads * (d_model // num_heads)
         self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
-        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
-        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, kv_dim, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, kv_dim, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer_index: int = 0) -> Tensor:
@@ -160,14 +170,22 @@ class MultiHeadSelfAttention(nn.Module):
         # x Wqᵀ, x Wkᵀ, x Wvᵀ as one product with the three matrices stacked: the same numbers, and one
         # wide matmul (forward and backward) beat three narrow ones by ~10% of a CPU train step.
         qkv_weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        q, k, v = rearrange(x @ qkv_weight.T, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+        q_dim, kv_dim = self.q_proj.weight.shape[0], self.k_proj.weight.shape[0]
+        q, k, v = (x @ qkv_weight.T).split((q_dim, kv_dim, kv_dim), dim=-1)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)
+        k, v = (rearrange(part, "b t (h d) -> b h t d", h=self.num_kv_heads) for part in (k, v))
         if self.rope is not None:
             positions = None if start == 0 else torch.arange(start, start + x.shape[1], device=x.device)
             q, k = self.rope(q, positions), self.rope(k, positions)
         if kv_cache is not None:
             k, v = kv_cache.store(layer_index, k, v)
-        out = self._attend(q, k, v)
+        out = self._attend(q, self._share(k), self._share(v))
         return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
+
+    def _share(self, kv: Tensor) -> Tensor:
+        """Key or value heads (B, num_kv_heads, T, d) repeated for the query heads they serve (B, num_heads, T, d)."""
+        groups = self.num_heads // self.num_kv_heads
+        return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal attention of the queries, the last q.shape[-2] positions, over all keys."""

@@ -27,7 +27,8 @@ def default_d_ff(d_model: int, ffn: str) -> int:
 class ModelConfig(BaseModel):
     """A decoder-only Transformer LM's shape. Impossible shapes raise pydantic.ValidationError.
 
-    `d_ff` left out (or None) becomes `default_d_ff(d_model, ffn)`; after validation it is always an int.
+    `d_ff` left out (or None) becomes `default_d_ff(d_model, ffn)` and `num_kv_heads` becomes `num_heads`
+    (plain multi-head attention); after validation both are always ints.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +38,12 @@ class ModelConfig(BaseModel):
     d_model: int = Field(gt=0, description="width of the residual stream")
     num_layers: int = Field(gt=0, description="number of Transformer blocks")
     num_heads: int = Field(gt=0, description="attention heads per block; must divide d_model")
+    num_kv_heads: int | None = Field(
+        default=None,
+        gt=0,
+        description="key/value heads, shared by groups of query heads (grouped-query attention); "
+        "must divide num_heads (default: num_heads)",
+    )
     d_ff: int | None = Field(default=None, gt=0, description="feed-forward width (default: see default_d_ff)")
     rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base wavelength")
     norm: Literal["pre", "post", "none"] = Field(
@@ -49,6 +56,7 @@ class ModelConfig(BaseModel):
         default="swiglu", description="feed-forward: W2(SiLU(W1 x) * W3 x), or W2 SiLU(W1 x) with d_ff 4 d_model"
     )
     tie_embeddings: bool = Field(default=False, description="share one matrix between token embeddings and LM head")
+    norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm's epsilon, added to mean(x²)")
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:
@@ -61,6 +69,13 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"RoPE needs an even head size, but d_model / num_heads = {self.head_dim}; "
                 "change num_heads or d_model, or set position = 'none'"
+            )
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads}): "
+                "each key/value head serves the same number of query heads"
             )
         if self.d_ff is None:
             self.d_ff = default_d_ff(self.d_model, self.ffn)

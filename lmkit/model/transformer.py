@@ -14,7 +14,7 @@ def _norm(config: ModelConfig, device: torch.device | str | None, dtype: torch.d
     """An RMSNorm, or the identity (no parameters) when the config's norm is "none"."""
     if config.norm == "none":
         return nn.Identity()
-    return RMSNorm(config.d_model, device=device, dtype=dtype)
+    return RMSNorm(config.d_model, eps=config.norm_eps, device=device, dtype=dtype)
 
 
 class TransformerBlock(nn.Module):
@@ -37,7 +37,13 @@ class TransformerBlock(nn.Module):
         self.post_norm = config.norm == "post"
         self.ln1 = _norm(config, device, dtype)
         self.attn = MultiHeadSelfAttention(
-            config.d_model, config.num_heads, rope=rope, fused=fused, device=device, dtype=dtype
+            config.d_model,
+            config.num_heads,
+            rope=rope,
+            fused=fused,
+            device=device,
+            dtype=dtype,
+            num_kv_heads=config.num_kv_heads,
         )
         self.ln2 = _norm(config, device, dtype)
         ffn_class = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward
@@ -119,7 +125,7 @@ class TransformerLM(nn.Module):
         return KVCache(
             self.config.num_layers,
             batch_size,
-            self.config.num_heads,
+            self.config.num_kv_heads,
             self.config.head_dim,
             max_len,
             device=weight.device,

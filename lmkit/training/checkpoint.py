@@ -9,6 +9,8 @@ config as plain data; `config["model"]` is the ModelConfig), `tokenizer_json` (t
 file, so the checkpoint needs nothing else), `rng` (torch, CUDA and batch-sampler generator states),
 `elapsed_s`, `lr`, `train_loss`, `val_loss`, `best_val_loss`, `world_size` (how many processes wrote it)
 and `scaler` (the float16 loss scaler's state, or None).
+A checkpoint written by `lmkit import hf` holds `iteration` 0, no optimizer state, `config` with only the
+`model` table, `tokenizer_json`, `tokens_seen` 0 and `imported_from` (the source folder).
 Every file is loaded with `torch.load(..., weights_only=True)`.
 """
 
@@ -222,6 +224,8 @@ def checkpoint_facts(path: str | os.PathLike) -> dict[str, object]:
         "lr": payload.get("lr"),
         "has_optimizer_state": payload.get("optimizer") is not None,
     }
+    if "imported_from" in payload:
+        facts["imported_from"] = payload["imported_from"]
     for table, fields in (payload.get("config") or {}).items():
         facts.update({f"{table}.{key}": value for key, value in fields.items()})
     if isinstance(payload.get("tokenizer_json"), str):

@@ -82,6 +82,11 @@ class TrainConfig(BaseModel):
         "gradients and optimizer state over them, block by block (FSDP2)",
     )
     seed: int = Field(default=0, description="seeds the weights' initialisation and the batch sampler")
+    init_from: Path | None = Field(
+        default=None,
+        description="start from these weights (fine-tuning): a checkpoint from `lmkit train` or `lmkit import hf` "
+        "of the same model; the optimizer, step count and batch order start fresh",
+    )
     eval_every: int = Field(default=500, gt=0, description="steps between validation evaluations (and at the end)")
     eval_batches: int = Field(default=20, gt=0, description="fixed validation batches per evaluation")
     log_every: int = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")

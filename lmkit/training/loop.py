@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from lmkit.device import resolve_device
-from lmkit.errors import InputError
+from lmkit.errors import InputError, validation_error_message
 from lmkit.evaluation.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.fileio import atomic_write
-from lmkit.model import TransformerLM
+from lmkit.model import ModelConfig, TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tracking.wandb_log import WandbMirror
-from lmkit.training.checkpoint import read_checkpoint, write_checkpoint
+from lmkit.training.checkpoint import check_weights_fit, read_checkpoint, write_checkpoint
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
 from lmkit.training.distributed import (
@@ -121,15 +122,30 @@ def _val_bytes_per_token(tokenizer_json: str, val_batches: list[torch.Tensor], v
     return count_bytes(targets, lengths, "validation data") / len(targets)
 
 
-def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
-    saved = checkpoint.get("config", {}).get("model", {})
+def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str, action: str = "resume") -> None:
+    # Validated, so that a field added since the checkpoint was written compares as its default.
+    try:
+        saved_model = ModelConfig.model_validate(checkpoint.get("config", {}).get("model", {})).model_dump(mode="json")
+    except ValidationError as err:
+        raise InputError(f"{name}: its model config is not valid here ({validation_error_message(err)})") from None
     wanted = config.model.model_dump(mode="json")
     for key, value in wanted.items():
-        if saved.get(key) != value:
+        if saved_model.get(key) != value:
             raise InputError(
-                f"cannot resume {name}: it was trained with model.{key} = {saved.get(key)!r}, "
-                f"the config says {value!r} (resuming needs the same model)"
+                f"cannot {action} {name}: it was trained with model.{key} = {saved_model.get(key)!r}, "
+                f"the config says {value!r} (the model must be the same)"
             )
+
+
+def _load_initial_weights(config: RunConfig, model: TransformerLM) -> None:
+    """Load train.init_from's weights into `model` (fine-tuning), after checking it is the same model."""
+    path = config.train.init_from
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint.get("config"), dict):
+        raise InputError(f"train.init_from {path} holds no model config; was it written by lmkit?")
+    _check_same_model(config, checkpoint, str(path), action="start from")
+    check_weights_fit(checkpoint["model"], model, str(path))
+    model.load_state_dict(checkpoint["model"])
 
 
 def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
@@ -206,6 +222,8 @@ class Trainer:
         self.model = TransformerLM(config.model).to(self.device)
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"])  # whole tensors: before any sharding
+        elif config.train.init_from is not None:
+            _load_initial_weights(config, self.model)
         self.dist.start(self.device)
         # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,
         # over the parameters as they now are.
@@ -496,7 +514,15 @@ def resolve_run(
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
     checkpoint = read_checkpoint(resume) if resume is not None else None
     if checkpoint is not None and "rng" not in checkpoint:
-        raise InputError(f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume")
+        # Weights without run state (from `lmkit import hf`, say): a new run starts from them, as with init_from.
+        if config_path is None:
+            raise InputError(
+                f"{resume} holds weights but no run state; give --config run.toml to train from its weights "
+                "(or set train.init_from)"
+            )
+        config = load_config(config_path, overrides)
+        config.train.init_from = Path(resume)
+        return config, None
     if config_path is not None:
         config = load_config(config_path, overrides)
     else:

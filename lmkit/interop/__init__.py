@@ -1,0 +1,1 @@
+"""Models in and out of other ecosystems: Hugging Face Llama folders (lmkit.interop.hf)."""
