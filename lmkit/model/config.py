@@ -49,6 +49,9 @@ class ModelConfig(BaseModel):
         default="swiglu", description="feed-forward: W2(SiLU(W1 x) * W3 x), or W2 SiLU(W1 x) with d_ff 4 d_model"
     )
     tie_embeddings: bool = Field(default=False, description="share one matrix between token embeddings and LM head")
+    qk_norm: bool = Field(
+        default=False, description="RMSNorm on each head's queries and keys before RoPE (QK-norm); a stabiliser"
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:

@@ -37,7 +37,13 @@ class TransformerBlock(nn.Module):
         self.post_norm = config.norm == "post"
         self.ln1 = _norm(config, device, dtype)
         self.attn = MultiHeadSelfAttention(
-            config.d_model, config.num_heads, rope=rope, fused=fused, device=device, dtype=dtype
+            config.d_model,
+            config.num_heads,
+            rope=rope,
+            fused=fused,
+            device=device,
+            dtype=dtype,
+            qk_norm=config.qk_norm,
         )
         self.ln2 = _norm(config, device, dtype)
         ffn_class = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward

@@ -3,9 +3,9 @@
 One step: the learning rate from the schedule; `grad_accum` micro-batches drawn by get_batch from a
 dedicated generator (its state is checkpointed, so a resumed run draws the very batches the unbroken run
 would have); forward under autocast, cross-entropy, backward; a finite-loss check before anything is
-updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes to metrics.jsonl, every
-`eval_every` steps the loss over a fixed set of validation batches (`best.pt` when it improves), every
-`ckpt_every` steps and at the end `last.pt`.
+updated; gradient clipping; the optimizer (AdamW, or Muon with AdamW: lmkit.training.muon). Every
+`log_every` steps a "train" line goes to metrics.jsonl, every `eval_every` steps the loss over a fixed set
+of validation batches (`best.pt` when it improves), every `ckpt_every` steps and at the end `last.pt`.
 
 Under torchrun (several processes, see lmkit.training.distributed and docs/distributed.md) the model runs in
 DistributedDataParallel or sharded by FSDP2 (train.parallel), each process trains on its slice of every
@@ -45,7 +45,8 @@ from lmkit.training.distributed import (
 )
 from lmkit.training.loss import cross_entropy
 from lmkit.training.metrics import MetricsLog
-from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
+from lmkit.training.muon import build_optimizer, set_learning_rates
+from lmkit.training.optim import clip_grad_norm
 from lmkit.training.schedule import get_lr_cosine_schedule
 
 
@@ -191,14 +192,7 @@ class Trainer:
         # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,
         # over the parameters as they now are.
         forward = self.dist.wrap(self.model, self.device, config.train.parallel)
-        optim = config.optim
-        self.optimizer = AdamW(
-            param_groups(self.model, optim.weight_decay, optim.decay_embeddings),
-            lr=optim.lr,
-            betas=optim.betas,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.model, config.optim)
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.train_loss: float | None = None
         self.val_loss: float | None = None
@@ -247,8 +241,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns (loss, lr, grad norm)."""
         train = self.config.train
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rates(self.optimizer, self.config.optim, lr / self.config.optim.lr)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(train.grad_accum):
             inputs, targets = get_batch(
