@@ -108,6 +108,9 @@ def _read_tokenizer(config: RunConfig) -> str:
 
 def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
     saved = checkpoint.get("config", {}).get("model", {})
+    # A switch added since the checkpoint was written takes its default there.
+    defaults = {key: field.default for key, field in type(config.model).model_fields.items() if not field.is_required()}
+    saved = {**defaults, **saved}
     wanted = config.model.model_dump(mode="json")
     for key, value in wanted.items():
         if saved.get(key) != value:
