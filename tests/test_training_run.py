@@ -76,11 +76,16 @@ def train(runner, *args: str):
 # --- resume, learning, interruption --------------------------------------------------------------------
 
 
-def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir):
-    straight = write_config(workdir, "straight.toml", train={"out_dir": str(workdir / "straight")})
+@pytest.mark.parametrize(
+    ("optim", "model"), [({}, {}), ({"name": "muon", "muon_lr": 0.01, "muon_momentum": 0.9}, {"qk_norm": True})]
+)
+def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir, optim, model):
+    straight = write_config(
+        workdir, "straight.toml", train={"out_dir": str(workdir / "straight")}, optim=optim, model=model
+    )
     assert train(runner, "--config", str(straight)).exit_code == 0
 
-    broken = write_config(workdir, "broken.toml", train={"out_dir": str(workdir / "broken")})
+    broken = write_config(workdir, "broken.toml", train={"out_dir": str(workdir / "broken")}, optim=optim, model=model)
     first = train(runner, "--config", str(broken), "--until-step", "10")
     assert first.exit_code == 0, first.output
     assert "resume with: lmkit train --resume" in first.stderr
@@ -98,6 +103,9 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir):
     b = torch.load(workdir / "broken" / "last.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 20
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    states = [list(ckpt["optimizer"]["state"].values()) for ckpt in (a, b)]
+    for x, y in zip(*states, strict=True):  # AdamW's moments and steps, or Muon's momentum buffers
+        assert x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
     val_losses = [[r["val_loss"] for r in metrics(workdir / run, "eval")] for run in ("straight", "broken")]
     assert val_losses[0] == val_losses[1] and len(val_losses[0]) == 4
 
