@@ -203,6 +203,7 @@ def test_fsdp_shards_the_model_trains_like_one_process_and_resumes_across(runner
         )
 
 
+@pytest.mark.slow
 def test_muon_under_ddp_and_fsdp_trains_like_one_process(runner, workdir):
     # Muon orthogonalises whole matrices: under FSDP each sharded update is gathered first. The FSDP run
     # stops at step 3 and resumes sharded, so its momentum buffers go through a checkpoint as whole tensors.

@@ -72,7 +72,8 @@ def newton_schulz(update: Tensor, steps: int = NS_STEPS, eps: float = 1e-7, dtyp
     x = (x.float() / (torch.linalg.matrix_norm(x.float()) + eps)).to(dtype)
     for _ in range(steps):
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        # a X + (b A + c A²) X, with the scalings fused into the products
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.T if tall else x).to(update.dtype)
 
 
