@@ -367,9 +367,10 @@ def test_meta_device_builds_without_memory():
     assert out.device.type == "meta" and out.shape == (2, 8, 97)
 
 
-def test_torch_compile_traces_one_graph():
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True}])
+def test_torch_compile_traces_one_graph(overrides):
     torch._dynamo.reset()
-    model = small_model()
+    model = small_model(**overrides)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     ids = random_ids(2, 16)
     torch.testing.assert_close(compiled(ids), model(ids))

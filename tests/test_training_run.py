@@ -354,10 +354,14 @@ def test_examples_are_valid_configs():
     from lmkit.training.config import load_config
 
     examples = Path(__file__).parent.parent / "examples"
-    sizes = {name: load_config(examples / f"{name}.toml") for name in ("tinystories-17m", "tinystories-cpu", "owt")}
+    names = ("tinystories-17m", "tinystories-cpu", "owt", "tinystories-muon")
+    sizes = {name: load_config(examples / f"{name}.toml") for name in names}
     assert sizes["tinystories-17m"].total_steps * sizes["tinystories-17m"].tokens_per_step == 327_680_000
     assert sizes["tinystories-cpu"].total_steps * sizes["tinystories-cpu"].tokens_per_step == 40_960_000
     assert sizes["tinystories-17m"].model.d_ff == 1344 and sizes["owt"].model.vocab_size == 32000
+    muon = sizes["tinystories-muon"]
+    assert muon.optim.name == "muon" and muon.model.qk_norm
+    assert muon.model == sizes["tinystories-17m"].model.model_copy(update={"qk_norm": True})
 
 
 @pytest.mark.slow

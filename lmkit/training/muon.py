@@ -21,7 +21,8 @@ O has all singular values near 1, so its RMS is sqrt(min(rows, cols) / (rows col
 cols)); the scale brings the update's RMS to 0.2, about the RMS of an AdamW update in steady training. So
 Muon's learning rate and weight decay mean what AdamW's do, the same schedule fits both families, and a
 learning rate tuned for AdamW is a sensible starting point for `optim.muon_lr` (Keller Jordan's original
-rule, `sqrt(max(1, rows / cols))`, needs a learning rate ~50x larger and its own weight decay).
+rule, `sqrt(max(1, rows / cols))`, needs a learning rate 0.2 sqrt(max(rows, cols)) times larger, about 5x
+at d_model 768, and its own weight decay).
 
 Routing (`muon_param_groups`): every parameter with two or more dimensions inside `model.layers` (the
 attention projections and the feed-forward matrices) goes to Muon. The token embeddings, the LM head
