@@ -343,6 +343,10 @@ def test_resume_with_an_incompatible_model_config(runner, workdir):
         train(runner, "--config", str(config), "--resume", last, "--set", "model.d_model=64"),
         "it was trained with model.d_model = 32, the config says 64",
     )
+    assert_input_error(
+        train(runner, "--config", str(config), "--resume", last, "--set", 'optim.name="muon"'),
+        "it was trained with optim.name = 'adamw', the config says 'muon'",
+    )
     assert train(runner, "--config", str(config), "--resume", last).exit_code == 0
 
 

@@ -120,6 +120,15 @@ def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) 
             )
 
 
+def _check_same_optimizer(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
+    saved = checkpoint.get("config", {}).get("optim", {}).get("name", "adamw")
+    if saved != config.optim.name:
+        raise InputError(
+            f"cannot resume {name}: it was trained with optim.name = {saved!r}, the config says "
+            f"{config.optim.name!r} (the optimizer state of one does not fit the other)"
+        )
+
+
 def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
@@ -165,6 +174,7 @@ class Trainer:
         self.total_steps = config.total_steps
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
+            _check_same_optimizer(config, checkpoint, resume_name)
         elif (self.out_dir / "last.pt").exists():
             raise InputError(
                 f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
