@@ -110,8 +110,9 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir, optim, 
     assert val_losses[0] == val_losses[1] and len(val_losses[0]) == 4
 
 
-def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(workdir, monkeypatch):
-    config = load_config(write_config(workdir, train={"dtype": "float16", "steps": 6, "ckpt_every": 3}))
+@pytest.mark.parametrize("optim", [{}, {"name": "muon"}])
+def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(workdir, optim):
+    config = load_config(write_config(workdir, train={"dtype": "float16", "steps": 6, "ckpt_every": 3}, optim=optim))
     trainer = Trainer(config)
     assert trainer.scaler is not None and trainer.scaler.get_scale() == 2.0**16
     # The first backward overflows in one gradient: the step must be skipped and the scale halved.
@@ -126,6 +127,7 @@ def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale
     _, _, grad_norm = trainer.train_step()  # finite gradients: unscaled before clipping, applied
     assert grad_norm < 100  # not 2**15 times the true norm
     assert not torch.equal(before["lm_head.weight"], trainer.model.lm_head.weight)
+    assert not torch.equal(before["layers.0.ffn.w1.weight"], trainer.model.layers[0].ffn.w1.weight)
     assert trainer.scaler.get_scale() == 2.0**15
     (workdir / "out").mkdir()
     trainer.save("last.pt", 0.0)
