@@ -150,6 +150,7 @@ def test_adamw_family_keeps_its_weight_decay_rules():
 
 def test_muon_lr_defaults_to_lr_and_follows_the_schedule(runner, workdir):  # noqa: F811
     assert OptimConfig(name="muon", lr=2e-3).muon_lr == 2e-3
+    assert OptimConfig(lr=2e-3).muon_lr is None  # AdamW runs do not carry it (nor differ by it in runs compare)
     config = load_config(write_config(workdir, optim={"name": "muon", "lr": 1e-3, "muon_lr": 0.02, "min_lr": 1e-4}))
     trainer = Trainer(config)
     trainer.step = config.total_steps  # the end of the schedule: each family at its min, min_lr / lr of its peak

@@ -58,8 +58,8 @@ class OptimConfig(BaseModel):
     muon_lr: float | None = Field(
         default=None,
         gt=0,
-        description="Muon's peak learning rate (default: lr; its update is scaled to AdamW's RMS); the schedule "
-        "scales it like lr",
+        description="Muon's peak learning rate (default with name = muon: lr, as its update is scaled to AdamW's "
+        "RMS); the schedule scales it like lr",
     )
     muon_momentum: float = Field(default=0.95, ge=0, lt=1, description="Muon's (Nesterov) momentum, in [0, 1)")
 
@@ -76,7 +76,7 @@ class OptimConfig(BaseModel):
     def _check(self) -> OptimConfig:
         if not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
-        if self.muon_lr is None:
+        if self.muon_lr is None and self.name == "muon":  # left out of AdamW runs, where it means nothing
             self.muon_lr = self.lr
         if self.min_lr is None:
             self.min_lr = self.lr / 10
