@@ -113,6 +113,24 @@ def _step_ratio(adamw: list[Curve], muon: list[Curve]) -> tuple[float, float, fl
     return adamw_step, muon_step, muon_step / adamw_step
 
 
+def _print_step_times(label: str, adamw: list[Curve], muon: list[Curve], threads: int) -> None:
+    adamw_step, muon_step, ratio = _step_ratio(adamw, muon)
+    print(
+        f"time per step, {label}, median, interleaved, {threads} thread(s): adamw {adamw_step * 1e3:.1f} ms, "
+        f"muon {muon_step * 1e3:.1f} ms, muon/adamw {ratio:.3f}"
+    )
+
+
+def _time_at_quickstart_batch(data: dict, out: Path, steps: int, lr: float, muon_lr: float, threads: int) -> None:
+    """Step AdamW and Muon alternately at quickstart's batch and print their step times."""
+    timed = [Curve("adamw", lr, 0), Curve("muon", muon_lr, 0)]
+    shape = (QUICKSTART_BATCH, QUICKSTART_CONTEXT)
+    trainers = [_trainer(data, out / name, steps, 0, lr, mlr, *shape) for name, mlr in (("a", None), ("m", muon_lr))]
+    _run_together(trainers, timed, steps, steps + 1)
+    label = f"batch {QUICKSTART_BATCH} x {QUICKSTART_CONTEXT} (quickstart), {steps} steps each"
+    _print_step_times(label, timed[:1], timed[1:], threads)
+
+
 def _spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f} ({min(values):.4f} to {max(values):.4f})"
@@ -127,11 +145,18 @@ def main() -> None:
     parser.add_argument("--adamw-lrs", default="3e-3,6e-3,1.2e-2")
     parser.add_argument("--muon-lrs", default="6e-3,1.2e-2,2.4e-2")
     parser.add_argument("--timing-steps", type=int, default=20, help="interleaved steps at quickstart's batch")
+    parser.add_argument(
+        "--timing-only", action="store_true", help="only the quickstart-batch timing, at the first lr of each list"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = args.steps
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_data(Path(tmp))
+        if args.timing_only:
+            lr, muon_lr = float(args.adamw_lrs.split(",")[0]), float(args.muon_lrs.split(",")[0])
+            _time_at_quickstart_batch(data, Path(tmp), args.timing_steps, lr, muon_lr, args.threads)
+            return
         runs = iter(range(10**6))
 
         def new(lr: float, seed: int, muon_lr: float | None = None) -> Trainer:
@@ -162,16 +187,16 @@ def main() -> None:
             muon_runs.append(pair[1])
             print(f"seed {seed}: adamw {pair[0].final:.4f}, muon {pair[1].final:.4f}")
 
-        timed = [Curve("adamw", best_adamw.lr, 0), Curve("muon", best_muon.lr, 0)]
-        shape = (QUICKSTART_BATCH, QUICKSTART_CONTEXT)
-        trainers = [
-            _trainer(data, Path(tmp) / f"run{next(runs)}", args.timing_steps, 0, best_adamw.lr, muon_lr, *shape)
-            for muon_lr in (None, best_muon.lr)
-        ]
-        _run_together(trainers, timed, args.timing_steps, args.timing_steps + 1)
+        _print_summary(adamw_runs, muon_runs, best_adamw.lr, best_muon.lr, steps, args.threads)
+        _time_at_quickstart_batch(data, Path(tmp), args.timing_steps, best_adamw.lr, best_muon.lr, args.threads)
 
+
+def _print_summary(
+    adamw_runs: list[Curve], muon_runs: list[Curve], lr: float, muon_lr: float, steps: int, threads: int
+) -> None:
+    """Final losses, steps to AdamW's mean final loss, and the step times of the paired runs."""
     target = statistics.fmean(c.final for c in adamw_runs)
-    print(f"\nAdamW lr {best_adamw.lr:g}; Muon muon_lr {best_muon.lr:g} with lr {best_adamw.lr:g} for the rest")
+    print(f"\nAdamW lr {lr:g}; Muon muon_lr {muon_lr:g} with lr {lr:g} for the rest")
     print(f"{'optimizer':<10} {'final val loss (mean ± half-spread, range)':<48} steps to AdamW's final {target:.4f}")
     for name, curves in (("adamw", adamw_runs), ("muon", muon_runs)):
         reached = [c.first_step_at_or_below(target) for c in curves]
@@ -180,15 +205,7 @@ def main() -> None:
     muon_reached = [r for r in (c.first_step_at_or_below(target) for c in muon_runs) if r is not None]
     if len(muon_reached) == len(muon_runs):
         print(f"Muon reaches AdamW's final loss at {statistics.fmean(muon_reached) / steps:.0%} of the steps (mean)")
-    for label, adamw, muon in (
-        (f"batch {BATCH} x 64 (the runs above)", adamw_runs, muon_runs),
-        (f"batch {QUICKSTART_BATCH} x {QUICKSTART_CONTEXT} (quickstart)", timed[:1], timed[1:]),
-    ):
-        adamw_step, muon_step, ratio = _step_ratio(adamw, muon)
-        print(
-            f"time per step, {label}, median, interleaved, {args.threads} thread(s): adamw {adamw_step * 1e3:.1f} ms, "
-            f"muon {muon_step * 1e3:.1f} ms, muon/adamw {ratio:.3f}"
-        )
+    _print_step_times(f"batch {BATCH} x 64 (the runs above)", adamw_runs, muon_runs, threads)
 
 
 if __name__ == "__main__":
