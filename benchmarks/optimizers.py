@@ -15,7 +15,9 @@ warmup 5% then cosine to lr/10, weight decay 0.1, clipping at 1.0, the same for 
    at which each run's validation loss reaches AdamW's mean final loss.
 3. Time per step: within each seed the AdamW and Muon runs are stepped alternately in one process (step i
    of one, then step i of the other), so load on the machine hits both alike; the ratio is of the median
-   step times over all their steps. Evaluation is not timed. Muon's extra work (five Newton-Schulz steps
+   step times over all their steps, and optimizer.step() is timed on its own as well (Muon's extra cost
+   lives there; on a loaded machine it is a steadier figure than the difference of whole steps).
+   Evaluation is not timed. Muon's extra work (five Newton-Schulz steps
    per matrix) does not grow with the batch while the step's does, so the ratio is measured again, the
    same way, for --timing-steps steps at quickstart's full batch (32 sequences of 128 tokens).
 
@@ -54,6 +56,7 @@ class Curve:
     seed: int
     val: dict[int, float] = field(default_factory=dict)
     step_seconds: list[float] = field(default_factory=list)
+    optimizer_seconds: list[float] = field(default_factory=list)  # optimizer.step() alone, within each step
 
     @property
     def final(self) -> float:
@@ -95,8 +98,23 @@ def _trainer(
     return Trainer(validate_config({"data": data, "model": model, "optim": optim, "train": train}, "benchmark"))
 
 
+def _time_optimizer(trainer: Trainer, curve: Curve) -> None:
+    """Record the seconds of each of the trainer's optimizer steps in `curve`."""
+    step = trainer.optimizer.step
+
+    def timed_step(*args: object) -> object:
+        start = time.perf_counter()
+        result = step(*args)
+        curve.optimizer_seconds.append(time.perf_counter() - start)
+        return result
+
+    trainer.optimizer.step = timed_step
+
+
 def _run_together(trainers: list[Trainer], curves: list[Curve], steps: int, eval_every: int) -> None:
     """Step the trainers alternately, timing each step; evaluate each every `eval_every` steps and at the end."""
+    for trainer, curve in zip(trainers, curves, strict=True):
+        _time_optimizer(trainer, curve)
     for step in range(1, steps + 1):
         for trainer, curve in zip(trainers, curves, strict=True):
             start = time.perf_counter()
@@ -115,9 +133,12 @@ def _step_ratio(adamw: list[Curve], muon: list[Curve]) -> tuple[float, float, fl
 
 def _print_step_times(label: str, adamw: list[Curve], muon: list[Curve], threads: int) -> None:
     adamw_step, muon_step, ratio = _step_ratio(adamw, muon)
+    adamw_opt = statistics.median(s for c in adamw for s in c.optimizer_seconds)
+    muon_opt = statistics.median(s for c in muon for s in c.optimizer_seconds)
     print(
         f"time per step, {label}, median, interleaved, {threads} thread(s): adamw {adamw_step * 1e3:.1f} ms, "
-        f"muon {muon_step * 1e3:.1f} ms, muon/adamw {ratio:.3f}"
+        f"muon {muon_step * 1e3:.1f} ms, muon/adamw {ratio:.3f}; of which optimizer.step(): adamw "
+        f"{adamw_opt * 1e3:.1f} ms, muon {muon_opt * 1e3:.1f} ms"
     )
 
 
