@@ -33,11 +33,12 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Parameters by part, and their total. A tied LM head shares the embedding's matrix and counts 0."""
     d, layers, vocab = config.d_model, config.num_layers, config.vocab_size
     ffn_matrices = 3 if config.ffn == "swiglu" else 2
+    qk_norm_gains = layers * 2 * config.head_dim if config.qk_norm else 0
     counts = {
         "embedding": vocab * d,
         "attention": layers * (2 * d * d + 2 * d * kv_width(config)),  # Q and output; K and V
         "ffn": layers * ffn_matrices * d * config.d_ff,
-        "norms": 0 if config.norm == "none" else (2 * layers + 1) * d,
+        "norms": (0 if config.norm == "none" else (2 * layers + 1) * d) + qk_norm_gains,
         "lm_head": 0 if config.tie_embeddings else vocab * d,
     }
     counts["total"] = sum(counts.values())
@@ -86,7 +87,9 @@ def activation_floats(config: ModelConfig, seq_len: int) -> dict[str, int]:
     has_norm = config.norm != "none"
     ffn_outputs = 3 if config.ffn == "swiglu" else 2  # W1, SiLU (and W3), each t x d_ff
     floats = {
-        "norms": layers * 2 * t * d if has_norm else 0,
+        # ln1 and ln2 keep their inputs; QK-norm keeps each head's queries and keys
+        "norms": (layers * 2 * t * d if has_norm else 0)
+        + (layers * t * (d + kv_width(config)) if config.qk_norm else 0),
         "qkv_proj": layers * t * (d + 2 * kv_width(config)),
         "q_kT": layers * config.num_heads * t * t,
         "softmax": layers * config.num_heads * t * t,

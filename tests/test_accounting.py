@@ -68,6 +68,8 @@ def test_ablations_change_the_counts():
         {"norm": "none"},
         {"norm": "post"},
         {"num_kv_heads": 1},
+        {"qk_norm": True},
+        {"qk_norm": True, "norm": "none"},
     ],
 )
 def test_parameter_counts_match_the_real_model(overrides):
@@ -108,6 +110,13 @@ def test_activation_memory_by_hand():
     assert max_batch_size(TINY, 3, room) == 3
     assert max_batch_size(TINY, 3, room - 1) == 2
     assert max_batch_size(TINY, 3, memory["fixed"] - 1) == 0
+
+
+def test_qk_norm_adds_its_gains_and_kept_queries_and_keys():
+    with_qk_norm = ModelConfig(**{**TINY.model_dump(), "qk_norm": True})
+    assert parameter_counts(with_qk_norm)["norms"] == 12 + 2 * 2  # 1 layer: q_norm and k_norm of head_dim 2
+    # the layer keeps its T x d queries and keys for the norms' backward: 2 × 3 × 4
+    assert activation_floats(with_qk_norm, 3)["norms"] == activation_floats(TINY, 3)["norms"] + 24
 
 
 def test_training_seconds():

@@ -201,3 +201,34 @@ def test_fsdp_shards_the_model_trains_like_one_process_and_resumes_across(runner
         assert _losses(workdir / run, "eval", "val_loss") == pytest.approx(
             _losses(workdir / "one", "eval", "val_loss"), rel=1e-5
         )
+
+
+@pytest.mark.slow
+def test_muon_under_ddp_and_fsdp_trains_like_one_process(runner, workdir):
+    # Muon orthogonalises whole matrices: under FSDP each sharded update is gathered first. The FSDP run
+    # stops at step 3 and resumes sharded, so its momentum buffers go through a checkpoint as whole tensors.
+    settings = {"steps": 6, "batch_size": 4, "grad_accum": 2, "eval_every": 3, "ckpt_every": 3}
+    optim = {"name": "muon", "muon_lr": 0.02}
+
+    def config(name: str, parallel: str) -> str:
+        train_table = {**settings, "out_dir": str(workdir / name), "parallel": parallel}
+        return str(write_config(workdir, f"{name}.toml", train=train_table, optim=optim))
+
+    assert train(runner, "--config", config("one", "ddp")).exit_code == 0
+    _torchrun("--config", config("ddp", "ddp"))
+    _torchrun("--config", config("fsdp", "fsdp"), "--until-step", "3")
+    sharded = torch.load(workdir / "fsdp" / "last.pt", weights_only=True)
+    buffers = [
+        state["momentum_buffer"] for state in sharded["optimizer"]["state"].values() if "momentum_buffer" in state
+    ]
+    assert buffers and all(type(buffer) is torch.Tensor and buffer.ndim == 2 for buffer in buffers)
+    _torchrun("--resume", str(workdir / "fsdp" / "last.pt"))
+
+    expected = _losses(workdir / "one")
+    assert len(expected) == 6
+    for run in ("ddp", "fsdp"):
+        assert [r["step"] for r in metrics(workdir / run)] == list(range(1, 7))
+        assert _losses(workdir / run) == pytest.approx(expected, rel=1e-5)
+        assert _losses(workdir / run, "eval", "val_loss") == pytest.approx(
+            _losses(workdir / "one", "eval", "val_loss"), rel=1e-5
+        )

@@ -301,6 +301,7 @@ def folder_snapshot(folder: Path) -> dict[str, bytes]:
         ({"norm": "none"}, "norm = 'none'"),
         ({"position": "none"}, "position = 'none'"),
         ({"ffn": "silu"}, "ffn = 'silu'"),
+        ({"qk_norm": True}, "qk_norm = True"),
     ],
 )
 def test_export_refuses_what_hf_llama_cannot_express(runner, tokenizer, tmp_path, setting, message):

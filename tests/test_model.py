@@ -151,12 +151,12 @@ def test_scaled_dot_product_attention_by_loop():
     torch.testing.assert_close(out4[2], loop_attention(q, k, v, causal=True))
 
 
-@pytest.mark.parametrize("use_rope", [False, True])
-def test_multihead_self_attention_by_loop_over_heads(use_rope):
+@pytest.mark.parametrize(("use_rope", "qk_norm"), [(False, False), (True, False), (True, True)])
+def test_multihead_self_attention_by_loop_over_heads(use_rope, qk_norm):
     torch.manual_seed(0)
     d_model, heads, seq = 12, 3, 6
     rope = RotaryPositionalEmbedding(10000.0, d_model // heads, 16) if use_rope else None
-    attn = MultiHeadSelfAttention(d_model, heads, rope=rope, fused=False)
+    attn = MultiHeadSelfAttention(d_model, heads, rope=rope, fused=False, qk_norm=qk_norm)
     x = torch.randn(seq, d_model)
     d = d_model // heads
 
@@ -164,6 +164,12 @@ def test_multihead_self_attention_by_loop_over_heads(use_rope):
         return (x @ w.T).view(seq, heads, d).transpose(0, 1)
 
     q, k, v = split(attn.q_proj.weight), split(attn.k_proj.weight), split(attn.v_proj.weight)
+    if qk_norm:  # RMSNorm over each head's d dims, with gains of size d shared by the heads, before RoPE
+        with torch.no_grad():
+            attn.q_norm.weight.copy_(torch.linspace(0.5, 2.0, d))
+            attn.k_norm.weight.copy_(torch.linspace(2.0, 0.5, d))
+        q = q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + 1e-5) * attn.q_norm.weight
+        k = k / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + 1e-5) * attn.k_norm.weight
     if use_rope:
         q, k = rope(q), rope(k)
     heads_out = loop_attention(q.detach(), k.detach(), v.detach(), causal=True)
@@ -229,6 +235,9 @@ def test_state_dict_names():
     expected |= {f"layers.{i}.{name}" for i in range(2) for name in per_layer}
     assert set(model.state_dict()) == expected
     assert model.state_dict()["layers.1.ffn.w1.weight"].shape == (64, 32)  # (out, in); d_ff rounds up to 64
+    with_qk_norm = small_model(qk_norm=True).state_dict()
+    assert set(with_qk_norm) == expected | {f"layers.{i}.attn.{n}_norm.weight" for i in range(2) for n in "qk"}
+    assert with_qk_norm["layers.0.attn.k_norm.weight"].shape == (8,)  # head_dim
 
 
 def test_init_statistics():
@@ -255,7 +264,7 @@ def test_causal_changing_a_later_token_never_changes_earlier_logits():
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"norm": "post"}, {"position": "none"}, {"ffn": "silu"}, {"num_kv_heads": 2}]
+    "overrides", [{}, {"norm": "post"}, {"position": "none"}, {"ffn": "silu"}, {"num_kv_heads": 2}, {"qk_norm": True}]
 )
 def test_fused_equals_plain(overrides):
     fused = small_model(**overrides)
@@ -335,7 +344,9 @@ def test_tied_embeddings_share_one_matrix():
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("overrides", [{}, {"position": "none"}, {"norm": "post"}, {"num_kv_heads": 1}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"position": "none"}, {"norm": "post"}, {"num_kv_heads": 1}, {"qk_norm": True, "num_kv_heads": 1}]
+)
 def test_incremental_logits_equal_full_forward(fused, overrides):
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig(**{**SMALL, **overrides}), fused=fused)
@@ -396,9 +407,10 @@ def test_meta_device_builds_without_memory():
     assert out.device.type == "meta" and out.shape == (2, 8, 97)
 
 
-def test_torch_compile_traces_one_graph():
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True}])
+def test_torch_compile_traces_one_graph(overrides):
     torch._dynamo.reset()
-    model = small_model()
+    model = small_model(**overrides)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     ids = random_ids(2, 16)
     torch.testing.assert_close(compiled(ids), model(ids))

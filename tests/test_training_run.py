@@ -76,11 +76,16 @@ def train(runner, *args: str):
 # --- resume, learning, interruption --------------------------------------------------------------------
 
 
-def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir):
-    straight = write_config(workdir, "straight.toml", train={"out_dir": str(workdir / "straight")})
+@pytest.mark.parametrize(
+    ("optim", "model"), [({}, {}), ({"name": "muon", "muon_lr": 0.01, "muon_momentum": 0.9}, {"qk_norm": True})]
+)
+def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir, optim, model):
+    straight = write_config(
+        workdir, "straight.toml", train={"out_dir": str(workdir / "straight")}, optim=optim, model=model
+    )
     assert train(runner, "--config", str(straight)).exit_code == 0
 
-    broken = write_config(workdir, "broken.toml", train={"out_dir": str(workdir / "broken")})
+    broken = write_config(workdir, "broken.toml", train={"out_dir": str(workdir / "broken")}, optim=optim, model=model)
     first = train(runner, "--config", str(broken), "--until-step", "10")
     assert first.exit_code == 0, first.output
     assert "resume with: lmkit train --resume" in first.stderr
@@ -98,12 +103,16 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir):
     b = torch.load(workdir / "broken" / "last.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 20
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    states = [list(ckpt["optimizer"]["state"].values()) for ckpt in (a, b)]
+    for x, y in zip(*states, strict=True):  # AdamW's moments and steps, or Muon's momentum buffers
+        assert x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x)
     val_losses = [[r["val_loss"] for r in metrics(workdir / run, "eval")] for run in ("straight", "broken")]
     assert val_losses[0] == val_losses[1] and len(val_losses[0]) == 4
 
 
-def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(workdir, monkeypatch):
-    config = load_config(write_config(workdir, train={"dtype": "float16", "steps": 6, "ckpt_every": 3}))
+@pytest.mark.parametrize("optim", [{}, {"name": "muon"}])
+def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(workdir, optim):
+    config = load_config(write_config(workdir, train={"dtype": "float16", "steps": 6, "ckpt_every": 3}, optim=optim))
     trainer = Trainer(config)
     assert trainer.scaler is not None and trainer.scaler.get_scale() == 2.0**16
     # The first backward overflows in one gradient: the step must be skipped and the scale halved.
@@ -118,6 +127,7 @@ def test_float16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale
     _, _, grad_norm = trainer.train_step()  # finite gradients: unscaled before clipping, applied
     assert grad_norm < 100  # not 2**15 times the true norm
     assert not torch.equal(before["lm_head.weight"], trainer.model.lm_head.weight)
+    assert not torch.equal(before["layers.0.ffn.w1.weight"], trainer.model.layers[0].ffn.w1.weight)
     assert trainer.scaler.get_scale() == 2.0**15
     (workdir / "out").mkdir()
     trainer.save("last.pt", 0.0)
@@ -335,6 +345,10 @@ def test_resume_with_an_incompatible_model_config(runner, workdir):
         train(runner, "--config", str(config), "--resume", last, "--set", "model.d_model=64"),
         "it was trained with model.d_model = 32, the config says 64",
     )
+    assert_input_error(
+        train(runner, "--config", str(config), "--resume", last, "--set", 'optim.name="muon"'),
+        "it was trained with optim.name = 'adamw', the config says 'muon'",
+    )
     assert train(runner, "--config", str(config), "--resume", last).exit_code == 0
 
 
@@ -346,10 +360,14 @@ def test_examples_are_valid_configs():
     from lmkit.training.config import load_config
 
     examples = Path(__file__).parent.parent / "examples"
-    sizes = {name: load_config(examples / f"{name}.toml") for name in ("tinystories-17m", "tinystories-cpu", "owt")}
+    names = ("tinystories-17m", "tinystories-cpu", "owt", "tinystories-muon")
+    sizes = {name: load_config(examples / f"{name}.toml") for name in names}
     assert sizes["tinystories-17m"].total_steps * sizes["tinystories-17m"].tokens_per_step == 327_680_000
     assert sizes["tinystories-cpu"].total_steps * sizes["tinystories-cpu"].tokens_per_step == 40_960_000
     assert sizes["tinystories-17m"].model.d_ff == 1344 and sizes["owt"].model.vocab_size == 32000
+    muon = sizes["tinystories-muon"]
+    assert muon.optim.name == "muon" and muon.model.qk_norm
+    assert muon.model == sizes["tinystories-17m"].model.model_copy(update={"qk_norm": True})
 
 
 @pytest.mark.slow

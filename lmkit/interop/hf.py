@@ -42,6 +42,7 @@ HF_LLAMA_REQUIRES: list[tuple[str, object, str]] = [
     ("norm", "pre", 'HF Llama normalizes before each sublayer (norm = "pre")'),
     ("position", "rope", 'HF Llama always applies rotary embeddings (position = "rope")'),
     ("ffn", "swiglu", 'HF Llama\'s MLP is the gated SwiGLU (ffn = "swiglu")'),
+    ("qk_norm", False, "HF Llama has no norm on queries and keys (qk_norm = false)"),
 ]
 
 # Per block: lmkit's name after "layers.{i}." -> HF's after "model.layers.{i}.".

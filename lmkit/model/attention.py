@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from lmkit.model.layers import Linear, softmax
+from lmkit.model.layers import Linear, RMSNorm, softmax
 
 
 class RotaryPositionalEmbedding(nn.Module):
@@ -130,6 +130,8 @@ class MultiHeadSelfAttention(nn.Module):
     attention (`num_kv_heads` < num_heads) k_proj and v_proj have num_kv_heads · head_dim rows, and query
     head h attends with key/value head h // (num_heads / num_kv_heads), as in HF Llama; the KV cache holds
     only the num_kv_heads heads.
+    `qk_norm` adds an RMSNorm over each head's query and key (gains `q_norm`, `k_norm` of size head_dim,
+    shared by the heads) before RoPE: it bounds the attention logits, a common stabiliser at high lr.
     `fused` (default True) computes attention with torch.nn.functional.scaled_dot_product_attention;
     False uses this module's own `scaled_dot_product_attention`. Both give the same numbers (tested).
     """
@@ -143,6 +145,7 @@ class MultiHeadSelfAttention(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         num_kv_heads: int | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if d_model % num_heads:
@@ -159,6 +162,9 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, kv_dim, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, kv_dim, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        head_dim = d_model // num_heads
+        self.q_norm = RMSNorm(head_dim, device=device, dtype=dtype) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, device=device, dtype=dtype) if qk_norm else None
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer_index: int = 0) -> Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model).
@@ -174,6 +180,8 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = (x @ qkv_weight.T).split((q_dim, kv_dim, kv_dim), dim=-1)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)
         k, v = (rearrange(part, "b t (h d) -> b h t d", h=self.num_kv_heads) for part in (k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             positions = None if start == 0 else torch.arange(start, start + x.shape[1], device=x.device)
             q, k = self.rope(q, positions), self.rope(k, positions)

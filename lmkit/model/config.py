@@ -57,6 +57,9 @@ class ModelConfig(BaseModel):
     )
     tie_embeddings: bool = Field(default=False, description="share one matrix between token embeddings and LM head")
     norm_eps: float = Field(default=1e-5, gt=0, description="RMSNorm's epsilon, added to mean(x²)")
+    qk_norm: bool = Field(
+        default=False, description="RMSNorm on each head's queries and keys before RoPE (QK-norm); a stabiliser"
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:

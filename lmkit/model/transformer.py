@@ -44,6 +44,7 @@ class TransformerBlock(nn.Module):
             device=device,
             dtype=dtype,
             num_kv_heads=config.num_kv_heads,
+            qk_norm=config.qk_norm,
         )
         self.ln2 = _norm(config, device, dtype)
         ffn_class = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmkit.device import DEVICE_PATTERN
 from lmkit.errors import InputError, validation_error_message
@@ -33,11 +33,20 @@ class DataConfig(BaseModel):
     tokenizer: Path = Field(description="the tokenizer.json that encoded them; copied into every checkpoint")
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 class OptimConfig(BaseModel):
-    """[optim]: AdamW and the warmup + cosine learning-rate schedule (decaying to min_lr at the last step)."""
+    """[optim]: the optimizer (AdamW, or Muon for hidden matrices with AdamW for the rest) and the warmup +
+    cosine learning-rate schedule (decaying to min_lr at the last step)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    name: Literal["adamw", "muon"] = Field(
+        default="adamw",
+        description="adamw, or muon: Muon for the 2-D matrices inside the blocks, AdamW (lr, betas, eps) for "
+        "embeddings, LM head and norm gains; see docs/training.md",
+    )
     lr: float = Field(default=3e-4, gt=0, description="peak learning rate")
     min_lr: float | None = Field(default=None, ge=0, description="final learning rate (default lr / 10)")
     warmup_steps: int = Field(default=0, ge=0, description="linear warmup from 0 to lr")
@@ -46,11 +55,29 @@ class OptimConfig(BaseModel):
     weight_decay: float = Field(default=0.1, ge=0, description="decoupled decay of weight matrices")
     decay_embeddings: bool = Field(default=False, description="also decay the token embeddings")
     grad_clip: float | None = Field(default=1.0, gt=0, description="max global gradient L2 norm; omit for none")
+    muon_lr: float | None = Field(
+        default=None,
+        gt=0,
+        description="Muon's peak learning rate (default with name = muon: lr, as its update is scaled to AdamW's "
+        "RMS); the schedule scales it like lr",
+    )
+    muon_momentum: float = Field(default=0.95, ge=0, lt=1, description="Muon's (Nesterov) momentum, in [0, 1)")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known_optimizer(cls, name: object) -> object:
+        if isinstance(name, str) and name not in OPTIMIZERS:
+            close = difflib.get_close_matches(name.lower(), OPTIMIZERS, n=1, cutoff=0.4)
+            hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(OPTIMIZERS)}"
+            raise ValueError(f"unknown optimizer {name!r}; {hint}")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> OptimConfig:
         if not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
+        if self.muon_lr is None and self.name == "muon":  # left out of AdamW runs, where it means nothing
+            self.muon_lr = self.lr
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if self.min_lr > self.lr:

@@ -3,10 +3,10 @@
 One step: the learning rate from the schedule; `grad_accum` micro-batches drawn by get_batch from a
 dedicated generator (its state is checkpointed, so a resumed run draws the very batches the unbroken run
 would have); forward under autocast, cross-entropy, backward; a finite-loss check before anything is
-updated; gradient clipping; AdamW. Every `log_every` steps a "train" line goes to metrics.jsonl (with the
-MFU where the device's peak is known, see lmkit.training.mfu), every `eval_every` steps the loss over a fixed
-set of validation batches and its bits per byte (`best.pt` when it improves), every `ckpt_every` steps and
-at the end `last.pt`.
+updated; gradient clipping; the optimizer (AdamW, or Muon with AdamW: lmkit.training.muon). Every
+`log_every` steps a "train" line goes to metrics.jsonl (with the MFU where the device's peak is known, see
+lmkit.training.mfu), every `eval_every` steps the loss over a fixed set of validation batches and its bits
+per byte (`best.pt` when it improves), every `ckpt_every` steps and at the end `last.pt`.
 
 Under torchrun (several processes, see lmkit.training.distributed and docs/distributed.md) the model runs in
 DistributedDataParallel or sharded by FSDP2 (train.parallel), each process trains on its slice of every
@@ -50,7 +50,8 @@ from lmkit.training.distributed import (
 from lmkit.training.loss import cross_entropy
 from lmkit.training.metrics import MetricsLog
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
-from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
+from lmkit.training.muon import build_optimizer, set_learning_rates
+from lmkit.training.optim import clip_grad_norm
 from lmkit.training.schedule import get_lr_cosine_schedule
 
 
@@ -148,6 +149,15 @@ def _load_initial_weights(config: RunConfig, model: TransformerLM) -> None:
     model.load_state_dict(checkpoint["model"])
 
 
+def _check_same_optimizer(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
+    saved = checkpoint.get("config", {}).get("optim", {}).get("name", "adamw")
+    if saved != config.optim.name:
+        raise InputError(
+            f"cannot resume {name}: it was trained with optim.name = {saved!r}, the config says "
+            f"{config.optim.name!r} (the optimizer state of one does not fit the other)"
+        )
+
+
 def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
@@ -193,6 +203,7 @@ class Trainer:
         self.total_steps = config.total_steps
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
+            _check_same_optimizer(config, checkpoint, resume_name)
         elif (self.out_dir / "last.pt").exists():
             raise InputError(
                 f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
@@ -228,14 +239,7 @@ class Trainer:
         # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,
         # over the parameters as they now are.
         forward = self.dist.wrap(self.model, self.device, config.train.parallel)
-        optim = config.optim
-        self.optimizer = AdamW(
-            param_groups(self.model, optim.weight_decay, optim.decay_embeddings),
-            lr=optim.lr,
-            betas=optim.betas,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.model, config.optim)
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.train_loss: float | None = None
         self.val_loss: float | None = None
@@ -285,8 +289,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns (loss, lr, grad norm)."""
         train = self.config.train
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rates(self.optimizer, self.config.optim, lr / self.config.optim.lr)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(train.grad_accum):
             inputs, targets = get_batch(

@@ -58,14 +58,16 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for same_kind in _by_device_and_dtype(params):
-                foreach = group["foreach"] if group["foreach"] is not None else same_kind[0].device.type != "cpu"
-                update = _update_foreach if foreach else _update_loop
-                update(same_kind, [self._state_for(p) for p in same_kind], group)
+            self._step_group(group)
         return loss
+
+    def _step_group(self, group: dict) -> None:
+        """AdamW's update of one group's parameters that have a gradient."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for same_kind in _by_device_and_dtype(params):
+            foreach = group["foreach"] if group["foreach"] is not None else same_kind[0].device.type != "cpu"
+            update = _update_foreach if foreach else _update_loop
+            update(same_kind, [self._state_for(p) for p in same_kind], group)
 
     def _state_for(self, param: nn.Parameter) -> dict:
         """The parameter's state, created at zero on its first step; advances its step count."""
