@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -47,3 +49,13 @@ def print_table(title: str, facts: Mapping[str, object]) -> None:
     for name, value in facts.items():
         table.add_row(name, _cell(value))
     console.print(table)
+
+
+def threads_option() -> Any:
+    """The `--threads N` option every torch-running command takes (None: lmkit.threads chooses)."""
+    return typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else the physical cores other processes leave idle).",
+    )
