@@ -52,9 +52,8 @@ def physical_cores() -> int:
     for cpu in os.sched_getaffinity(0):
         topology = _SYS_CPU / f"cpu{cpu}" / "topology"
         try:
-            cores.add(
-                (topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()
-            )
+            package = (topology / "physical_package_id").read_text().strip()
+            cores.add((package, (topology / "core_id").read_text().strip()))
         except OSError:
             return usable_cpus()  # no topology (a container without /sys): count logical CPUs
     return min(len(cores), usable_cpus()) if cores else usable_cpus()

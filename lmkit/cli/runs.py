@@ -19,6 +19,7 @@ _STATUS_STYLE = {
     "crashed": "yellow",
     "diverged": "red",
     "interrupted": "yellow",
+    "stopped": "blue",
 }
 
 

@@ -179,12 +179,13 @@ def process_alive(pid: int) -> bool:
 def _own_ending(run: Run) -> str | None:
     """The status the run's last "start" line and the "end" line after it give (rule 2), or None to go on."""
     starts = [i for i, r in enumerate(run.records) if r.get("event") == "start"]
-    if not starts:
-        return None
-    start = run.records[starts[-1]]
-    end = next((r for r in run.records[starts[-1] :] if r.get("event") == "end"), None)
+    last_start = starts[-1] if starts else 0
+    end = next((r for r in run.records[last_start:] if r.get("event") == "end"), None)
     if end is not None:
         return str(end.get("status", "crashed"))
+    if not starts:
+        return None
+    start = run.records[last_start]
     if start.get("host") != socket.gethostname() or not isinstance(start.get("pid"), int):
         return None
     if process_alive(start["pid"]):
