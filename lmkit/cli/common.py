@@ -59,3 +59,14 @@ def threads_option() -> Any:
         min=1,
         help="CPU threads for torch (default: OMP_NUM_THREADS, else the physical cores other processes leave idle).",
     )
+
+
+TOKENIZER_HELP = (
+    "A tokenizer.json, or a folder holding it or GPT-2's vocab.json + merges.txt; "
+    "or give --tokenizer twice: vocab.json and merges.txt."
+)
+
+
+def tokenizer_option() -> Any:
+    """The `--tokenizer PATH` option (repeatable for a GPT-2 vocab.json + merges.txt); see Tokenizer.load_any."""
+    return typer.Option(..., "--tokenizer", help=TOKENIZER_HELP)

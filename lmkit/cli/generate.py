@@ -100,7 +100,8 @@ def generate(
         print_json({"generations": generations, "seed": results[0].seed, "device": device_used, **speed})
         return
     _print_texts(results, show=no_stream)
+    seed = "greedy" if results[0].seed is None else f"seed {results[0].seed}"
     err_console.print(
-        f"[dim]{new_tokens} tokens in {seconds:.2f} s ({speed['tokens_per_s']} tokens/s), seed {results[0].seed}[/dim]",
+        f"[dim]{new_tokens} tokens in {seconds:.2f} s ({speed['tokens_per_s']} tokens/s), {seed}[/dim]",
         highlight=False,
     )

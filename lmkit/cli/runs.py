@@ -23,6 +23,10 @@ _STATUS_STYLE = {
 }
 
 
+# The table shows time as h:mm:ss; its label says so (--json keeps time_s, in seconds).
+_COMPARE_LABELS = {"time_s": "time (h:mm:ss)"}
+
+
 def _value(value: Any) -> str:
     if value is None:
         return "-"
@@ -107,7 +111,9 @@ def plot(
     x: str = typer.Option("steps", "--x", help="The x axis: steps, tokens or time."),
     metric: str = typer.Option("val_loss", "--metric", help="val_loss, train_loss, lr or grad_norm."),
     log: bool = typer.Option(False, "--log", help="Logarithmic y axis."),
-    out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="The image to write (.png, .svg or .pdf)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="The image to write (.png, .svg or .pdf); default: RUNS/METRIC-X.png."
+    ),
 ) -> None:
     r"""Overlay the runs' learning curves in one image; diverged runs are marked with a cross.
 
@@ -117,10 +123,14 @@ def plot(
 
         lmkit runs plot runs/lr-sweep --x tokens --metric val_loss --log --out lr-sweep.png
     """
-    from lmkit.tracking.plot import plot_runs
+    from lmkit.tracking.plot import default_plot_path, plot_runs
 
+    out = out if out is not None else default_plot_path(runs, metric, x)
+    replaced = out.exists()
     series = plot_runs(runs, metric, x, out, log)
-    err_console.print(f"wrote {out} ({len(series)} runs, {metric} against {x})", highlight=False)
+    count = f"{len(series)} run{'s' if len(series) != 1 else ''}"
+    verb = "replaced" if replaced else "wrote"
+    err_console.print(f"{verb} {out} ({count}, {metric} against {x})", highlight=False)
 
 
 @app.command()
@@ -151,7 +161,7 @@ def compare(
     table.add_section()
     for fact, values in report["metrics"].items():
         shown = {"status": _status, "time_s": _duration}.get(fact, _value)
-        table.add_row(fact, *map(shown, values))
+        table.add_row(_COMPARE_LABELS.get(fact, fact), *map(shown, values))
     console.print(table)
 
 

@@ -30,7 +30,10 @@ class DataConfig(BaseModel):
 
     train: Path = Field(description="training tokens, a 1-D .npy array from `lmkit tokenizer encode`")
     val: Path = Field(description="validation tokens, same format")
-    tokenizer: Path = Field(description="the tokenizer.json that encoded them; copied into every checkpoint")
+    tokenizer: Path = Field(
+        description="the tokenizer.json that encoded them, or a folder holding it or GPT-2's vocab.json + "
+        "merges.txt; copied into every checkpoint"
+    )
 
 
 class OptimConfig(BaseModel):

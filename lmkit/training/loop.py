@@ -91,20 +91,18 @@ def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | Non
 
 
 def _read_tokenizer(config: RunConfig) -> str:
-    """The tokenizer file's text (data.tokenizer may also name the folder holding tokenizer.json), after
-    checking it loads and its ids fit the model's vocabulary."""
-    from lmkit.tokenizer.formats import load_tokenizer
+    """The tokenizer as tokenizer.json text (data.tokenizer may also name a folder holding tokenizer.json or
+    GPT-2's vocab.json + merges.txt), after checking its ids fit the model's vocabulary."""
+    from lmkit.tokenizer.tokenizer import Tokenizer
 
     path = Path(config.data.tokenizer)
-    path = path / "tokenizer.json" if path.is_dir() else path
-    vocab, _, _ = load_tokenizer(path)
-    needed = max(vocab) + 1
-    if config.model.vocab_size < needed:
+    tokenizer = Tokenizer.load(path)
+    if config.model.vocab_size < tokenizer.vocab_size:
         raise InputError(
             f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-            f"({needed} ids in {path})"
+            f"({tokenizer.vocab_size} ids in {path})"
         )
-    return path.read_text(encoding="utf-8")
+    return tokenizer.to_json()
 
 
 def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
@@ -301,14 +299,18 @@ class Trainer:
         return self.dist.mean(total).item() / len(self.val_batches)
 
     def save(self, name: str, elapsed_s: float) -> Path:
-        """Write the full run checkpoint `name` in the run folder (every rank gathers, rank 0 alone writes)."""
+        """Write the run checkpoint `name` in the run folder (every rank gathers, rank 0 alone writes).
+
+        Only last.pt, the one a run resumes from, keeps the optimizer state: AdamW's two moments are twice the
+        size of the weights, and best.pt is for sampling, evaluation and export.
+        """
         path = self.out_dir / name
         model_state, optimizer_state = whole_state(self.model, self.optimizer, keep=self.dist.is_main)
         if not self.dist.is_main:
             return path
         write_checkpoint(
             model_state,
-            optimizer_state,
+            optimizer_state if name == "last.pt" else None,
             self.step,
             path,
             tokens_seen=self.tokens_seen,
@@ -503,6 +505,10 @@ def resolve_run(
     checkpoint = read_checkpoint(resume) if resume is not None else None
     if checkpoint is not None and "rng" not in checkpoint:
         raise InputError(f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume")
+    if checkpoint is not None and checkpoint.get("optimizer") is None:
+        raise InputError(
+            f"{resume} holds no optimizer state (best.pt keeps only the weights); resume from the run's last.pt"
+        )
     if config_path is not None:
         config = load_config(config_path, overrides)
     else:
