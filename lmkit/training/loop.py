@@ -349,7 +349,8 @@ class Trainer:
             _stop_on_ctrl_c() as stop,
             training_console(show_progress and main, self.step, last_step) as console,
         ):
-            console.say(f"training on {self.device}, {self.threads.count} CPU threads ({self.threads.reason})")
+            threads = f"{self.threads.count} CPU thread{'s' if self.threads.count > 1 else ''}"
+            console.say(f"training on {self.device}, {threads} ({self.threads.reason})")
             metrics.write("start", **self._facts(), **process_facts())
             with self._ending(metrics, stop):
                 while self.step < last_step and not self._stopping(stop):
