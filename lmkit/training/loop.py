@@ -393,8 +393,8 @@ class Trainer:
         except TrainingDiverged:
             metrics.write("end", **self._facts(), status="diverged")
             raise
-        except BaseException as exc:  # a second Ctrl-C (KeyboardInterrupt) or any failure
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed"
+        except BaseException as exc:  # a second Ctrl-C, an exit from a signal handler, or any failure
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "crashed"
             metrics.write("end", **self._facts(), status=status, error=f"{type(exc).__name__}: {exc}"[:500])
             raise
         if self.step >= self.total_steps:
