@@ -93,7 +93,7 @@ def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | Non
 def _read_tokenizer(config: RunConfig) -> str:
     """The tokenizer as tokenizer.json text (data.tokenizer may also name a folder holding tokenizer.json or
     GPT-2's vocab.json + merges.txt), after checking its ids fit the model's vocabulary."""
-    from lmkit.tokenizer.tokenizer import Tokenizer
+    from lmkit.tokenizer.tokenizer import TOKENIZER_FILE, Tokenizer
 
     path = Path(config.data.tokenizer)
     tokenizer = Tokenizer.load(path)
@@ -102,7 +102,9 @@ def _read_tokenizer(config: RunConfig) -> str:
             f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary "
             f"({tokenizer.vocab_size} ids in {path})"
         )
-    return tokenizer.to_json()
+    stored = path / TOKENIZER_FILE if path.is_dir() else path
+    # A tokenizer.json is kept as written; GPT-2's two files are stored in the same layout.
+    return stored.read_text(encoding="utf-8") if stored.is_file() else tokenizer.to_json()
 
 
 def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
