@@ -71,3 +71,7 @@ def test_set_steps_replaces_total_tokens_and_an_empty_value_unsets(config):
     assert load_config(config, ["optim.min_lr="]).optim.final_lr == pytest.approx(6e-4)  # back to lr / 10
     with pytest.raises(InputError, match="give exactly one of train.steps and train.total_tokens"):
         load_config(config, ["train.total_tokens="])
+    path = config.parent / "both.toml"  # unsetting a key leaves its alternative alone
+    path.write_text(config.read_text().replace("[optim]\nlr = 6e-3\nmin_lr = 6e-4\n", "[optim]\nlr = 6e-3\n"))
+    path.write_text(path.read_text().replace("[optim]\n", "[optim]\nmin_lr_ratio = 0.5\nmin_lr = 1e-3\n"))
+    assert load_config(path, ["optim.min_lr="]).optim.final_lr == pytest.approx(3e-3)

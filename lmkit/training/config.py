@@ -182,9 +182,9 @@ def override_key(override: str) -> str:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
     """Set each `table.key=value` override in the parsed TOML dict `raw` (in place).
 
-    An empty value (`--set train.total_tokens=`) removes the key, so its default applies. Setting one of two
-    alternative keys (train.steps / train.total_tokens, optim.min_lr / optim.min_lr_ratio) removes the
-    other unless an override sets it too.
+    An empty value (`--set train.total_tokens=`) removes the key, so its default applies. Setting a value
+    for one of two alternative keys (train.steps / train.total_tokens, optim.min_lr / optim.min_lr_ratio)
+    removes the other unless an override sets it too.
     """
     keys = {override_key(override) for override in overrides}
     for override in overrides:
@@ -192,10 +192,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
         if not sep or not re.fullmatch(r"\w+(\.\w+)*", key.strip()):
             raise InputError(f"--set {override!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-4")
         node, name = _parent_table(raw, key.strip(), override)
-        if value.strip():
-            node[name] = _parse_value(value.strip())
-        else:
+        if not value.strip():
             node.pop(name, None)
+            continue
+        node[name] = _parse_value(value.strip())
         other = _ALTERNATIVES.get(key.strip())
         if other is not None and other not in keys:
             node.pop(other.rpartition(".")[2], None)
