@@ -8,11 +8,13 @@ less the ones other processes keep busy (the 1-minute load average), and at leas
 
 The order of precedence: an explicit count (`--threads`, `train.threads`), then the OMP_NUM_THREADS
 environment variable (torch already honours it; torchrun sets it to 1 for several processes), then that rule.
-The count is chosen once, as a command starts, before it loads anything itself.
+The automatic count is measured once per process, as the first run starts: later the load average would
+count this process's own work.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -76,6 +78,13 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if from_env.isdigit() and int(from_env) > 0:
         return ThreadChoice(int(from_env), "OMP_NUM_THREADS")
+    return _auto_threads()
+
+
+@functools.cache
+def _auto_threads() -> ThreadChoice:
+    """The idle physical cores, measured once per process: later the load average counts this process's own
+    work (a sweep's second run would see the first one's load and take fewer threads)."""
     cores, load = physical_cores(), busy_cores()
     count = max(1, min(cores, cores - round(load)))
     return ThreadChoice(count, f"auto: {cores} physical cores, load {load:.1f}")

@@ -12,9 +12,12 @@ from lmkit.training.config import load_config
 
 @pytest.fixture
 def four_cores(monkeypatch):
-    """A machine of 4 physical cores, with no OMP_NUM_THREADS set."""
+    """A machine of 4 physical cores, with no OMP_NUM_THREADS set (and no choice made yet)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(lmkit.threads, "physical_cores", lambda: 4)
+    lmkit.threads._auto_threads.cache_clear()
+    yield
+    lmkit.threads._auto_threads.cache_clear()
 
 
 @pytest.fixture
@@ -30,6 +33,13 @@ def test_auto_takes_the_physical_cores_other_processes_leave_idle(four_cores, mo
     choice = choose_threads()
     assert choice.count == expected
     assert "4 physical cores" in choice.reason and f"load {load:.1f}" in choice.reason
+
+
+def test_the_automatic_choice_is_made_once_per_process(four_cores, monkeypatch):
+    monkeypatch.setattr(lmkit.threads, "busy_cores", lambda: 0.0)
+    assert choose_threads().count == 4
+    monkeypatch.setattr(lmkit.threads, "busy_cores", lambda: 3.0)  # e.g. this process's own first run
+    assert choose_threads().count == 4
 
 
 def test_an_explicit_count_beats_omp_num_threads_which_beats_the_rule(four_cores, monkeypatch):
