@@ -3,9 +3,10 @@
 The table is parsed from README.md. Each example must have an entry in SMALL_DATA: the arguments appended to
 make it quick (a tiny model, two steps), or an Excluded reason (e.g. a server that runs until stopped). A row
 without an entry fails `test_every_readme_example_has_a_small_data_invocation`, so whoever adds a command to
-the README adds its small-data invocation here. The examples then run in order, as subprocesses
-(`python -m lmkit ...`), in one folder prepared with the files they name (corpus.txt, gpt2/, the example
-config's data, run.toml), each after the ones before it (train writes the checkpoint that generate reads).
+the README adds its small-data invocation here. The examples then run in order, in one folder prepared
+with the files they name (corpus.txt, gpt2/, the example config's data, run.toml), each after the ones before
+it (train writes the checkpoint that generate reads): in this process, through the CLI's entry point, or as
+a subprocess (`python -m lmkit ...`) where the command replaces its process (`--nproc` becomes torchrun).
 """
 
 import json
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import SHAKESPEARE
+from typer.testing import CliRunner
 
+from lmkit.cli.app import app
 from lmkit.tokenizer.formats import save_tokenizer
 from lmkit.tokenizer.train import train_bpe
 
@@ -31,11 +34,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @dataclass(frozen=True)
 class Small:
-    """How an example runs on small data: `extra` arguments appended; `expect` in its stdout; `writes` files."""
+    """How an example runs on small data: `extra` arguments appended; `expect` in its stdout; `writes` files;
+    `own_process` for a command that replaces its process."""
 
     extra: tuple[str, ...] = ()
     expect: str = ""
     writes: tuple[str, ...] = ()
+    own_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,9 @@ SMALL_DATA: dict[str, Small | Excluded] = {
     "lmkit train --config run.toml --sweep optim.lr=1e-4,3e-4,1e-3": Small(
         writes=("runs/sweep/optim.lr=1e-3/last.pt",)
     ),
-    "lmkit train --nproc 2 --config run.toml": Small(("--set", "train.out_dir=runs/ddp"), writes=("runs/ddp/last.pt",)),
+    "lmkit train --nproc 2 --config run.toml": Small(
+        ("--set", "train.out_dir=runs/ddp"), writes=("runs/ddp/last.pt",), own_process=True
+    ),
     "lmkit ckpt info runs/tinystories-cpu/best.pt --json": Small(expect='"step": 2'),
     'lmkit generate runs/tinystories-cpu/best.pt --prompt "Once upon a time" --temperature 0.8 --top-p 0.9 --seed 1': (
         Small(("--max-new-tokens", "5"), expect="Once upon a time")
@@ -133,22 +140,33 @@ def prepare(folder: Path) -> None:
     )
 
 
+def run_example(args: list[str], folder: Path, own_process: bool) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `lmkit ARGS` run in `folder`."""
+    if own_process:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        done = subprocess.run(
+            [sys.executable, "-m", "lmkit", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+        )
+        return done.returncode, done.stdout, done.stderr
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
 @pytest.mark.slow
-def test_every_readme_example_runs_as_written_on_small_data(tmp_path):
+@pytest.mark.usefixtures("one_thread")
+def test_every_readme_example_runs_as_written_on_small_data(tmp_path, monkeypatch):
     prepare(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", COLUMNS="200")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for example in readme_examples():
         small = SMALL_DATA[example]
         if isinstance(small, Excluded):
             continue
-        args = [sys.executable, "-m", "lmkit", *shlex.split(example)[1:], *small.extra]
-        result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"{example}\n{result.stdout}\n{result.stderr}"
-        assert small.expect in result.stdout, f"{example}: {small.expect!r} not in\n{result.stdout}"
+        args = [*shlex.split(example)[1:], *small.extra]
+        status, stdout, stderr = run_example(args, tmp_path, small.own_process)
+        assert status == 0, f"{example}\n{stdout}\n{stderr}"
+        assert small.expect in stdout, f"{example}: {small.expect!r} not in\n{stdout}"
         for written in small.writes:
             assert (tmp_path / written).is_file(), f"{example} did not write {written}"
-    listed = json.loads(subprocess.run(
-        [sys.executable, "-m", "lmkit", "runs", "list", "runs/", "--json"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=True,
-    ).stdout)["runs"]  # fmt: skip
-    assert {run["name"]: run["status"] for run in listed}["tinystories-cpu"] == "finished"
+    _, listed, _ = run_example(["runs", "list", "runs/", "--json"], tmp_path, own_process=False)
+    assert {run["name"]: run["status"] for run in json.loads(listed)["runs"]}["tinystories-cpu"] == "finished"
