@@ -75,7 +75,8 @@ def list_command(
 ) -> None:
     """List the runs in a folder: shape, parameters, tokens, steps, best validation loss, time, status.
 
-    Shape is layers x d_model and heads (2x512 h8). Status is finished, running, crashed or diverged
+    Shape is layers x d_model and heads (2x512 h8). Status is finished, running, stopped (--until-step),
+    interrupted, crashed or diverged
     (the rules are in docs/experiments.md).
 
     Example:
