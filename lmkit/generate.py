@@ -82,9 +82,11 @@ def generation_config(config: GenerationConfig | None = None, **options: object)
 class Generation:
     """One prompt's continuation.
 
-    `text` is cut before a stop string; `ids` are every token sampled, the one that completed a stop string
-    (e.g. the `<|endoftext|>` id) included. `prompt_ids` are the tokens the model was given (the prompt's
-    last context_length tokens). `seed` repeats the run.
+    `text` is the continuation alone, without the prompt (`prompt + text` is what `lmkit generate` prints),
+    cut before a stop string; `ids` are every token sampled, the one that completed a stop string (e.g. the
+    `<|endoftext|>` id) included. `prompt_ids` are the tokens the model was given (the prompt's last
+    context_length tokens). `seed` repeats the run; it is None for greedy decoding (temperature 0), which has
+    no randomness to repeat.
     """
 
     prompt: str
@@ -92,7 +94,7 @@ class Generation:
     ids: list[int]
     stop_reason: Literal["stop", "length"]
     prompt_ids: list[int]
-    seed: int
+    seed: int | None
 
 
 # --- choosing the next token -------------------------------------------------------------------------------
@@ -235,7 +237,10 @@ class _Batch:
             )
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.prompts = list(prompts)
-        self.seed = config.seed if config.seed is not None else secrets.randbits(32)
+        if config.temperature == 0:
+            self.seed = None  # greedy: nothing is drawn
+        else:
+            self.seed = config.seed if config.seed is not None else secrets.randbits(32)
         context = model.config.context_length
         self.prompt_ids = [tokenizer.encode(prompt)[-context:] for prompt in self.prompts]
         stops = (END_OF_TEXT, *config.stop)
@@ -244,7 +249,7 @@ class _Batch:
     def pieces(self, bar: ProgressBar | None = None) -> Iterator[tuple[int, str]]:
         """Sample; yield (prompt index, text) whenever a sequence has new final text; `bar` advances per token."""
         config, vocab_size = self.config, self.tokenizer.vocab_size
-        generator = torch.Generator(device=self.model.lm_head.weight.device).manual_seed(self.seed)
+        generator = torch.Generator(device=self.model.lm_head.weight.device).manual_seed(self.seed or 0)
 
         def pick(logits: Tensor) -> Tensor:
             # Only ids the tokenizer can decode: a model's vocabulary may be padded past the tokenizer's.

@@ -22,13 +22,19 @@ _stderr = Console(stderr=True)
 
 
 class _AmountColumn(ProgressColumn):
-    """Shows `done/total unit` and the rate, with the amounts divided by the task's scale."""
+    """Shows `done/total unit` and the rate, with the amounts divided by the task's scale.
+
+    The rate is the average since the bar started, not rich's estimate over the last few updates: work that
+    lands in bursts (results of parallel workers collected at the end) would show a rate many times the real
+    one, and disagree with the summary printed after.
+    """
 
     def render(self, task: Task) -> Text:
         scale, unit = task.fields["scale"], task.fields["unit"]
         done = task.completed / scale
         total = "?" if task.total is None else f"{task.total / scale:,.{task.fields['digits']}f}"
-        rate = f"{task.speed / scale:,.1f} {unit}/s" if task.speed else ""
+        elapsed = task.finished_time if task.finished else task.elapsed
+        rate = f"{done / elapsed:,.1f} {unit}/s" if elapsed and task.completed else ""
         return Text(f"{done:,.{task.fields['digits']}f}/{total} {unit} {rate}", style="progress.download")
 
 

@@ -51,7 +51,7 @@ SAMPLE_PROMPT = "ROMEO:\n"
 # for 1.6x the time and 600 steps 0.17 for twice the time, while the train loss pulled away from the
 # validation loss. Every value can be changed with an override, as with `lmkit train --set`.
 MODEL = {"context_length": 128, "d_model": 128, "num_layers": 4, "num_heads": 4}
-OPTIM = {"lr": 6e-3, "min_lr": 6e-4, "weight_decay": 0.1, "grad_clip": 1.0}
+OPTIM = {"lr": 6e-3, "min_lr_ratio": 0.1, "weight_decay": 0.1, "grad_clip": 1.0}
 TRAIN = {"batch_size": 32, "device": "cpu", "dtype": "float32", "eval_batches": 8, "log_every": 10}
 CURVE_POINTS = 6  # evaluations over the run, the last one at the end
 
@@ -269,7 +269,8 @@ def run_quickstart(
     _check_inputs(out_dir, vocab_size)
     raw = run_config_dict(out_dir, vocab_size, steps)
     apply_overrides(raw, list(overrides))
-    config = validate_config(raw, "quickstart config")  # before any work, so a bad override costs nothing
+    # Validated before any work, so a bad override costs nothing.
+    config = validate_config(raw, "quickstart config", list(overrides))
     tell = report or (lambda stage, facts: None)
     seconds: dict[str, float] = {}
     start = began = time.perf_counter()

@@ -21,7 +21,7 @@ def test_cli_reference_covers_commands_options_and_examples() -> None:
     for heading in ("## lmkit train", "## lmkit quickstart", "### lmkit tokenizer encode", "### lmkit ckpt info"):
         assert f"\n{heading}\n" in text
     section = text.split("### lmkit tokenizer encode\n")[1].split("\n### ")[0]
-    for option in ("`--tokenizer <path>`", "`--val-fraction <float>`", "`--workers <int>`", "`--json`"):
+    for option in ("`--tokenizer <list[Path]>`", "`--val-fraction <float>`", "`--workers <int>`", "`--json`"):
         assert option in section
     quickstart = text.split("## lmkit quickstart\n")[1].split("\n## ")[0]
     assert "    lmkit quickstart --out runs/quickstart" in quickstart  # the docstring's example, as a code block

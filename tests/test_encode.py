@@ -285,7 +285,7 @@ def test_decode_ids_out_of_range(runner, tok_file: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "give either a CORPUS file to encode (with --out) or --text"),
+        ([], 'nothing to encode: give a CORPUS file (with --out) or --text "some text"'),
         (["corpus.txt", "--text", "hi"], "not both"),
         (["corpus.txt"], "--out is required"),
         (["corpus.txt", "--out", "t.npy", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),

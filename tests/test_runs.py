@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -128,6 +129,49 @@ def test_status_rules_at_their_edges(tmp_path):
     config = (folder / "config.toml").read_text().replace("steps = 4", "total_tokens = 1000")
     (folder / "config.toml").write_text(config)
     assert run_status(read_run(folder)) == "finished"
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_that_wrote_start_and_end_lines_is_judged_by_them(tmp_path):
+    host = socket.gethostname()
+
+    def status(name: str, records: list[dict], age_s: float = 3600) -> str:
+        return run_status(read_run(make_run(tmp_path / name, records, steps=10, age_s=age_s)))
+
+    def start(step: int = 0, pid: int = os.getpid(), on: str = host) -> dict:
+        return {"event": "start", "step": step, "tokens": 0, "time_s": 0.0, "pid": pid, "host": on}
+
+    def end(step: int, how: str) -> dict:
+        return {"event": "end", "step": step, "tokens": step * 64, "time_s": step * 0.5, "status": how}
+
+    lines = [train_line(1, 5.0), train_line(2, 4.0)]
+    for how in ("interrupted", "stopped", "finished", "crashed"):
+        assert status(how, [start(), *lines, end(2, how)], age_s=1) == how  # however recent the file
+    # No end line: running while the process lives, however long ago the file changed; crashed once it is gone.
+    assert status("alive", [start(), *lines], age_s=3600) == "running"
+    assert status("killed", [start(pid=dead_pid()), *lines], age_s=1) == "crashed"
+    assert status("killed-exploding", [start(pid=dead_pid()), *lines, train_line(3, 9.0)], age_s=1) == "diverged"
+    # A resumed run: only the last stretch counts.
+    resumed = [start(), *lines, end(2, "interrupted"), start(step=2), train_line(3, 3.0)]
+    assert status("resumed", resumed, age_s=3600) == "running"
+    # Another host's process cannot be checked: the file's age decides, as for older runs.
+    assert status("elsewhere", [start(on="another-host"), *lines], age_s=1) == "running"
+    assert status("elsewhere-old", [start(on="another-host"), *lines], age_s=3600) == "crashed"
+
+
+def test_list_shows_stopped_and_interrupted(runner, tmp_path):
+    stopped = {"event": "end", "step": 2, "tokens": 128, "time_s": 1.0, "status": "stopped"}
+    make_run(tmp_path / "runs" / "a", [train_line(1, 5.0), train_line(2, 4.0), stopped])
+    result = runner.invoke(app, ["runs", "list", str(tmp_path / "runs")])
+    assert result.exit_code == 0 and "stopped" in result.stdout and "crashed" not in result.stdout
 
 
 def test_a_line_cut_off_by_a_crash_is_dropped_but_other_damage_is_refused(runner, tmp_path):

@@ -189,7 +189,7 @@ def test_load_accepts_the_folder_holding_tokenizer_json(trained: Tokenizer, tmp_
     trained.save(tmp_path / "tokenizer.json")
     assert Tokenizer.load(tmp_path).encode("the cat") == trained.encode("the cat")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no tokenizer.json"):
+    with pytest.raises(InputError, match="holds neither tokenizer.json nor vocab.json"):
         Tokenizer.load(tmp_path / "empty")
 
 

@@ -18,6 +18,7 @@ import lmkit.training.loop
 from lmkit.cli.app import app
 from lmkit.model import TransformerLM
 from lmkit.tokenizer.formats import save_tokenizer
+from lmkit.tracking.runs import read_run, run_status
 from lmkit.training.checkpoint import load_inference_checkpoint, read_checkpoint
 from lmkit.training.config import load_config
 from lmkit.training.loop import Trainer
@@ -89,6 +90,7 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir, optim, 
     first = train(runner, "--config", str(broken), "--until-step", "10")
     assert first.exit_code == 0, first.output
     assert "resume with: lmkit train --resume" in first.stderr
+    assert run_status(read_run(workdir / "broken")) == "stopped"  # by --until-step, not crashed
     # A stale metrics line past the checkpoint (a crash after it) must not survive the resume.
     with (workdir / "broken" / "metrics.jsonl").open("a") as log:
         log.write(json.dumps({"event": "train", "step": 11, "loss": 99.0}) + "\n")
@@ -96,6 +98,9 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir, optim, 
     assert second.exit_code == 0, second.output
 
     expected, resumed = metrics(workdir / "straight"), metrics(workdir / "broken")
+    assert run_status(read_run(workdir / "broken")) == "finished"
+    ends = [record["status"] for record in metrics(workdir / "broken", "end")]
+    assert ends == ["stopped", "finished"] and len(metrics(workdir / "broken", "start")) == 2
     assert [r["step"] for r in resumed] == list(range(1, 21))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in expected]
     assert [r["lr"] for r in resumed] == [r["lr"] for r in expected]
@@ -226,6 +231,17 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(runner, wo
     assert torch.load(workdir / "out" / "last.pt", weights_only=True)["iteration"] == 5
     last = metrics(workdir / "out")[-1]
     assert last["step"] == 7 and math.isnan(last["loss"])
+    assert metrics(workdir / "out", "end")[-1]["status"] == "diverged"
+
+
+def test_a_failure_writes_a_crashed_ending(runner, workdir, monkeypatch):
+    monkeypatch.delenv("LMKIT_DEBUG", raising=False)
+    config = write_config(workdir, train={"eval_every": 3})
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: 1 / 0)
+    assert train(runner, "--config", str(config)).exit_code == 1
+    end = metrics(workdir / "out", "end")[-1]
+    assert end["status"] == "crashed" and end["step"] == 3 and "ZeroDivisionError" in end["error"]
+    assert run_status(read_run(workdir / "out")) == "crashed"
 
 
 def test_ctrl_c_saves_and_exits_130_with_a_resume_hint(workdir):
@@ -237,14 +253,17 @@ def test_ctrl_c_saves_and_exits_130_with_a_resume_hint(workdir):
     )  # fmt: skip
     log = workdir / "out" / "metrics.jsonl"
     deadline = time.monotonic() + 60
-    while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+    while not (log.exists() and log.read_text().count('"train"') >= 2) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert run_status(read_run(workdir / "out")) == "running"  # its process is alive
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert f"resume with: lmkit train --resume {workdir / 'out' / 'last.pt'}" in stderr.replace("\n", "")
     step = torch.load(workdir / "out" / "last.pt", weights_only=True)["iteration"]
     assert step >= 2 and step == metrics(workdir / "out")[-1]["step"]
+    assert metrics(workdir / "out", "end")[-1]["status"] == "interrupted"
+    assert run_status(read_run(workdir / "out")) == "interrupted"  # written by the run, not guessed
 
 
 # --- bad input: one line, exit 2 -----------------------------------------------------------------------

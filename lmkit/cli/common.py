@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -47,3 +49,24 @@ def print_table(title: str, facts: Mapping[str, object]) -> None:
     for name, value in facts.items():
         table.add_row(name, _cell(value))
     console.print(table)
+
+
+def threads_option() -> Any:
+    """The `--threads N` option every torch-running command takes (None: lmkit.threads chooses)."""
+    return typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else the physical cores other processes leave idle).",
+    )
+
+
+TOKENIZER_HELP = (
+    "A tokenizer.json, or a folder holding it or GPT-2's vocab.json + merges.txt; "
+    "or give --tokenizer twice: vocab.json and merges.txt."
+)
+
+
+def tokenizer_option() -> Any:
+    """The `--tokenizer PATH` option (repeatable for a GPT-2 vocab.json + merges.txt); see Tokenizer.load_any."""
+    return typer.Option(..., "--tokenizer", help=TOKENIZER_HELP)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lmkit.cli.common import console, err_console, print_json
+from lmkit.cli.common import console, err_console, print_json, threads_option
 from lmkit.errors import InputError
 
 if TYPE_CHECKING:  # torch-heavy modules, imported inside the command at run time
@@ -65,6 +65,7 @@ def generate(
     no_stream: bool = typer.Option(False, "--no-stream", help="Print the text once it is complete."),
     as_json: bool = typer.Option(False, "--json", help="Print prompts, texts, ids and tokens/s as one JSON object."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
+    threads: int | None = threads_option(),
 ) -> None:
     """Generate text from a trained checkpoint, streamed as it is sampled.
 
@@ -74,6 +75,7 @@ def generate(
     """
     from lmkit.generate import generate as generate_batch
     from lmkit.generate import generation_config, load_model_and_tokenizer
+    from lmkit.threads import apply_threads
 
     config = generation_config(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop
@@ -81,6 +83,7 @@ def generate(
     texts = [*prompts, *map(_read_prompt_file, prompt_files)]
     if not texts:
         raise InputError("no prompt given; pass --prompt TEXT or --prompt-file FILE")
+    apply_threads(threads)
     model, tokenizer = load_model_and_tokenizer(checkpoint, device)
     start = time.perf_counter()
     if len(texts) == 1 and not (no_stream or as_json):
@@ -97,7 +100,8 @@ def generate(
         print_json({"generations": generations, "seed": results[0].seed, "device": device_used, **speed})
         return
     _print_texts(results, show=no_stream)
+    seed = "greedy" if results[0].seed is None else f"seed {results[0].seed}"
     err_console.print(
-        f"[dim]{new_tokens} tokens in {seconds:.2f} s ({speed['tokens_per_s']} tokens/s), seed {results[0].seed}[/dim]",
+        f"[dim]{new_tokens} tokens in {seconds:.2f} s ({speed['tokens_per_s']} tokens/s), {seed}[/dim]",
         highlight=False,
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from lmkit.cli.common import console, print_table
+from lmkit.cli.common import console, print_table, threads_option
 from lmkit.quickstart import DEFAULT_STEPS, DEFAULT_VOCAB_SIZE
 
 
@@ -80,6 +80,7 @@ def quickstart(
         [], "--set", help="Override a value of the run config, e.g. --set optim.lr=1e-3 (repeatable)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train a small model on the bundled Tiny Shakespeare end to end, on a CPU, in a few minutes.
 
@@ -93,6 +94,7 @@ def quickstart(
     """
     from lmkit.quickstart import next_commands, run_quickstart
 
+    overrides = [*overrides, f"train.threads={threads}"] if threads is not None else overrides
     result = run_quickstart(
         out, steps=steps, vocab_size=vocab_size, overrides=overrides, progress=not quiet, report=_show
     )

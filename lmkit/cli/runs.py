@@ -19,7 +19,12 @@ _STATUS_STYLE = {
     "crashed": "yellow",
     "diverged": "red",
     "interrupted": "yellow",
+    "stopped": "blue",
 }
+
+
+# The table shows time as h:mm:ss; its label says so (--json keeps time_s, in seconds).
+_COMPARE_LABELS = {"time_s": "time (h:mm:ss)"}
 
 
 def _value(value: Any) -> str:
@@ -70,7 +75,8 @@ def list_command(
 ) -> None:
     """List the runs in a folder: shape, parameters, tokens, steps, best validation loss and bpb, time, status.
 
-    Shape is layers x d_model and heads (2x512 h8). Status is finished, running, crashed or diverged
+    Shape is layers x d_model and heads (2x512 h8). Status is finished, running, stopped (--until-step),
+    interrupted, crashed or diverged
     (the rules are in docs/experiments.md).
 
     Example:
@@ -110,7 +116,9 @@ def plot(
     x: str = typer.Option("steps", "--x", help="The x axis: steps, tokens or time."),
     metric: str = typer.Option("val_loss", "--metric", help="val_loss, val_bpb, train_loss, lr or grad_norm."),
     log: bool = typer.Option(False, "--log", help="Logarithmic y axis."),
-    out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="The image to write (.png, .svg or .pdf)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="The image to write (.png, .svg or .pdf); default: RUNS/METRIC-X.png."
+    ),
 ) -> None:
     r"""Overlay the runs' learning curves in one image; diverged runs are marked with a cross.
 
@@ -120,10 +128,14 @@ def plot(
 
         lmkit runs plot runs/lr-sweep --x tokens --metric val_loss --log --out lr-sweep.png
     """
-    from lmkit.tracking.plot import plot_runs
+    from lmkit.tracking.plot import default_plot_path, plot_runs
 
+    out = out if out is not None else default_plot_path(runs, metric, x)
+    replaced = out.exists()
     series = plot_runs(runs, metric, x, out, log)
-    err_console.print(f"wrote {out} ({len(series)} runs, {metric} against {x})", highlight=False)
+    count = f"{len(series)} run{'s' if len(series) != 1 else ''}"
+    verb = "replaced" if replaced else "wrote"
+    err_console.print(f"{verb} {out} ({count}, {metric} against {x})", highlight=False)
 
 
 @app.command()
@@ -154,7 +166,7 @@ def compare(
     table.add_section()
     for fact, values in report["metrics"].items():
         shown = {"status": _status, "time_s": _duration}.get(fact, _value)
-        table.add_row(fact, *map(shown, values))
+        table.add_row(_COMPARE_LABELS.get(fact, fact), *map(shown, values))
     console.print(table)
 
 

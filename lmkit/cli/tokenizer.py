@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import print_json, print_table
+from lmkit.cli.common import TOKENIZER_HELP, print_json, print_table, tokenizer_option
 
 app = typer.Typer(no_args_is_help=True, help="Train, apply and inspect byte-level BPE tokenizers.")
 
@@ -60,7 +61,7 @@ def train(
     if json_output:
         print_json(facts)
     else:
-        longest = "  ".join(f"'{t}'" for t in facts["longest tokens"])
+        longest = _token_lines(f"'{t}'" for t in facts["longest tokens"])
         print_table(
             "Tokenizer trained", {**facts, "longest tokens": longest, "special tokens": ", ".join(special_token)}
         )
@@ -69,7 +70,7 @@ def train(
 @app.command()
 def encode(
     corpus: list[str] | None = typer.Argument(None, help=f"{_CORPUS_HELP} Or give --text.", show_default=False),
-    tokenizer: Path = typer.Option(..., "--tokenizer", help="A tokenizer.json file, or the folder holding one."),
+    tokenizer: list[Path] = tokenizer_option(),
     out: Path | None = typer.Option(
         None, "--out", help="The .npy file to write; with --val-fraction, OUT.train.npy and OUT.val.npy instead."
     ),
@@ -97,11 +98,13 @@ def encode(
     from lmkit.errors import InputError
     from lmkit.tokenizer.tokenizer import Tokenizer
 
-    if bool(corpus) == (text is not None):
+    if not corpus and text is None:
+        raise InputError('nothing to encode: give a CORPUS file (with --out) or --text "some text"')
+    if corpus and text is not None:
         raise InputError("give either a CORPUS file to encode (with --out) or --text, not both")
     if corpus and out is None:
         raise InputError("--out is required to encode a corpus, e.g. --out tokens.npy")
-    tok = Tokenizer.load(tokenizer)
+    tok = Tokenizer.load_any(tokenizer)
     if text is not None:
         _print_ids(tok, text, show, json_output)
         return
@@ -120,15 +123,20 @@ def encode(
 @app.command()
 def decode(
     ids: list[int] = typer.Argument(..., help="Token ids, e.g. 15496 995."),
-    tokenizer: Path = typer.Option(..., "--tokenizer", help="A tokenizer.json file, or the folder holding one."),
+    tokenizer: list[Path] = tokenizer_option(),
 ) -> None:
     """Decode token ids back into text (bytes that are not valid UTF-8 print as U+FFFD).
 
-    Example: lmkit tokenizer decode 15496 995 --tokenizer tokenizer.json
+    Example: lmkit tokenizer decode 15496 995 --tokenizer gpt2/  (a folder with GPT-2's vocab.json + merges.txt)
     """
     from lmkit.tokenizer.tokenizer import Tokenizer
 
-    print(Tokenizer.load(tokenizer).decode(ids))
+    print(Tokenizer.load_any(tokenizer).decode(ids))
+
+
+def _token_lines(cells: Iterable[str]) -> str:
+    """Tokens for a table cell, one per line: tokens hold spaces, so a cell wrapped at a space would cut one."""
+    return "\n".join(cells)
 
 
 def _print_ids(tok: object, text: str, show: bool, json_output: bool) -> None:
@@ -154,7 +162,7 @@ def _print_ids(tok: object, text: str, show: bool, json_output: bool) -> None:
 
 @app.command(name="inspect")
 def inspect_tokenizer(
-    path: Path = typer.Argument(..., help="A tokenizer.json file, or the folder holding one."),
+    paths: list[Path] = typer.Argument(..., help=TOKENIZER_HELP.replace("give --tokenizer twice: ", "two files: ")),
     sample: Path | None = typer.Option(
         None, "--sample", help="A text file to encode: bytes per token, tokens/s and the most frequent tokens."
     ),
@@ -168,7 +176,7 @@ def inspect_tokenizer(
     from lmkit.tokenizer.report import describe_sample, describe_tokenizer
     from lmkit.tokenizer.tokenizer import Tokenizer
 
-    tok = Tokenizer.load(path)
+    tok = Tokenizer.load_any(paths)
     facts = describe_tokenizer(tok, top)
     if sample is not None:
         facts.update(describe_sample(tok, sample, top))
@@ -177,7 +185,8 @@ def inspect_tokenizer(
         return
     readable = dict(facts)
     readable["special tokens"] = ", ".join(facts["special tokens"])
-    readable["longest tokens"] = "  ".join(f"'{t}'" for t in facts["longest tokens"])
+    readable["longest tokens"] = _token_lines(f"'{t}'" for t in facts["longest tokens"])
     if sample is not None:
-        readable["most frequent tokens"] = "  ".join(f"'{t}' {n:,}" for t, n in facts["most frequent tokens"].items())
-    print_table(f"Tokenizer {path}", readable)
+        frequent = facts["most frequent tokens"].items()
+        readable["most frequent tokens"] = _token_lines(f"'{t}' {n:,}" for t, n in frequent)
+    print_table(f"Tokenizer {' + '.join(map(str, paths))}", readable)

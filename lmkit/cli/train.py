@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import err_console, print_table
+from lmkit.cli.common import err_console, print_table, threads_option
 
 _EXIT_INTERRUPTED = 130
 
@@ -25,13 +25,16 @@ def train(
     until_step: int = typer.Option(
         None, "--until-step", help="Stop after this step with a checkpoint, to resume later."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (metrics.jsonl is still written)."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar or log lines (metrics.jsonl is still written)."
+    ),
     sweep: str = typer.Option(
         None, "--sweep", help="One run per value, in OUT_DIR/KEY=VALUE, e.g. --sweep optim.lr=1e-4,3e-4,1e-3."
     ),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train on N processes of this machine, one per GPU, through torchrun."
     ),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train a language model from a TOML run config (or resume a run).
 
@@ -45,7 +48,11 @@ def train(
     `lmkit train --config run.toml --sweep optim.lr=1e-4,3e-4,1e-3` (see docs/experiments.md).
     On 4 GPUs: `lmkit train --nproc 4 --config run.toml` (train.batch_size is the global batch; several
     nodes: torchrun, see docs/distributed.md).
+
+    On a terminal a progress bar shows the run; otherwise (nohup, CI, > train.log) one plain line per
+    train.log_every steps and per evaluation. --threads N is --set train.threads=N.
     """
+    overrides = [*overrides, f"train.threads={threads}"] if threads is not None else overrides
     if nproc > 1:
         return _launch(nproc, config, overrides, resume, until_step, quiet, sweep)
     if sweep is not None:
@@ -70,6 +77,7 @@ def train(
             **({} if result.mfu is None else {"MFU": f"{result.mfu:.1%}"}),  # left out where no peak is known
             "parameters per process": result.parameters_per_process,
             "time (s)": result.elapsed_s,
+            "CPU threads": result.threads,
             "checkpoint": str(result.checkpoint),
         },
     )

@@ -35,6 +35,8 @@ from lmkit.tokenizer.formats import (
 from lmkit.tokenizer.pretokenize import check_special_tokens, iter_chunks, special_token_regex
 
 TOKENIZER_FILE = "tokenizer.json"
+GPT2_VOCAB_FILE, GPT2_MERGES_FILE = "vocab.json", "merges.txt"
+_GPT2_SPECIAL = regex.compile(rb"<\|[^|\s]+\|>")
 # Bounds the pre-token cache (about 150 bytes an entry): enough for every common word of a large corpus.
 _CACHE_LIMIT = 1 << 19
 _NO_MERGE = 1 << 62
@@ -118,14 +120,50 @@ class Tokenizer:
         return cls(vocab, merges, special_tokens)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a `tokenizer.json` file, or the `tokenizer.json` inside a folder."""
+    def load(cls, path: str | os.PathLike, merges_path: str | os.PathLike | None = None) -> Tokenizer:
+        """Load a tokenizer from any of the forms a user has at hand.
+
+        `path` is a `tokenizer.json` file, or a folder holding one or GPT-2's `vocab.json` + `merges.txt`;
+        or, with `merges_path`, a GPT-2 `vocab.json`. GPT-2 files mark no special tokens: tokens spelled
+        `<|...|>` (GPT-2's `<|endoftext|>`) are taken as special, as GPT-2's own tokenizer takes them.
+        """
         path = Path(path)
-        if path.is_dir():
-            if not (path / TOKENIZER_FILE).is_file():
-                raise InputError(f"folder {path} holds no {TOKENIZER_FILE}; give a tokenizer file or its folder")
-            path = path / TOKENIZER_FILE
-        return cls(*load_tokenizer(path))
+        if merges_path is None and path.is_dir():
+            if (path / TOKENIZER_FILE).is_file():
+                return cls.load(path / TOKENIZER_FILE)
+            if (path / GPT2_VOCAB_FILE).is_file() and (path / GPT2_MERGES_FILE).is_file():
+                return cls.load(path / GPT2_VOCAB_FILE, path / GPT2_MERGES_FILE)
+            raise InputError(
+                f"folder {path} holds neither {TOKENIZER_FILE} nor {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}; "
+                "give a tokenizer file or its folder"
+            )
+        if merges_path is None:
+            if path.name in (GPT2_VOCAB_FILE, GPT2_MERGES_FILE):
+                raise InputError(
+                    f"{path} is half of a GPT-2 tokenizer; give both files (--tokenizer {GPT2_VOCAB_FILE} "
+                    f"--tokenizer {GPT2_MERGES_FILE}) or the folder holding them"
+                )
+            return cls(*load_tokenizer(path))
+        vocab, merges = read_gpt2_files(path, merges_path)
+        special = [token.decode() for token in vocab.values() if _GPT2_SPECIAL.fullmatch(token)]
+        return cls(vocab, merges, special)
+
+    @classmethod
+    def load_any(cls, paths: list[str | os.PathLike]) -> Tokenizer:
+        """`load` from what a `--tokenizer` option gathered: one path, or a GPT-2 vocab.json and merges.txt
+        in either order."""
+        if len(paths) == 1:
+            return cls.load(paths[0])
+        if len(paths) != 2:
+            raise InputError(
+                f"give one tokenizer (tokenizer.json or its folder) or two GPT-2 files, not {len(paths)} paths"
+            )
+        merges, vocab = sorted(map(Path, paths), key=lambda p: p.suffix.lower() == ".json")
+        if vocab.suffix.lower() != ".json" or merges.suffix.lower() == ".json":
+            raise InputError(
+                f"two tokenizer paths must be a GPT-2 vocab .json and a merges .txt; got {paths[0]}, {paths[1]}"
+            )
+        return cls.load(vocab, merges)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as one HuggingFace-layout `tokenizer.json` file, atomically."""

@@ -118,6 +118,12 @@ def draw_curves(series: list[Series], metric: str, x: str, out: str | Path, log_
         figure.savefig(handle, format=image_format)
 
 
+def default_plot_path(paths: list[str | Path], metric: str, x: str) -> Path:
+    """Where `lmkit runs plot` draws without --out: `METRIC-X.png` in the first folder given (beside the runs,
+    never over a file in the current folder)."""
+    return Path(paths[0]) / f"{metric}-{x}.png"
+
+
 def plot_runs(paths: list[str | Path], metric: str, x: str, out: str | Path, log_y: bool = False) -> list[Series]:
     """What `lmkit runs plot` does: read the runs, compute their curves, draw them into `out`; returns the curves."""
     _image_format(check_output_path(out))

@@ -7,20 +7,30 @@ read: no checkpoint is opened, so listing a hundred runs is quick.
 
 A run's status is decided by the first rule that holds:
 1. diverged: a logged train loss, validation loss or gradient norm is NaN or infinite;
-2. finished: the last logged step reached the configured number of steps (`train.steps`, or
+2. what the run wrote itself: `lmkit train` opens each stretch of training with a "start" line (its process
+   id and host) and closes it with an "end" line whose status is finished, stopped (--until-step),
+   interrupted (Ctrl-C or a termination signal), diverged or crashed. With a "start" line and no "end"
+   line after it, the run is running while that process is alive, and crashed once it is gone (killed
+   outright); diverged if its train loss exploded (rule 5) before it died. A run started on another host
+   cannot be checked from here and falls through to rule 4;
+3. finished: the last logged step reached the configured number of steps (`train.steps`, or
    `train.total_tokens` in steps);
-3. running: metrics.jsonl changed within the last max(RUNNING_MIN_S, RUNNING_GAPS x the longest gap in
+4. running: metrics.jsonl changed within the last max(RUNNING_MIN_S, RUNNING_GAPS x the longest gap in
    training time between two logged lines), so a run that logs rarely is not taken for dead;
-4. diverged: the train loss exploded: some logged train loss is more than EXPLODE_RATIO times the lowest
+5. diverged: the train loss exploded: some logged train loss is more than EXPLODE_RATIO times the lowest
    one logged before it, and more than EXPLODE_MIN_RISE nats above it;
-5. crashed: it stopped before the configured steps for any other reason (an error, a kill, a full disk;
-   Ctrl-C and --until-step look the same in the metrics). `lmkit train --resume RUN/last.pt` continues it.
+6. crashed: it stopped before the configured steps for any other reason.
+
+Rules 3 to 6 are for runs written before the "start" and "end" lines existed (and runs from other hosts).
+`lmkit train --resume RUN/last.pt` continues a run that did not finish.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +40,7 @@ from lmkit.accounting import parameter_counts
 from lmkit.errors import InputError
 from lmkit.training.config import RunConfig, load_config
 
-STATUSES = ("finished", "running", "crashed", "diverged")
+STATUSES = ("finished", "running", "stopped", "interrupted", "crashed", "diverged")
 RUNNING_MIN_S = 300.0
 RUNNING_GAPS = 3
 EXPLODE_RATIO = 2.0
@@ -153,12 +163,45 @@ def _running_window(run: Run) -> float:
     return max(RUNNING_MIN_S, RUNNING_GAPS * longest_gap)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _own_ending(run: Run) -> str | None:
+    """The status the run's last "start" line and the "end" line after it give (rule 2), or None to go on."""
+    starts = [i for i, r in enumerate(run.records) if r.get("event") == "start"]
+    last_start = starts[-1] if starts else 0
+    end = next((r for r in run.records[last_start:] if r.get("event") == "end"), None)
+    if end is not None:
+        return str(end.get("status", "crashed"))
+    if not starts:
+        return None
+    start = run.records[last_start]
+    if start.get("host") != socket.gethostname() or not isinstance(start.get("pid"), int):
+        return None
+    if process_alive(start["pid"]):
+        return "running"
+    return "diverged" if _exploded(run.values("train", "loss")) else "crashed"
+
+
 def run_status(run: Run, now: float | None = None) -> str:
-    """finished, running, crashed or diverged: see the module docstring for the exact rules."""
+    """finished, running, stopped, interrupted, crashed or diverged: see the module docstring for the rules."""
     now = time.time() if now is None else now
     logged = run.values("train", "loss") + run.values("eval", "val_loss") + run.values("train", "grad_norm")
     if not all(math.isfinite(value) for value in logged):
         return "diverged"
+    own = _own_ending(run)
+    if own is not None:
+        return own
     if (run.last("step") or 0) >= run.config.total_steps:
         return "finished"
     if now - run.modified <= _running_window(run):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmkit.errors import InputError
-from lmkit.training.config import load_config
+from lmkit.training.config import OverrideError, load_config
 from lmkit.training.loop import TrainingDiverged, TrainResult, train_from_files
 
 
@@ -80,6 +80,9 @@ def plan_sweep(config_path: str | Path | None, overrides: list[str], spec: str) 
         run_overrides = [*overrides, f"{key}={value}", f"train.out_dir={json.dumps(str(out_dir))}"]
         try:
             load_config(config_path, run_overrides)
+        except OverrideError as err:
+            swept = err.override == f"{key}={value}"
+            raise InputError(f"--sweep {key}={value}: {err.detail if swept else err}") from None
         except InputError as err:
             raise InputError(f"--sweep {key}={value}: {err}") from None
         if (out_dir / "last.pt").exists():

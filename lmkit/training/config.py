@@ -30,7 +30,10 @@ class DataConfig(BaseModel):
 
     train: Path = Field(description="training tokens, a 1-D .npy array from `lmkit tokenizer encode`")
     val: Path = Field(description="validation tokens, same format")
-    tokenizer: Path = Field(description="the tokenizer.json that encoded them; copied into every checkpoint")
+    tokenizer: Path = Field(
+        description="the tokenizer.json that encoded them, or a folder holding it or GPT-2's vocab.json + "
+        "merges.txt; copied into every checkpoint"
+    )
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -48,7 +51,15 @@ class OptimConfig(BaseModel):
         "embeddings, LM head and norm gains; see docs/training.md",
     )
     lr: float = Field(default=3e-4, gt=0, description="peak learning rate")
-    min_lr: float | None = Field(default=None, ge=0, description="final learning rate (default lr / 10)")
+    min_lr: float | None = Field(
+        default=None, ge=0, description="final learning rate (default lr / 10; or give min_lr_ratio)"
+    )
+    min_lr_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="final learning rate as a fraction of lr, instead of min_lr (so it follows a swept lr)",
+    )
     warmup_steps: int = Field(default=0, ge=0, description="linear warmup from 0 to lr")
     betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW beta1, beta2, each in [0, 1)")
     eps: float = Field(default=1e-8, gt=0, description="AdamW's epsilon, added to sqrt(v) in the denominator")
@@ -78,11 +89,21 @@ class OptimConfig(BaseModel):
             raise ValueError(f"betas must each lie in [0, 1), got {list(self.betas)}")
         if self.muon_lr is None and self.name == "muon":  # left out of AdamW runs, where it means nothing
             self.muon_lr = self.lr
-        if self.min_lr is None:
+        if self.min_lr is not None and self.min_lr_ratio is not None:
+            raise ValueError("give one of min_lr and min_lr_ratio, not both")
+        if self.min_lr is None and self.min_lr_ratio is None:
             self.min_lr = self.lr / 10
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ValueError(
+                f"min_lr ({self.min_lr}) is above lr ({self.lr}); lower min_lr, or give min_lr_ratio "
+                "(min_lr as a fraction of lr) instead"
+            )
         return self
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the cosine decays to: min_lr, or lr x min_lr_ratio."""
+        return self.min_lr if self.min_lr is not None else self.lr * self.min_lr_ratio
 
 
 class TrainConfig(BaseModel):
@@ -97,6 +118,12 @@ class TrainConfig(BaseModel):
     total_tokens: int | None = Field(default=None, gt=0, description="tokens to train on (or give steps)")
     grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto: cuda, mps, cpu")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for torch; omit to use OMP_NUM_THREADS, else the physical cores other "
+        "processes leave idle (see docs/training.md)",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
         description="auto: bfloat16 autocast where the GPU supports it, else float32; float16: autocast with "
@@ -175,19 +202,74 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+# Keys that say the same thing two ways: an override of one drops the other from the file, so
+# `--set train.steps=20` works on a config that gives train.total_tokens.
+_ALTERNATIVES = {
+    "train.steps": "train.total_tokens",
+    "train.total_tokens": "train.steps",
+    "optim.min_lr": "optim.min_lr_ratio",
+    "optim.min_lr_ratio": "optim.min_lr",
+}
+
+
+def override_key(override: str) -> str:
+    """The `table.key` of a `table.key=value` override."""
+    return override.partition("=")[0].strip()
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
-    """Set each `table.key=value` override in the parsed TOML dict `raw` (in place)."""
+    """Set each `table.key=value` override in the parsed TOML dict `raw` (in place).
+
+    An empty value (`--set train.total_tokens=`) removes the key, so its default applies. Setting a value
+    for one of two alternative keys (train.steps / train.total_tokens, optim.min_lr / optim.min_lr_ratio)
+    removes the other unless an override sets it too.
+    """
+    keys = {override_key(override) for override in overrides}
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not re.fullmatch(r"\w+(\.\w+)*", key.strip()):
             raise InputError(f"--set {override!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-4")
-        *tables, name = key.strip().split(".")
-        node = raw
-        for table in tables:
-            node = node.setdefault(table, {})
-            if not isinstance(node, dict):
-                raise InputError(f"--set {override!r}: {table} is a value, not a table")
+        node, name = _parent_table(raw, key.strip(), override)
+        if not value.strip():
+            node.pop(name, None)
+            continue
         node[name] = _parse_value(value.strip())
+        other = _ALTERNATIVES.get(key.strip())
+        if other is not None and other not in keys:
+            node.pop(other.rpartition(".")[2], None)
+
+
+def _parent_table(raw: dict[str, Any], key: str, override: str) -> tuple[dict[str, Any], str]:
+    """The table of `raw` that holds `key` (created if missing), and the key's last part."""
+    *tables, name = key.split(".")
+    node = raw
+    for table in tables:
+        node = node.setdefault(table, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {override!r}: {table} is a value, not a table")
+    return node, name
+
+
+class OverrideError(InputError):
+    """A config is invalid because of an override: `override` is the `table.key=value` to blame, `detail` why."""
+
+    def __init__(self, override: str, detail: str) -> None:
+        super().__init__(f"--set {override}: {detail}")
+        self.override, self.detail = override, detail
+
+
+def _blamed_override(loc: tuple, detail: str, overrides: list[str]) -> str | None:
+    """The override (the last one, if several) that a validation error at `loc` is about, if any: the very key,
+    or a key of the table at `loc` that the message names."""
+    where = ".".join(str(part) for part in loc)
+    for override in reversed(overrides):
+        key = override_key(override)
+        if key == where:
+            return override
+        inside = not where or key.startswith(where + ".")
+        if inside and re.search(rf"(?<![\w.]){re.escape(key.rpartition('.')[2])}\b", detail):
+            return override
+    return None
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -211,12 +293,17 @@ def _message(err: ValidationError) -> str:
     return f"unknown key {prefix}{key}; {hint}"
 
 
-def validate_config(raw: dict[str, Any], source: str) -> RunConfig:
-    """Validate a parsed config dict; InputError with one line naming the key if it is wrong."""
+def validate_config(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> RunConfig:
+    """Validate a parsed config dict; InputError with one line naming the key if it is wrong, and naming the
+    override (OverrideError) rather than `source` when one of `overrides` caused it."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise InputError(f"{source}: {_message(err)}") from None
+        detail = _message(err)
+        blamed = _blamed_override(tuple(err.errors()[0]["loc"]), detail, list(overrides))
+        if blamed is not None:
+            raise OverrideError(blamed, detail) from None
+        raise InputError(f"{source}: {detail}") from None
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
@@ -224,7 +311,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig
     path = Path(path)
     raw = read_toml(path)
     apply_overrides(raw, list(overrides))
-    return validate_config(raw, str(path))
+    return validate_config(raw, str(path), overrides)
 
 
 def _toml_value(value: Any) -> str:

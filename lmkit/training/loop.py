@@ -35,10 +35,11 @@ from lmkit.errors import InputError, validation_error_message
 from lmkit.evaluation.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.fileio import atomic_write
 from lmkit.model import ModelConfig, TransformerLM
-from lmkit.progress import progress_bar
+from lmkit.threads import apply_threads
 from lmkit.tracking.wandb_log import WandbMirror
 from lmkit.training.checkpoint import check_weights_fit, read_checkpoint, write_checkpoint
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
+from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
 from lmkit.training.distributed import (
     Distributed,
@@ -48,7 +49,7 @@ from lmkit.training.distributed import (
     whole_state,
 )
 from lmkit.training.loss import cross_entropy
-from lmkit.training.metrics import MetricsLog
+from lmkit.training.metrics import MetricsLog, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
@@ -79,6 +80,7 @@ class TrainResult:
     interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
     parameters_per_process: int  # the model's parameters each process holds: all of them, but a share under fsdp
     mfu: float | None = None  # model FLOPs utilisation of the last logged interval (None without a known peak)
+    threads: int = 1  # CPU threads torch used (lmkit.threads)
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -96,20 +98,20 @@ def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | Non
 
 
 def _read_tokenizer(config: RunConfig) -> str:
-    """The tokenizer file's text (data.tokenizer may also name the folder holding tokenizer.json), after
-    checking it loads and its ids fit the model's vocabulary."""
-    from lmkit.tokenizer.formats import load_tokenizer
+    """The tokenizer as tokenizer.json text (data.tokenizer may also name a folder holding tokenizer.json or
+    GPT-2's vocab.json + merges.txt), after checking its ids fit the model's vocabulary."""
+    from lmkit.tokenizer.tokenizer import TOKENIZER_FILE, Tokenizer
 
     path = Path(config.data.tokenizer)
-    path = path / "tokenizer.json" if path.is_dir() else path
-    vocab, _, _ = load_tokenizer(path)
-    needed = max(vocab) + 1
-    if config.model.vocab_size < needed:
+    tokenizer = Tokenizer.load(path)
+    if config.model.vocab_size < tokenizer.vocab_size:
         raise InputError(
             f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-            f"({needed} ids in {path})"
+            f"({tokenizer.vocab_size} ids in {path})"
         )
-    return path.read_text(encoding="utf-8")
+    stored = path / TOKENIZER_FILE if path.is_dir() else path
+    # A tokenizer.json is kept as written; GPT-2's two files are stored in the same layout.
+    return stored.read_text(encoding="utf-8") if stored.is_file() else tokenizer.to_json()
 
 
 def _val_bytes_per_token(tokenizer_json: str, val_batches: list[torch.Tensor], vocab_size: int) -> float:
@@ -209,6 +211,7 @@ class Trainer:
                 f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
                 "or set train.out_dir to a new folder"
             )
+        self.threads = apply_threads(config.train.threads)
         self.dist = Distributed.from_env()
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
@@ -283,7 +286,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """The scheduled learning rate for the step that starts after `step` steps."""
         optim = self.config.optim
-        return get_lr_cosine_schedule(step, optim.lr, optim.min_lr, optim.warmup_steps, self.total_steps)
+        return get_lr_cosine_schedule(step, optim.lr, optim.final_lr, optim.warmup_steps, self.total_steps)
 
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over grad_accum micro-batches; returns (loss, lr, grad norm)."""
@@ -339,14 +342,18 @@ class Trainer:
         return self.dist.mean(total).item() / len(self.val_batches)
 
     def save(self, name: str, elapsed_s: float) -> Path:
-        """Write the full run checkpoint `name` in the run folder (every rank gathers, rank 0 alone writes)."""
+        """Write the run checkpoint `name` in the run folder (every rank gathers, rank 0 alone writes).
+
+        Only last.pt, the one a run resumes from, keeps the optimizer state: AdamW's two moments are twice the
+        size of the weights, and best.pt is for sampling, evaluation and export.
+        """
         path = self.out_dir / name
         model_state, optimizer_state = whole_state(self.model, self.optimizer, keep=self.dist.is_main)
         if not self.dist.is_main:
             return path
         write_checkpoint(
             model_state,
-            optimizer_state,
+            optimizer_state if name == "last.pt" else None,
             self.step,
             path,
             tokens_seen=self.tokens_seen,
@@ -364,7 +371,11 @@ class Trainer:
         return path
 
     def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
-        """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step."""
+        """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step.
+
+        metrics.jsonl gets a "start" line (with this process's id) and, however the run ends, an "end" line
+        saying how: finished, stopped (--until-step), interrupted, diverged or crashed.
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
         mirror = None
@@ -379,23 +390,16 @@ class Trainer:
         with (
             log as metrics,
             _stop_on_ctrl_c() as stop,
-            progress_bar("Training", last_step - self.step, "steps", enabled=show_progress and main) as bar,
+            training_console(show_progress and main, self.step, last_step) as console,
         ):
-            while self.step < last_step and not self._stopping(stop):
-                step_start = time.perf_counter()
-                try:
-                    self.train_loss, lr, grad_norm = self.train_step()
-                except TrainingDiverged as diverged:  # logged, so run tracking sees the divergence
-                    step, tokens = self.step + 1, self.tokens_seen + self.config.tokens_per_step
-                    metrics.write("train", step=step, tokens=tokens, time_s=self._elapsed(), loss=diverged.loss)
-                    raise
-                self._throughput.add(self.config.tokens_per_step, time.perf_counter() - step_start)
-                self._after_step(metrics, lr, grad_norm)
-                bar.advance(1)
-                rate = f" {self.tokens_per_s:,.0f} tok/s" if self.tokens_per_s else ""
-                bar.update(description=f"step {self.step} loss {self.train_loss:.3f} lr {lr:.2e}{rate}")
-            if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
-                self.save("last.pt", self._elapsed())
+            threads = f"{self.threads.count} CPU thread{'s' if self.threads.count > 1 else ''}"
+            console.say(f"training on {self.device}, {threads} ({self.threads.reason})")
+            metrics.write("start", **self._facts(), **process_facts())
+            with self._ending(metrics, stop):
+                while self.step < last_step and not self._stopping(stop):
+                    self._train_one(metrics, console)
+                if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
+                    self.save("last.pt", self._elapsed())
         return TrainResult(
             step=self.step,
             total_steps=self.total_steps,
@@ -409,7 +413,42 @@ class Trainer:
             interrupted=stop.is_set(),
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
             mfu=self.mfu,
+            threads=self.threads.count,
         )
+
+    def _train_one(self, metrics: MetricsLog, console: TrainingConsole) -> None:
+        """One step, then its logging, evaluation and checkpoint; a diverged loss is logged before it propagates."""
+        step_start = time.perf_counter()
+        try:
+            self.train_loss, lr, grad_norm = self.train_step()
+        except TrainingDiverged as diverged:  # logged, so run tracking sees the divergence
+            step, tokens = self.step + 1, self.tokens_seen + self.config.tokens_per_step
+            metrics.write("train", step=step, tokens=tokens, time_s=self._elapsed(), loss=diverged.loss)
+            raise
+        self._throughput.add(self.config.tokens_per_step, time.perf_counter() - step_start)
+        self._after_step(metrics, console, lr, grad_norm)
+        console.step(self.step, self.train_loss, lr, self.tokens_per_s)
+
+    @contextlib.contextmanager
+    def _ending(self, metrics: MetricsLog, stop: threading.Event) -> Iterator[None]:
+        """Write the run's "end" line as the block leaves, however it leaves (see `run`)."""
+        try:
+            yield
+        except TrainingDiverged:
+            metrics.write("end", **self._facts(), status="diverged")
+            raise
+        except BaseException as exc:  # a second Ctrl-C, an exit from a signal handler, or any failure
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "crashed"
+            metrics.write("end", **self._facts(), status=status, error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        if self.step >= self.total_steps:
+            status = "finished"
+        else:
+            status = "interrupted" if stop.is_set() else "stopped"
+        metrics.write("end", **self._facts(), status=status)
+
+    def _facts(self) -> dict[str, float | int]:
+        return {"step": self.step, "tokens": self.tokens_seen, "time_s": self._elapsed()}
 
     def close(self) -> None:
         """Leave the process group of a multi-process run (nothing to do for one process)."""
@@ -430,7 +469,7 @@ class Trainer:
         """Wall-clock seconds of training, counting the time before a resume."""
         return round(self.elapsed_before + time.perf_counter() - self._started, 3)
 
-    def _after_step(self, metrics: MetricsLog, lr: float, grad_norm: float) -> None:
+    def _after_step(self, metrics: MetricsLog, console: TrainingConsole, lr: float, grad_norm: float) -> None:
         """Log, evaluate (saving best.pt on a new best) and checkpoint, each when its interval comes round."""
         train, elapsed = self.config.train, self._elapsed()
         done = self.step == self.total_steps
@@ -448,10 +487,12 @@ class Trainer:
                 tokens_per_s=self.tokens_per_s,
                 **({} if self.mfu is None else {"mfu": self.mfu}),
             )
+            console.logged(self.step, self.train_loss, lr, self.tokens_per_s)
         if self.step % train.eval_every == 0 or done:
             self.val_loss = self.evaluate()
             val_bpb = bits_per_byte(self.val_loss, self.val_bytes_per_token)
             metrics.write("eval", **facts, val_loss=self.val_loss, val_bpb=val_bpb)
+            console.evaluated(self.step, self.val_loss)
             if self.best_val_loss is None or self.val_loss < self.best_val_loss:
                 self.best_val_loss = self.val_loss
                 self.save("best.pt", elapsed)
@@ -468,7 +509,7 @@ class _NoMetrics:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def write(self, event: str, **fields: float | int | None) -> None:
+    def write(self, event: str, **fields: object) -> None:
         """Drop the event."""
 
 
@@ -526,10 +567,14 @@ def resolve_run(
         config = load_config(config_path, overrides)
         config.train.init_from = Path(resume)
         return config, None
+    if checkpoint is not None and checkpoint.get("optimizer") is None:
+        raise InputError(
+            f"{resume} holds no optimizer state (best.pt keeps only the weights); resume from the run's last.pt"
+        )
     if config_path is not None:
         config = load_config(config_path, overrides)
     else:
         raw = checkpoint["config"]
         apply_overrides(raw, list(overrides))
-        config = validate_config(raw, f"config in {resume}")
+        config = validate_config(raw, f"config in {resume}", list(overrides))
     return config, checkpoint

@@ -1,20 +1,35 @@
 """metrics.jsonl: one JSON object per line and event, so runs can be compared and plotted.
 
-Each line has `event` ("train" or "eval"), `step`, `tokens` (tokens trained on so far) and `time_s`
-(wall-clock seconds of training, carried across resumes); "train" lines add `loss`, `lr`, `grad_norm` and
-`tokens_per_s` (and `mfu`, the model FLOPs utilisation, where the device's peak is known), "eval" lines add
-`val_loss` and `val_bpb` (bits per byte: the validation loss over the text bytes of the validation windows).
+Each line has `event`, `step`, `tokens` (tokens trained on so far) and `time_s` (wall-clock seconds of
+training, carried across resumes). "train" lines add `loss`, `lr`, `grad_norm` and `tokens_per_s` (and
+`mfu`, the model FLOPs utilisation, where the device's peak is known); "eval" lines add `val_loss` and
+`val_bpb` (bits per byte: the validation loss over the text bytes of the validation windows). Each stretch of
+training (the first, and each resume) opens with a "start" line that adds `pid` and `host` (so `lmkit runs
+list` can tell whether the process is still alive) and closes with an "end" line whose `status` says how it
+ended: one of ENDINGS, with `error` for a crash. A process killed outright (kill -9, power loss) writes no
+"end" line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lmkit.fileio import atomic_write
+
+# finished: all the configured steps; stopped: --until-step; interrupted: Ctrl-C or a termination signal;
+# diverged: a NaN or infinite loss; crashed: any other failure.
+ENDINGS = ("finished", "stopped", "interrupted", "diverged", "crashed")
+_BOOKKEEPING = {"start", "end"}  # lines about the process, not the model: not mirrored
+
+
+def process_facts() -> dict[str, object]:
+    """This process's id and host name, for a "start" line."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
 class MetricsLog:
@@ -36,11 +51,11 @@ class MetricsLog:
         else:
             self._file = path.open("w", encoding="utf-8")
 
-    def write(self, event: str, **fields: float | int | None) -> None:
+    def write(self, event: str, **fields: object) -> None:
         """Append one event line."""
         self._file.write(json.dumps({"event": event, **fields}) + "\n")
         self._file.flush()
-        if self._mirror is not None:
+        if self._mirror is not None and event not in _BOOKKEEPING:
             self._mirror.log(event, fields)
 
     def close(self) -> None:
