@@ -17,6 +17,7 @@ from lmkit.cli import generate as generate_cli
 from lmkit.cli import model as model_cli
 from lmkit.cli import quickstart as quickstart_cli
 from lmkit.cli import runs as runs_cli
+from lmkit.cli import serve as serve_cli
 from lmkit.cli import tokenizer as tokenizer_cli
 from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
@@ -99,6 +100,7 @@ app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspec
 app.add_typer(model_cli.app, name="model", help="Account for a model's parameters, FLOPs, memory and time.")
 app.command(name="quickstart")(quickstart_cli.quickstart)
 app.add_typer(runs_cli.app, name="runs", help="List, compare and plot training runs.")
+app.command(name="serve")(serve_cli.serve)
 
 
 def main() -> None:
