@@ -61,7 +61,7 @@ def test_completion_equals_the_library_with_the_same_seed(client, model, tokeniz
     [only] = response.choices
     assert only.text == expected.text and only.index == 0
     assert only.finish_reason == expected.stop_reason
-    assert response.usage.prompt_tokens == len("Hello there".encode())
+    assert response.usage.prompt_tokens == len(b"Hello there")
     assert response.usage.completion_tokens == len(expected.ids)
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
     again = client.completions.create(
@@ -78,8 +78,10 @@ def test_top_k_extension_and_greedy(client, model, tokenizer) -> None:
     response = client.completions.create(
         model="tiny", prompt="abc", max_tokens=20, temperature=1.3, seed=2, extra_body={"top_k": 3}
     )
-    assert response.choices[0].text == library(model, tokenizer, "abc", max_new_tokens=20, temperature=1.3,
-                                               top_k=3, seed=2).text
+    assert (
+        response.choices[0].text
+        == library(model, tokenizer, "abc", max_new_tokens=20, temperature=1.3, top_k=3, seed=2).text
+    )
     greedy = client.completions.create(model="tiny", prompt="abc", max_tokens=20, temperature=0)
     assert greedy.choices[0].text == library(model, tokenizer, "abc", max_new_tokens=20, temperature=0).text
 
@@ -88,7 +90,12 @@ def test_streaming_sends_the_same_text_in_pieces_then_usage_and_done(client, url
     expected = library(model, tokenizer, "Once", max_new_tokens=30, temperature=0.8, seed=11)
     chunks = list(
         client.completions.create(
-            model="tiny", prompt="Once", max_tokens=30, temperature=0.8, seed=11, stream=True,
+            model="tiny",
+            prompt="Once",
+            max_tokens=30,
+            temperature=0.8,
+            seed=11,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -146,8 +153,14 @@ def test_concurrent_requests_are_batched_and_independent(client, model, tokenize
 
     monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", RecordingDecoder)
     requests = [
-        {"prompt": "a" * (1 + 3 * i), "max_tokens": 10 + 7 * i, "temperature": 0.5 + 0.1 * i, "seed": i,
-         "top_p": 0.8 if i % 2 else 1.0, "stream": i % 3 == 0}
+        {
+            "prompt": "a" * (1 + 3 * i),
+            "max_tokens": 10 + 7 * i,
+            "temperature": 0.5 + 0.1 * i,
+            "seed": i,
+            "top_p": 0.8 if i % 2 else 1.0,
+            "stream": i % 3 == 0,
+        }
         for i in range(8)
     ]
     results: list[str | None] = [None] * 8
@@ -168,8 +181,9 @@ def test_concurrent_requests_are_batched_and_independent(client, model, tokenize
         thread.join()
     for request, text in zip(requests, results, strict=True):
         options = {key: request[key] for key in ("temperature", "seed", "top_p")}
-        assert text == library(model, tokenizer, request["prompt"], max_new_tokens=request["max_tokens"],
-                               **options).text
+        assert (
+            text == library(model, tokenizer, request["prompt"], max_new_tokens=request["max_tokens"], **options).text
+        )
     assert max(batch_sizes) >= 4, batch_sizes
 
 
@@ -203,8 +217,9 @@ def test_a_disconnected_stream_is_dropped_and_a_stalled_one_stalls_nobody(model)
 
 def post(url: str, body: object, **kwargs) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{url}/v1/completions", content=content, headers={"content-type": "application/json"},
-                      timeout=60, **kwargs)
+    return httpx.post(
+        f"{url}/v1/completions", content=content, headers={"content-type": "application/json"}, timeout=60, **kwargs
+    )
 
 
 @pytest.mark.parametrize(

@@ -61,8 +61,12 @@ class _Completions:
     async def __call__(self, request: Request) -> Any:
         params = parse_completion_request(await self._read_body(request))
         if params.model != self.model_name:
-            raise APIError(404, f"the model {params.model!r} does not exist; this server has {self.model_name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model {params.model!r} does not exist; this server has {self.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         prompt_ids = await run_in_threadpool(lambda: [self.engine.tokenizer.encode(p) for p in params.prompts])
         sequences = self._sequences(params, prompt_ids)
         counted_prompt = sum(map(len, prompt_ids))
@@ -85,20 +89,33 @@ class _Completions:
         return bytes(body)
 
     def _too_large(self) -> APIError:
-        return APIError(413, f"the request is larger than this server's limit of {self.max_request_bytes} bytes; "
-                             "send a shorter prompt", code="request_too_large")
+        return APIError(
+            413,
+            f"the request is larger than this server's limit of {self.max_request_bytes} bytes; send a shorter prompt",
+            code="request_too_large",
+        )
 
     def _sequences(self, params: CompletionRequest, prompt_ids: list[list[int]]) -> list[SequenceRequest]:
         """One sequence per (prompt, choice), in OpenAI's choice order; 400 for a prompt past the context."""
         for ids in prompt_ids:
             if len(ids) > self.context_length:
-                raise APIError(400, f"the prompt is {len(ids)} tokens long but the model reads at most "
-                                    f"{self.context_length}; shorten the prompt", param="prompt",
-                               code="context_length_exceeded")
+                raise APIError(
+                    400,
+                    f"the prompt is {len(ids)} tokens long but the model reads at most "
+                    f"{self.context_length}; shorten the prompt",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
         seed = params.seed if params.seed is not None else secrets.randbits(32)
         configs = [
-            generation_config(max_new_tokens=params.max_tokens, temperature=params.temperature, top_k=params.top_k,
-                              top_p=params.top_p, seed=seed + j, stop=params.stops)
+            generation_config(
+                max_new_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                seed=seed + j,
+                stop=params.stops,
+            )
             for j in range(params.n)
         ]
         return [SequenceRequest(ids, config) for ids in prompt_ids for config in configs]
@@ -195,8 +212,9 @@ def create_app(
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+            raise APIError(
+                401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
 
     app = FastAPI(title="lmkit serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -227,8 +245,12 @@ def create_app(
     @app.get("/v1/models/{name:path}", dependencies=[Depends(require_key)])
     async def one_model(name: str) -> dict[str, Any]:
         if name != model_name:
-            raise APIError(404, f"the model {name!r} does not exist; this server has {model_name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server has {model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         return model_card()
 
     app.post("/v1/completions", dependencies=[Depends(require_key)], response_model=None)(
@@ -245,4 +267,3 @@ def run_server(app: FastAPI, host: str, port: int) -> None:
 def loopback(host: str) -> bool:
     """Whether `host` only accepts connections from this machine."""
     return host in {"localhost", "::1"} or host.startswith("127.")
-
