@@ -47,3 +47,25 @@ def running_server(model: TransformerLM, tokenizer: Tokenizer, **options: object
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def spelling_model(text: str, end_of_text: int = 256) -> TransformerLM:
+    """A model that, greedily, continues any prefix of `text` (no byte repeated) with the rest, then <|endoftext|>.
+
+    Hand-set weights, no training: the blocks are zeroed, so the residual stream is the token's one-hot
+    embedding, and the LM head puts a large logit on the byte that follows it in `text`.
+    """
+    data = text.encode()
+    if len(set(data)) != len(data):
+        raise ValueError("each byte of the text may appear once")
+    config = ModelConfig(vocab_size=end_of_text + 1, context_length=64, d_model=264, num_layers=1, num_heads=4)
+    model = TransformerLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.layers.parameters():
+            parameter.zero_()
+        model.token_embeddings.weight.zero_()
+        model.token_embeddings.weight[:, : end_of_text + 1] = torch.eye(end_of_text + 1)
+        model.lm_head.weight.zero_()
+        for a, b in zip(data, [*data[1:], end_of_text], strict=True):
+            model.lm_head.weight[b, a] = 10.0
+    return model
