@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lmkit.generate import END_OF_TEXT, BatchDecoder, Continuation, GenerationConfig, sample_next_token
+from lmkit.generate import (
+    END_OF_TEXT,
+    BatchDecoder,
+    Continuation,
+    GenerationConfig,
+    next_token_probs,
+    sample_next_token,
+)
 from lmkit.model import TransformerLM
 from lmkit.tokenizer import Tokenizer
 
@@ -212,17 +219,28 @@ class BatchEngine:
             self._batches.remove(batch)
 
     def _pick(self, batch: _Batch, logits: Tensor, is_new: Tensor) -> Tensor:
-        """Sample each row that needs a new token alone, with its own settings and generator."""
-        vocab_size = self.tokenizer.vocab_size
+        """Sample each row that needs a new token with its own settings and generator.
+
+        Rows with the same settings share one computation of their distributions (each row's is computed
+        independently of the others'); each row then draws alone from its own generator, as the library does.
+        """
+        # Only ids the tokenizer can decode: a model's vocabulary may be padded past the tokenizer's.
+        logits = logits[:, : self.tokenizer.vocab_size]
         picked = torch.zeros(len(batch.rows), dtype=torch.long, device=logits.device)
+        groups: dict[tuple[float, int | None, float], list[int]] = {}
         for position, (row, new) in enumerate(zip(batch.rows, is_new.tolist(), strict=True)):
             if new:
                 config = row.config
-                # Only ids the tokenizer can decode: a model's vocabulary may be padded past the tokenizer's.
-                row_logits = logits[position : position + 1, :vocab_size]
-                picked[position] = sample_next_token(
-                    row_logits, config.temperature, config.top_k, config.top_p, row.generator
-                )[0]
+                groups.setdefault((config.temperature, config.top_k, config.top_p), []).append(position)
+        for (temperature, top_k, top_p), positions in groups.items():
+            index = torch.tensor(positions, device=logits.device)
+            if temperature == 0:
+                picked[index] = sample_next_token(logits[index], 0)
+                continue
+            probs = next_token_probs(logits[index], temperature, top_k, top_p)
+            for position, row_probs in zip(positions, probs, strict=True):
+                generator = batch.rows[position].generator
+                picked[position] = torch.multinomial(row_probs[None], 1, generator=generator)[0, 0]
         return picked
 
     @staticmethod
