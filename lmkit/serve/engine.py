@@ -1,10 +1,10 @@
 """The batching engine behind `lmkit serve`: concurrent requests decoded together with the KV cache.
 
 It knows nothing of HTTP. A caller submits sequences (token ids and a GenerationConfig each) with a callback;
-one worker thread owns the model and decodes. Sequences that are waiting when the worker looks (it waits
-`gather_seconds` after the first arrival so that requests sent together are decoded together) form a batch of
-up to `max_batch` rows, decoded by lmkit.generate.BatchDecoder. Batches formed while others run are stepped in
-turn, so a new request starts at once instead of waiting for a long one to finish.
+one worker thread owns the model and decodes. Waiting sequences form a batch of up to `max_batch` rows, decoded
+by lmkit.generate.BatchDecoder, once the first of them has waited `gather_seconds` (so that requests sent
+together are decoded together) or a batch is full. Batches formed while others run are stepped in turn, so a
+new request starts at once instead of waiting for a long one to finish.
 
 Each row has its own torch.Generator seeded with its config's seed and is sampled alone, exactly as
 `lmkit.generate.generate` samples a single prompt, and a row's logits depend only on its own tokens (see
@@ -180,17 +180,23 @@ class BatchEngine:
                     self._wakeup.wait()
                 if self._stopping:
                     return
-                if not self._batches:
-                    self._gather()
-                self._form_batches()
+                if not self._batches:  # idle: wait for the sequences sent together with the first one
+                    deadline = self._waiting[0][0].arrived + self.gather_seconds
+                    while not (self._stopping or self._gathered()) and (left := deadline - time.monotonic()) > 0:
+                        self._wakeup.wait(left)
+                if self._gathered():
+                    self._form_batches()
             for batch in list(self._batches):
                 self._step(batch)
 
-    def _gather(self) -> None:
-        """Idle and a sequence arrived: wait until it is `gather_seconds` old, or a batch is full, or stopping."""
-        deadline = self._waiting[0][0].arrived + self.gather_seconds
-        while not self._stopping and len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-            self._wakeup.wait(left)
+    def _gathered(self) -> bool:
+        """Whether the waiting sequences make a batch now: a full one, or the first has waited gather_seconds."""
+        if not self._waiting:
+            return False
+        return (
+            len(self._waiting) >= self.max_batch
+            or time.monotonic() >= self._waiting[0][0].arrived + self.gather_seconds
+        )
 
     def _form_batches(self) -> None:
         """Turn the waiting sequences into batches of at most max_batch rows (cancelled ones are left out)."""
