@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # for the library's side of the comparison
     texts = prompts(args.clients)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = write_served_checkpoint(Path(folder))
