@@ -213,6 +213,10 @@ def test_a_disconnected_stream_is_dropped_and_a_stalled_one_stalls_nobody(model)
         with httpx.stream("POST", f"{url}/v1/completions", json=body) as reader:
             next(reader.iter_lines())
         wait_for_idle(url)
+        # A client that gives up waiting for a whole completion: its sequence leaves the batch too.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=1.5)
+        wait_for_idle(url)
 
 
 def post(url: str, body: object, **kwargs) -> httpx.Response:

@@ -22,7 +22,7 @@ from lmkit.errors import InputError
 try:
     import uvicorn
     from fastapi import Depends, FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 except ImportError:  # pragma: no cover - depends on the install
@@ -40,10 +40,12 @@ from lmkit.serve.api import (
     server_sent_event,
     usage,
 )
-from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece
+from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece, Ticket
 from lmkit.tokenizer import Tokenizer
 
 MAX_REQUEST_BYTES = 1_000_000
+# How often a request waiting for a whole (non-streamed) completion checks whether its client hung up.
+DISCONNECT_CHECK_SECONDS = 0.5
 
 
 def playground_page() -> str:
@@ -74,7 +76,7 @@ class _Completions:
         if params.stream:
             events = self._stream(params, sequences, counted_prompt, ident)
             return StreamingResponse(events, media_type="text/event-stream")
-        return await self._whole(params, sequences, counted_prompt, ident)
+        return await self._whole(request, params, sequences, counted_prompt, ident)
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, read up to the limit: APIError 413 past it."""
@@ -120,9 +122,9 @@ class _Completions:
         ]
         return [SequenceRequest(ids, config) for ids in prompt_ids for config in configs]
 
-    def _submit(self, sequences: list[SequenceRequest]) -> tuple[Any, asyncio.Queue[Event]]:
+    def _submit(self, sequences: list[SequenceRequest]) -> tuple[Ticket, asyncio.Queue[Event | None]]:
         """Submit to the engine; its events arrive on the returned queue (put there from the worker thread)."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         ticket = self.engine.submit(sequences, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
         return ticket, queue
@@ -132,18 +134,28 @@ class _Completions:
         return params.prompts[index // params.n] if params.echo else ""
 
     async def _whole(
-        self, params: CompletionRequest, sequences: list[SequenceRequest], prompt_tokens: int, ident: str
-    ) -> dict[str, Any]:
+        self,
+        request: Request,
+        params: CompletionRequest,
+        sequences: list[SequenceRequest],
+        prompt_tokens: int,
+        ident: str,
+    ) -> Any:
+        """The whole completion once every choice has finished; nothing if the client hangs up before."""
         ticket, queue = self._submit(sequences)
+        watcher = asyncio.create_task(_cancel_on_hang_up(request, ticket, queue))
         finished: dict[int, Finished] = {}
         try:
             while len(finished) < len(sequences):
                 event = await queue.get()
+                if event is None:
+                    return Response(status_code=499)  # the client hung up: nobody reads this
                 if isinstance(event, Failed):
                     raise APIError(500, f"generation failed: {event.message}", kind="server_error")
                 if isinstance(event, Finished):
                     finished[event.index] = event
         finally:
+            watcher.cancel()
             ticket.cancel()  # a no-op once everything finished; drops the sequences if this request was cancelled
         results = [finished[index] for index in range(len(sequences))]
         choices = [finished_choice(result, self._echo(params, result.index)) for result in results]
@@ -177,6 +189,14 @@ class _Completions:
             yield server_sent_event("[DONE]")
         finally:
             ticket.cancel()  # the client went away (or all is sent): its sequences leave the batch
+
+
+async def _cancel_on_hang_up(request: Request, ticket: Ticket, queue: asyncio.Queue[Event | None]) -> None:
+    """Cancel `ticket` and put None on `queue` once the client of `request` has disconnected."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_CHECK_SECONDS)
+    ticket.cancel()
+    queue.put_nowait(None)
 
 
 def _error_response(error: APIError) -> JSONResponse:
