@@ -11,7 +11,8 @@ import pytest
 from serving import byte_tokenizer, random_model, running_server
 
 import lmkit.serve.engine
-from lmkit.generate import generate
+from lmkit.generate import generate, generation_config
+from lmkit.serve.engine import BatchEngine, Finished, SequenceRequest
 from lmkit.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -280,3 +281,30 @@ def test_the_api_key_is_required_when_set(model, tokenizer) -> None:
         right = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
         assert right.completions.create(model="tiny", prompt="x", max_tokens=3).usage.completion_tokens >= 1
         assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch) -> None:
+    """The engine waits until arrivals pause, so a burst spread over more than the pause still batches."""
+    batch_sizes = []
+
+    class RecordingDecoder(lmkit.serve.engine.BatchDecoder):
+        def __init__(self, model, prompts, max_new_tokens):
+            batch_sizes.append(len(prompts))
+            super().__init__(model, prompts, max_new_tokens)
+
+    monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", RecordingDecoder)
+    engine = BatchEngine(model, tokenizer, max_batch=8, gather_seconds=0.2, max_gather_seconds=5)
+    finished = threading.Semaphore(0)
+    engine.start()
+    try:
+        for seed in range(5):
+            config = generation_config(max_new_tokens=3, seed=seed)
+            engine.submit(
+                [SequenceRequest([65, 66], config)],
+                lambda event: finished.release() if isinstance(event, Finished) else None,
+            )
+            time.sleep(0.08)  # five arrivals over 0.32 s: longer than the 0.2 s pause, each gap shorter
+        assert all(finished.acquire(timeout=30) for _ in range(5))
+    finally:
+        engine.stop()
+    assert batch_sizes == [5]

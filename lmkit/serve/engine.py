@@ -2,9 +2,9 @@
 
 It knows nothing of HTTP. A caller submits sequences (token ids and a GenerationConfig each) with a callback;
 one worker thread owns the model and decodes. Waiting sequences form a batch of up to `max_batch` rows, decoded
-by lmkit.generate.BatchDecoder, once the first of them has waited `gather_seconds` (so that requests sent
-together are decoded together) or a batch is full. Batches formed while others run are stepped in turn, so a
-new request starts at once instead of waiting for a long one to finish.
+by lmkit.generate.BatchDecoder, once none has arrived for `gather_seconds` (so that requests sent together are
+decoded together), the first has waited `max_gather_seconds`, or a batch is full. Batches formed while others
+run are stepped in turn, so a new request starts at once instead of waiting for a long one to finish.
 
 Each row has its own torch.Generator seeded with its config's seed and is sampled alone, exactly as
 `lmkit.generate.generate` samples a single prompt, and a row's logits depend only on its own tokens (see
@@ -121,12 +121,17 @@ class BatchEngine:
     """Decodes submitted sequences in batches on one worker thread; `start()` it, `submit()`, then `stop()`."""
 
     def __init__(
-        self, model: TransformerLM, tokenizer: Tokenizer, max_batch: int = 8, gather_seconds: float = 0.02
+        self,
+        model: TransformerLM,
+        tokenizer: Tokenizer,
+        max_batch: int = 8,
+        gather_seconds: float = 0.02,
+        max_gather_seconds: float = 0.1,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.gather_seconds = max_batch, gather_seconds
+        self.max_batch, self.gather_seconds, self.max_gather_seconds = max_batch, gather_seconds, max_gather_seconds
         self._waiting: list[tuple[_Row, list[int]]] = []
         self._batches: list[_Batch] = []
         self._wakeup = threading.Condition()
@@ -181,22 +186,24 @@ class BatchEngine:
                 if self._stopping:
                     return
                 if not self._batches:  # idle: wait for the sequences sent together with the first one
-                    deadline = self._waiting[0][0].arrived + self.gather_seconds
-                    while not (self._stopping or self._gathered()) and (left := deadline - time.monotonic()) > 0:
-                        self._wakeup.wait(left)
+                    while not (self._stopping or self._gathered()):
+                        self._wakeup.wait(max(0.0, self._gather_deadline() - time.monotonic()))
                 if self._gathered():
                     self._form_batches()
             for batch in list(self._batches):
                 self._step(batch)
 
+    def _gather_deadline(self) -> float:
+        """When the waiting sequences stop waiting for more: `gather_seconds` after the latest arrival, but
+        no later than `max_gather_seconds` after the first."""
+        first, latest = self._waiting[0][0].arrived, self._waiting[-1][0].arrived
+        return min(first + self.max_gather_seconds, latest + self.gather_seconds)
+
     def _gathered(self) -> bool:
-        """Whether the waiting sequences make a batch now: a full one, or the first has waited gather_seconds."""
+        """Whether the waiting sequences make a batch now: a full one, or no more are expected to join."""
         if not self._waiting:
             return False
-        return (
-            len(self._waiting) >= self.max_batch
-            or time.monotonic() >= self._waiting[0][0].arrived + self.gather_seconds
-        )
+        return len(self._waiting) >= self.max_batch or time.monotonic() >= self._gather_deadline()
 
     def _form_batches(self) -> None:
         """Turn the waiting sequences into batches of at most max_batch rows (cancelled ones are left out)."""
