@@ -242,6 +242,8 @@ def post(url: str, body: object, **kwargs) -> httpx.Response:
         ({"model": "tiny", "prompt": ""}, "prompt", "must not be empty"),
         ({"model": "tiny", "prompt": "x", "stop": [""]}, "stop", "must not be empty"),
         ({"prompt": "x"}, "model", "Field required"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 1_000_001}, "max_tokens", "less than or equal to 1000000"),
+        ({"model": "tiny", "prompt": ["x", "y", "z"], "n": 50}, None, "prompts x n must be at most 128, got 3 x 50"),
         ({"model": "tiny", "prompt": "x" * (CONTEXT + 1)}, "prompt", f"{CONTEXT + 1} tokens long"),
     ],
 )

@@ -10,12 +10,15 @@ import json
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmkit.errors import validation_error_message
 from lmkit.serve.engine import Finished
 
 MAX_SEED = 2**63 - 1
+# Limits that keep one request from taking the server's memory: a decoded sequence holds its token ids.
+MAX_TOKENS = 1_000_000
+MAX_CHOICES = 128
 
 
 class APIError(Exception):
@@ -52,13 +55,13 @@ class CompletionRequest(BaseModel):
 
     model: str
     prompt: str | list[str] = Field(description="a text, or a list of texts (each gets n choices)")
-    max_tokens: int = Field(default=16, ge=1, description="new tokens per choice, at most")
+    max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS, description="new tokens per choice, at most")
     temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="0: greedy (argmax)")
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1, description="an extension: sample among the k most likely")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 128, description="choice j uses seed + j")
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=128, description="choices per prompt")
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = Field(default=False, description="put the prompt before each choice's text")
@@ -72,6 +75,12 @@ class CompletionRequest(BaseModel):
         if "" in ([prompt] if isinstance(prompt, str) else prompt):
             raise ValueError("a prompt must not be empty; give some text for the model to continue")
         return prompt
+
+    @model_validator(mode="after")
+    def _not_too_many_choices(self) -> CompletionRequest:
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts x n must be at most {MAX_CHOICES}, got {len(self.prompts)} x {self.n}")
+        return self
 
     @field_validator("stop")
     @classmethod
