@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
@@ -112,11 +113,24 @@ def next_token_probs(logits: Tensor, temperature: float, top_k: int | None = Non
     probs = torch.softmax(logits, dim=-1)
     if top_p >= 1.0:
         return probs
-    ranked, order = probs.sort(dim=-1, descending=True)
+    ranked, order = _sort_descending(probs)
     mass_before = ranked.cumsum(dim=-1) - ranked
     ranked = ranked.masked_fill(mass_before >= top_p, 0.0)
     kept = torch.zeros_like(probs).scatter(-1, order, ranked)
     return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def _sort_descending(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """(values, indices) of `probs` sorted along the last dim, largest first.
+
+    On the CPU numpy's quicksort does it: torch's CPU sort is a stable merge sort, about 6x slower on a 10K
+    vocabulary, which made top-p cost a third of a decoding step of a batch. Equal probabilities may come in
+    either order, as with torch's sort on other devices.
+    """
+    if probs.device.type != "cpu":
+        return probs.sort(dim=-1, descending=True)
+    order = torch.from_numpy(np.argsort(-probs.detach().numpy(), axis=-1))
+    return probs.gather(-1, order), order
 
 
 def sample_next_token(
