@@ -310,3 +310,19 @@ def test_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch
     finally:
         engine.stop()
     assert batch_sizes == [5]
+
+
+def test_a_failure_inside_the_server_is_a_500_in_openai_error_shape(model, tokenizer, monkeypatch) -> None:
+    def broken_encode(text: str) -> list[int]:
+        raise RuntimeError("the tokenizer broke")
+
+    with running_server(model, tokenizer) as base:
+        monkeypatch.setattr(tokenizer, "encode", broken_encode)
+        response = httpx.post(f"{base}/v1/completions", json={"model": "tiny", "prompt": "x"}, timeout=60)
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "the server failed: RuntimeError: the tokenizer broke",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }

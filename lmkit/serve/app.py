@@ -247,6 +247,12 @@ def create_app(
         kind = "not_found" if error.status_code == 404 else "invalid_request_error"
         return _error_response(APIError(error.status_code, str(error.detail), kind=kind))
 
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, error: Exception) -> JSONResponse:
+        # Still logged with its traceback by the server; the client gets the error in OpenAI's shape.
+        message = f"the server failed: {type(error).__name__}: {error}"
+        return _error_response(APIError(500, message, kind="server_error"))
+
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": created, "owned_by": "lmkit"}
 
