@@ -326,3 +326,22 @@ def test_a_failure_inside_the_server_is_a_500_in_openai_error_shape(model, token
         "param": None,
         "code": None,
     }
+
+
+def test_a_batch_that_fails_answers_500_and_the_server_goes_on(model, tokenizer, monkeypatch) -> None:
+    calls = []
+
+    class FailingOnceDecoder(lmkit.serve.engine.BatchDecoder):
+        def step(self, pick):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("out of memory")
+            return super().step(pick)
+
+    monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", FailingOnceDecoder)
+    with running_server(model, tokenizer) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="generation failed: RuntimeError: out of memory"):
+            client.completions.create(model="tiny", prompt="x", max_tokens=4)
+        after = client.completions.create(model="tiny", prompt="x", max_tokens=4, seed=4)
+        assert after.choices[0].text == library(model, tokenizer, "x", max_new_tokens=4, seed=4).text

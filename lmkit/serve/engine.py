@@ -210,8 +210,17 @@ class BatchEngine:
         waiting = [(row, prompt) for row, prompt in self._waiting if not row.ticket.cancelled]
         self._waiting = []
         for start in range(0, len(waiting), self.max_batch):
-            chunk = waiting[start : start + self.max_batch]
-            self._batches.append(_Batch(self.model, [row for row, _ in chunk], [prompt for _, prompt in chunk]))
+            rows, prompts = zip(*waiting[start : start + self.max_batch], strict=True)
+            try:
+                self._batches.append(_Batch(self.model, list(rows), list(prompts)))
+            except Exception as err:  # e.g. no device memory for its KV cache: fail these, serve the others
+                self._fail(rows, err)
+
+    @staticmethod
+    def _fail(rows: Sequence[_Row], err: Exception) -> None:
+        """Send Failed to the tickets of `rows`, once each."""
+        for ticket in {id(row.ticket): row.ticket for row in rows}.values():
+            ticket.emit(Failed(f"{type(err).__name__}: {err}"))
 
     def _step(self, batch: _Batch) -> None:
         """Decode one position of `batch`, hand out the events, drop finished and cancelled rows."""
@@ -219,8 +228,7 @@ class BatchEngine:
             tokens, is_new = batch.decoder.step(lambda logits, new: self._pick(batch, logits, new))
         except Exception as err:  # the server must keep serving the other batches
             self._batches.remove(batch)
-            for ticket in {id(row.ticket): row.ticket for row in batch.rows}.values():
-                ticket.emit(Failed(f"{type(err).__name__}: {err}"))
+            self._fail(batch.rows, err)
             return
         for row, token, new in zip(batch.rows, tokens.tolist(), is_new.tolist(), strict=True):
             if new and not row.ticket.cancelled:
