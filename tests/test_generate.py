@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmkit.errors import InputError
-from lmkit.generate import generate, stream, token_steps
+from lmkit.generate import BatchDecoder, generate, stream, token_steps
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
 
@@ -81,6 +81,26 @@ def test_cached_greedy_equals_recomputing_everything():
     prompt = list(b"The KV cache")
     # 12 + 40 tokens stay inside the context: no slide, so this is plain recomputation.
     assert cached_greedy(model, [prompt], 40) == [recompute_greedy(model, prompt, 40, keep=32)]
+
+
+def test_batch_decoder_rows_dropped_midway_leave_the_others_unchanged():
+    model = random_model(context_length=16)
+    prompts = [list(b"abc"), list(b"defghij"), list(b"klmno")]
+    decoder = BatchDecoder(model, prompts, 30)  # 7 + 30 tokens: the window slides on the way
+    rows: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    greedy = lambda logits, is_new: logits.argmax(dim=-1)  # noqa: E731
+    while not decoder.done:
+        tokens, is_new = decoder.step(greedy)
+        for row, token, new in zip(decoder.rows, tokens.tolist(), is_new.tolist(), strict=True):
+            if new:
+                rows[row].append(token)
+        if len(rows[1]) == 5 and decoder.rows == [0, 1, 2]:
+            decoder.drop([True, False, True])
+    assert decoder.rows == [0, 2] and len(rows[1]) == 5
+    # Every row runs to the longest prompt's end + 30: the shorter prompts get more new tokens.
+    assert [len(rows[0]), len(rows[2])] == [34, 32]
+    for row, prompt in enumerate(prompts):
+        assert rows[row] == recompute_greedy(model, prompt, len(rows[row]), keep=8)
 
 
 def test_past_the_context_the_window_slides_by_half():

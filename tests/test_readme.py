@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow
+import pyarrow.parquet
 import pytest
+import zstandard
 from helpers import SHAKESPEARE
 from typer.testing import CliRunner
 
@@ -67,6 +70,12 @@ SMALL_DATA: dict[str, Small | Excluded] = {
     "lmkit tokenizer encode corpus.txt --tokenizer tokenizer.json --out tokens.npy --val-fraction 0.01": Small(
         writes=("tokens.train.npy", "tokens.val.npy")
     ),
+    'lmkit tokenizer train "shards/*.jsonl.zst" --vocab-size 32000 --special-token "<|endoftext|>"': Small(
+        ("--out", "shards-tokenizer.json"), writes=("shards-tokenizer.json",)
+    ),
+    "lmkit tokenizer encode fineweb/ --format parquet --tokenizer tokenizer.json --out tokens.npy": Small(
+        writes=("tokens.npy",)
+    ),
     'lmkit tokenizer encode --text "Hello world" --tokenizer tokenizer.json --show': Small(expect="tokens"),
     "lmkit tokenizer inspect tokenizer.json --sample corpus.txt --top 20": Small(expect="bytes/token"),
     "lmkit tokenizer decode 15496 995 --tokenizer gpt2/": Small(expect="Hello world"),
@@ -84,6 +93,13 @@ SMALL_DATA: dict[str, Small | Excluded] = {
     "lmkit ckpt info runs/tinystories-cpu/best.pt --json": Small(expect='"step": 2'),
     'lmkit generate runs/tinystories-cpu/best.pt --prompt "Once upon a time" --temperature 0.8 --top-p 0.9 --seed 1': (
         Small(("--max-new-tokens", "5"), expect="Once upon a time")
+    ),
+    "lmkit eval runs/tinystories-cpu/best.pt valid.txt --stride 128": Small(("--stride", "16"), expect="bits_per_byte"),
+    "lmkit eval runs/tinystories-cpu/best.pt --choices questions.jsonl": Small(expect="accuracy"),
+    "lmkit export hf runs/tinystories-cpu/best.pt --out tinystories-hf": Small(writes=("tinystories-hf/config.json",)),
+    "lmkit import hf ./local-llama-folder --out model.pt": Small(writes=("model.pt",)),
+    "lmkit serve runs/tinystories-cpu/best.pt --port 8000": Excluded(
+        "a server that runs until stopped; tests/test_serve_cli.py starts `lmkit serve` on a free port"
     ),
     "lmkit runs list runs/": Small(expect="finished"),
     "lmkit runs compare runs/sweep": Small(expect="optim.lr"),
@@ -116,7 +132,8 @@ def test_every_readme_example_has_a_small_data_invocation():
 
 
 def prepare(folder: Path) -> None:
-    """The files the README's examples name, small: corpus.txt, gpt2/, the example config's data, run.toml."""
+    """The files the README's examples name, small: corpus.txt, gpt2/, shards/, fineweb/, valid.txt,
+    questions.jsonl, the example config's data, run.toml."""
     # Speeches of Tiny Shakespeare as documents: --val-fraction 0.01 needs a hundred of them.
     speeches = SHAKESPEARE.read_text(encoding="utf-8")[:100_000].split("\n\n")
     (folder / "corpus.txt").write_text("<|endoftext|>".join(speeches), encoding="utf-8")
@@ -124,6 +141,17 @@ def prepare(folder: Path) -> None:
     shutil.copy(FIXTURES / "gpt2_vocab.json", folder / "gpt2" / "vocab.json")
     shutil.copy(FIXTURES / "gpt2_merges.txt", folder / "gpt2" / "merges.txt")
     shutil.copytree(ROOT / "examples", folder / "examples")
+    (folder / "valid.txt").write_text("\n\n".join(speeches[-20:]), encoding="utf-8")
+    shutil.copy(FIXTURES / "choices.jsonl", folder / "questions.jsonl")
+    documents = [json.dumps({"text": speech}) + "\n" for speech in speeches[:200]]
+    (folder / "shards").mkdir()
+    for part in range(2):
+        shard = "".join(documents[part * 100 : (part + 1) * 100]).encode("utf-8")
+        (folder / "shards" / f"part-{part}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(shard))
+    (folder / "fineweb").mkdir()
+    pyarrow.parquet.write_table(pyarrow.table({"text": speeches[200:300]}), folder / "fineweb" / "part-0.parquet")
+    # `import hf` reads the folder the `export hf` example writes before it.
+    (folder / "local-llama-folder").symlink_to("tinystories-hf", target_is_directory=True)
     data = folder / "data" / "tinystories"
     data.mkdir(parents=True)
     vocab, merges = train_bpe(FIXTURES / "tinystories_sample.txt", 300, ["<|endoftext|>"])

@@ -19,6 +19,7 @@ from lmkit.cli import interop as interop_cli
 from lmkit.cli import model as model_cli
 from lmkit.cli import quickstart as quickstart_cli
 from lmkit.cli import runs as runs_cli
+from lmkit.cli import serve as serve_cli
 from lmkit.cli import tokenizer as tokenizer_cli
 from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
@@ -104,6 +105,7 @@ app.command(name="quickstart")(quickstart_cli.quickstart)
 app.add_typer(runs_cli.app, name="runs", help="List, compare and plot training runs.")
 app.add_typer(interop_cli.export_app, name="export", help="Write a checkpoint as a Hugging Face Llama folder.")
 app.add_typer(interop_cli.import_app, name="import", help="Read a Hugging Face Llama folder into a checkpoint.")
+app.command(name="serve")(serve_cli.serve)
 
 
 def main() -> None:

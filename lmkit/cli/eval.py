@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import print_json, print_table
+from lmkit.cli.common import print_json, print_table, threads_option
 
 
 def eval_command(
@@ -34,6 +34,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    threads: int | None = threads_option(),
 ) -> None:
     """Evaluate a checkpoint: loss, perplexity and bits per byte on a text, or multiple-choice accuracy.
 
@@ -47,7 +48,9 @@ def eval_command(
         lmkit eval runs/tinystories/best.pt --choices questions.jsonl --json
     """
     from lmkit.evaluation.report import evaluation_report
+    from lmkit.threads import apply_threads
 
+    apply_threads(threads)
     report = evaluation_report(
         checkpoint,
         data,

@@ -111,6 +111,10 @@ class KVCache:
         """The most positions the cache can hold."""
         return self.keys.shape[3]
 
+    def select_rows(self, rows: Tensor) -> None:
+        """Keep only the sequences at indices `rows` (1-D int64), in that order: a batch can drop finished ones."""
+        self.keys, self.values = self.keys[:, rows], self.values[:, rows]
+
     def store(self, layer_index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write one layer's new k, v (B, H, T, d) at positions length … length+T-1.
 

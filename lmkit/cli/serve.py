@@ -1,0 +1,49 @@
+"""`lmkit serve`: an OpenAI-compatible HTTP server (completions) and a playground page over a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lmkit.cli.common import err_console, threads_option
+from lmkit.errors import InputError
+
+
+def serve(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by lmkit train (e.g. runs/x/best.pt)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens it to the network."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Sequences decoded together in one batch, at most."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="LMKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."
+    ),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="The model id clients send (default: the checkpoint's file name without .pt)."
+    ),
+    threads: int | None = threads_option(),
+) -> None:
+    """Serve a checkpoint over an OpenAI-compatible API (/v1/completions), with a playground page at /.
+
+    Example:
+
+        lmkit serve runs/tinystories/best.pt --port 8000
+    """
+    from lmkit.generate import load_model_and_tokenizer
+    from lmkit.serve.app import create_app, loopback, run_server
+    from lmkit.threads import apply_threads
+
+    if api_key == "":
+        raise InputError("--api-key is empty; give a key, or leave the option out")
+    apply_threads(threads)
+    model, tokenizer = load_model_and_tokenizer(checkpoint, device)
+    name = model_name or checkpoint.stem
+    if not loopback(host) and api_key is None:
+        err_console.print(
+            f"[yellow]warning:[/yellow] listening on {host} without --api-key: anyone who can reach this machine "
+            "can use the model",
+            highlight=False,
+        )
+    err_console.print(f"serving {name!r} on http://{host}:{port}/ (playground) and http://{host}:{port}/v1")
+    run_server(create_app(model, tokenizer, name, max_batch=max_batch, api_key=api_key), host, port)

@@ -1,0 +1,158 @@
+"""The OpenAI completions API as lmkit serves it: the request schema, errors, and the response objects.
+
+Kept apart from the HTTP framework so that the rules (defaults, limits, error shape) read in one place.
+Defaults follow OpenAI's (max_tokens 16, temperature 1, top_p 1), not `lmkit generate`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lmkit.errors import validation_error_message
+from lmkit.serve.engine import Finished
+
+MAX_SEED = 2**63 - 1
+# Limits that keep one request from taking the server's memory: a decoded sequence holds its token ids.
+MAX_TOKENS = 1_000_000
+MAX_CHOICES = 128
+
+
+class APIError(Exception):
+    """A request the server refuses: an HTTP status and OpenAI's error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: include_usage adds a last chunk with the token counts (and no choices)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """The body of POST /v1/completions. Unknown fields and values of the wrong type are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str
+    prompt: str | list[str] = Field(description="a text, or a list of texts (each gets n choices)")
+    max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS, description="new tokens per choice, at most")
+    temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="0: greedy (argmax)")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1, description="an extension: sample among the k most likely")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED - 128, description="choice j uses seed + j")
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="choices per prompt")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    echo: bool = Field(default=False, description="put the prompt before each choice's text")
+    user: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("give at least one prompt")
+        if "" in ([prompt] if isinstance(prompt, str) else prompt):
+            raise ValueError("a prompt must not be empty; give some text for the model to continue")
+        return prompt
+
+    @model_validator(mode="after")
+    def _not_too_many_choices(self) -> CompletionRequest:
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts x n must be at most {MAX_CHOICES}, got {len(self.prompts)} x {self.n}")
+        return self
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if stop == "" or (isinstance(stop, list) and "" in stop):
+            raise ValueError("a stop string must not be empty")
+        return stop
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts as a list."""
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """The stop strings as a tuple."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+def parse_completion_request(body: bytes) -> CompletionRequest:
+    """The request in `body`; APIError 400 for invalid JSON, an unknown field or a bad value."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(400, f"the request body is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return CompletionRequest.model_validate(data)
+    except ValidationError as err:
+        location = err.errors()[0]["loc"]
+        raise APIError(400, validation_error_message(err), param=str(location[0]) if location else None) from None
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion(
+    ident: str, model: str, choices: list[dict[str, Any]], token_counts: dict[str, int] | None
+) -> dict[str, Any]:
+    """A text_completion object (a whole response, or one streamed chunk when `token_counts` is None)."""
+    body: dict[str, Any] = {
+        "id": ident,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+    if token_counts is not None:
+        body["usage"] = token_counts
+    return body
+
+
+def choice(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+    """One entry of `choices`."""
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+
+def finished_choice(finished: Finished, prefix: str) -> dict[str, Any]:
+    """The choice for a whole, non-streamed sequence; `prefix` is the prompt when echo is on, else ""."""
+    return choice(finished.index, prefix + finished.text, finished.finish_reason)
+
+
+def server_sent_event(data: dict[str, Any] | str) -> str:
+    """One `data: ...` event of a server-sent event stream."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n"

@@ -1,0 +1,295 @@
+"""The HTTP layer of `lmkit serve` (FastAPI): routes, the API key, errors in OpenAI's shape, streaming.
+
+    app = create_app(model, tokenizer, "tinystories")   # an ASGI app; `run_server` serves it with uvicorn
+
+GET /health, GET / (the playground page), GET /v1/models, GET /v1/models/{id}, POST /v1/completions.
+The model itself runs on the engine's worker thread (lmkit.serve.engine); this layer only validates,
+tokenizes, submits, and turns the engine's events into JSON or server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from lmkit.errors import InputError
+
+try:
+    import uvicorn
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+except ImportError:  # pragma: no cover - depends on the install
+    raise InputError('lmkit serve needs FastAPI and uvicorn: pip install "lmkit[serve]"') from None
+
+from lmkit.generate import generation_config
+from lmkit.model import TransformerLM
+from lmkit.serve.api import (
+    APIError,
+    CompletionRequest,
+    choice,
+    completion,
+    finished_choice,
+    parse_completion_request,
+    server_sent_event,
+    usage,
+)
+from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece, Ticket
+from lmkit.tokenizer import Tokenizer
+
+MAX_REQUEST_BYTES = 1_000_000
+# How often a request waiting for a whole (non-streamed) completion checks whether its client hung up.
+DISCONNECT_CHECK_SECONDS = 0.5
+
+
+def playground_page() -> str:
+    """The self-contained playground page (HTML, CSS and script inline; nothing fetched from elsewhere)."""
+    return resources.files("lmkit.serve").joinpath("playground.html").read_text(encoding="utf-8")
+
+
+class _Completions:
+    """Serves POST /v1/completions for one model through one engine."""
+
+    def __init__(self, engine: BatchEngine, model_name: str, max_request_bytes: int) -> None:
+        self.engine, self.model_name, self.max_request_bytes = engine, model_name, max_request_bytes
+        self.context_length = engine.model.config.context_length
+
+    async def __call__(self, request: Request) -> Any:
+        params = parse_completion_request(await self._read_body(request))
+        if params.model != self.model_name:
+            raise APIError(
+                404,
+                f"the model {params.model!r} does not exist; this server has {self.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        prompt_ids = await run_in_threadpool(lambda: [self.engine.tokenizer.encode(p) for p in params.prompts])
+        sequences = self._sequences(params, prompt_ids)
+        counted_prompt = sum(map(len, prompt_ids))
+        ident = f"cmpl-{secrets.token_hex(12)}"
+        if params.stream:
+            events = self._stream(params, sequences, counted_prompt, ident)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return await self._whole(request, params, sequences, counted_prompt, ident)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, read up to the limit: APIError 413 past it."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise self._too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_request_bytes:
+                raise self._too_large()
+        return bytes(body)
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413,
+            f"the request is larger than this server's limit of {self.max_request_bytes} bytes; send a shorter prompt",
+            code="request_too_large",
+        )
+
+    def _sequences(self, params: CompletionRequest, prompt_ids: list[list[int]]) -> list[SequenceRequest]:
+        """One sequence per (prompt, choice), in OpenAI's choice order; 400 for a prompt past the context."""
+        for ids in prompt_ids:
+            if len(ids) > self.context_length:
+                raise APIError(
+                    400,
+                    f"the prompt is {len(ids)} tokens long but the model reads at most "
+                    f"{self.context_length}; shorten the prompt",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        configs = [
+            generation_config(
+                max_new_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                seed=seed + j,
+                stop=params.stops,
+            )
+            for j in range(params.n)
+        ]
+        return [SequenceRequest(ids, config) for ids in prompt_ids for config in configs]
+
+    def _submit(self, sequences: list[SequenceRequest]) -> tuple[Ticket, asyncio.Queue[Event | None]]:
+        """Submit to the engine; its events arrive on the returned queue (put there from the worker thread)."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        ticket = self.engine.submit(sequences, lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+        return ticket, queue
+
+    def _echo(self, params: CompletionRequest, index: int) -> str:
+        """The prompt of choice `index` when echo is on, else ""."""
+        return params.prompts[index // params.n] if params.echo else ""
+
+    async def _whole(
+        self,
+        request: Request,
+        params: CompletionRequest,
+        sequences: list[SequenceRequest],
+        prompt_tokens: int,
+        ident: str,
+    ) -> Any:
+        """The whole completion once every choice has finished; nothing if the client hangs up before."""
+        ticket, queue = self._submit(sequences)
+        watcher = asyncio.create_task(_cancel_on_hang_up(request, ticket, queue))
+        finished: dict[int, Finished] = {}
+        try:
+            while len(finished) < len(sequences):
+                event = await queue.get()
+                if event is None:
+                    return Response(status_code=499)  # the client hung up: nobody reads this
+                if isinstance(event, Failed):
+                    raise APIError(500, f"generation failed: {event.message}", kind="server_error")
+                if isinstance(event, Finished):
+                    finished[event.index] = event
+        finally:
+            watcher.cancel()
+            ticket.cancel()  # a no-op once everything finished; drops the sequences if this request was cancelled
+        results = [finished[index] for index in range(len(sequences))]
+        choices = [finished_choice(result, self._echo(params, result.index)) for result in results]
+        token_counts = usage(prompt_tokens, sum(len(result.ids) for result in results))
+        return completion(ident, self.model_name, choices, token_counts)
+
+    async def _stream(
+        self, params: CompletionRequest, sequences: list[SequenceRequest], prompt_tokens: int, ident: str
+    ) -> AsyncIterator[str]:
+        """Server-sent events: text chunks as they come, one chunk per finished choice, [DONE] at the end."""
+        ticket, queue = self._submit(sequences)
+        try:
+            if params.echo:
+                echoed = [choice(index, self._echo(params, index)) for index in range(len(sequences))]
+                yield server_sent_event(completion(ident, self.model_name, echoed, None))
+            left, completion_tokens = len(sequences), 0
+            while left:
+                event = await queue.get()
+                if isinstance(event, Failed):
+                    error = APIError(500, f"generation failed: {event.message}", kind="server_error")
+                    yield server_sent_event(error.body())
+                    return
+                if isinstance(event, TextPiece):
+                    piece = choice(event.index, event.text)
+                else:
+                    piece = choice(event.index, "", event.finish_reason)
+                    left, completion_tokens = left - 1, completion_tokens + len(event.ids)
+                yield server_sent_event(completion(ident, self.model_name, [piece], None))
+            if params.stream_options is not None and params.stream_options.include_usage:
+                yield server_sent_event(completion(ident, self.model_name, [], usage(prompt_tokens, completion_tokens)))
+            yield server_sent_event("[DONE]")
+        finally:
+            ticket.cancel()  # the client went away (or all is sent): its sequences leave the batch
+
+
+async def _cancel_on_hang_up(request: Request, ticket: Ticket, queue: asyncio.Queue[Event | None]) -> None:
+    """Cancel `ticket` and put None on `queue` once the client of `request` has disconnected."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_CHECK_SECONDS)
+    ticket.cancel()
+    queue.put_nowait(None)
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def create_app(
+    model: TransformerLM,
+    tokenizer: Tokenizer,
+    model_name: str,
+    *,
+    max_batch: int = 8,
+    api_key: str | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> FastAPI:
+    """The ASGI app serving `model` as `model_name`; its engine starts and stops with the app's lifespan.
+
+    With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise).
+    """
+    engine = BatchEngine(model, tokenizer, max_batch=max_batch)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise APIError(
+                401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
+
+    app = FastAPI(title="lmkit serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def refused(_request: Request, error: APIError) -> JSONResponse:
+        return _error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        kind = "not_found" if error.status_code == 404 else "invalid_request_error"
+        return _error_response(APIError(error.status_code, str(error.detail), kind=kind))
+
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, error: Exception) -> JSONResponse:
+        # Still logged with its traceback by the server; the client gets the error in OpenAI's shape.
+        message = f"the server failed: {type(error).__name__}: {error}"
+        return _error_response(APIError(500, message, kind="server_error"))
+
+    def model_card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "lmkit"}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, **engine.load}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return playground_page()
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(require_key)])
+    async def one_model(name: str) -> dict[str, Any]:
+        if name != model_name:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server has {model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return model_card()
+
+    app.post("/v1/completions", dependencies=[Depends(require_key)], response_model=None)(
+        _Completions(engine, model_name, max_request_bytes).__call__
+    )
+    return app
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until Ctrl-C."""
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    return host in {"localhost", "::1"} or host.startswith("127.")

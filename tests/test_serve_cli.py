@@ -1,0 +1,95 @@
+"""`lmkit serve` on the command line: a real server process on a checkpoint, the binding, bad inputs."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from helpers import assert_input_error
+from serving import byte_tokenizer, random_model
+
+import lmkit.serve.app
+from lmkit.cli.app import app
+from lmkit.generate import generate, load_model_and_tokenizer
+from lmkit.training.checkpoint import model_state, write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A run checkpoint of a tiny random model with a byte tokenizer, as `lmkit train` writes them."""
+    model = random_model(context_length=32, seed=3)
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    config = {"model": model.config.model_dump(mode="json")}
+    write_checkpoint(model_state(model), None, 0, path, config=config, tokenizer_json=byte_tokenizer().to_json())
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_lmkit_serve_serves_the_checkpoint_over_http(checkpoint) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "lmkit", "serve", str(checkpoint), "--port", str(port), "--device", "cpu"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert server.poll() is None and time.monotonic() < deadline, "lmkit serve did not start"
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert [card.id for card in client.models.list().data] == ["best"]  # the checkpoint's name
+        response = client.completions.create(model="best", prompt="To be", max_tokens=24, temperature=0.7, seed=9)
+        model, tokenizer = load_model_and_tokenizer(checkpoint, "cpu")
+        expected = generate(model, tokenizer, "To be", max_new_tokens=24, temperature=0.7, top_p=1.0, seed=9)
+        assert response.choices[0].text == expected.text
+        assert "<title>lmkit playground</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in output
+
+
+def test_binding_beyond_this_machine_warns_without_an_api_key(runner, checkpoint, monkeypatch) -> None:
+    served = []
+    monkeypatch.setattr(lmkit.serve.app, "run_server", lambda app, host, port: served.append((host, port)))
+    result = runner.invoke(app, ["serve", str(checkpoint), "--host", "0.0.0.0", "--port", "9999", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert served == [("0.0.0.0", 9999)]
+    assert "warning: listening on 0.0.0.0 without --api-key" in " ".join(result.stderr.split())
+    result = runner.invoke(app, ["serve", str(checkpoint), "--device", "cpu", "--api-key", "k", "--host", "0.0.0.0"])
+    assert result.exit_code == 0 and "warning" not in result.stderr
+    result = runner.invoke(app, ["serve", str(checkpoint), "--device", "cpu"])
+    assert served[-1] == ("127.0.0.1", 8000) and "warning" not in result.stderr
+
+
+def test_bad_inputs_exit_2_with_one_line(runner, checkpoint, tmp_path) -> None:
+    assert_input_error(runner.invoke(app, ["serve", str(tmp_path / "none.pt")]), "does not exist")
+    assert_input_error(runner.invoke(app, ["serve", str(checkpoint), "--device", "tpu"]), "unknown device 'tpu'")
+    assert_input_error(runner.invoke(app, ["serve", str(checkpoint), "--api-key", ""]), "--api-key is empty")
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("hello")
+    assert_input_error(runner.invoke(app, ["serve", str(not_a_checkpoint)]), "not a complete PyTorch checkpoint")
+    for option in (["--max-batch", "0"], ["--port", "70000"]):
+        result = runner.invoke(app, ["serve", str(checkpoint), *option])
+        assert result.exit_code == 2 and "Invalid value" in result.stderr
+
+
+def test_without_the_serve_extra_the_message_says_what_to_install(runner, checkpoint, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` now raises ImportError
+    monkeypatch.delitem(sys.modules, "lmkit.serve.app")
+    assert_input_error(runner.invoke(app, ["serve", str(checkpoint)]), 'pip install "lmkit[serve]"')
