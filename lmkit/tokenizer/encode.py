@@ -17,7 +17,6 @@ import contextlib
 import math
 import multiprocessing
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,6 +28,7 @@ import numpy as np
 
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, check_output_path
+from lmkit.interrupts import prepare_worker, start_workers
 from lmkit.progress import progress_bar
 from lmkit.tokenizer.pretokenize import corpus_size, decode_chunk, iter_chunks
 from lmkit.tokenizer.tokenizer import Tokenizer
@@ -111,9 +111,9 @@ def _encode_chunk(tokenizer: Tokenizer, offset: int, chunk: bytes) -> np.ndarray
     return tokenizer.encode_array(decode_chunk(offset, chunk))
 
 
-def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike) -> None:
+def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike, parent_pid: int) -> None:
     """A worker's loop: read `(offset, size)`, encode that chunk of the corpus, send back the ids or the error."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    prepare_worker(parent_pid)  # Ctrl-C is the parent's to handle: it stops the workers
     with open(corpus, "rb") as source:
         while (task := connection.recv()) is not None:
             offset, size = task
@@ -136,13 +136,16 @@ class _ChunkWorkers:
         context = multiprocessing.get_context()
         self._connections: list[Connection] = []
         self._processes = []
-        for _ in range(count):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve_chunks, args=(theirs, tokenizer, corpus), daemon=True)
-            process.start()
-            theirs.close()
-            self._connections.append(ours)
-            self._processes.append(process)
+        with start_workers():
+            for _ in range(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(
+                    target=_serve_chunks, args=(theirs, tokenizer, corpus, os.getpid()), daemon=True
+                )
+                process.start()
+                theirs.close()
+                self._connections.append(ours)
+                self._processes.append(process)
         self._submitted = self._collected = 0
 
     def submit(self, offset: int, size: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             if number == len(lines):
+                warnings.warn(f"{path}: the last line is cut off (the run was killed mid-write); skipped", stacklevel=2)
                 break
             raise InputError(f"{path} line {number} is not JSON; metrics files are written by lmkit train") from None
         if not isinstance(record, dict):

@@ -17,10 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +43,9 @@ from lmkit.training.distributed import (
 from lmkit.training.loss import cross_entropy
 from lmkit.training.metrics import MetricsLog
 from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
+from lmkit.training.runlock import refuse_if_held, run_folder
 from lmkit.training.schedule import get_lr_cosine_schedule
+from lmkit.training.signals import StopRequest, stop_on_signals
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,8 +69,9 @@ class TrainResult:
     elapsed_s: float
     tokens_per_s: float | None
     checkpoint: Path
-    interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
+    interrupted: bool  # by Ctrl-C or SIGTERM; with step < total_steps and not interrupted, --until-step stopped it
     parameters_per_process: int  # the model's parameters each process holds: all of them, but a share under fsdp
+    stop_signal: int | None = None  # the signal that interrupted it (signal.SIGINT or signal.SIGTERM)
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -131,27 +131,6 @@ def _restore_rng(state: dict[str, Any], batch_rng: torch.Generator) -> None:
     batch_rng.set_state(state["batches"])
 
 
-@contextlib.contextmanager
-def _stop_on_ctrl_c() -> Iterator[threading.Event]:
-    """While the block runs, a first Ctrl-C only sets the yielded event (the loop finishes its step and
-    saves); a second one interrupts at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signal handlers can only be installed from the main thread
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, previous)
-
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class Trainer:
     """One training run: built from a validated config (and a checkpoint to resume), run with `run()`."""
 
@@ -159,6 +138,7 @@ class Trainer:
         self.config = config
         self.out_dir = Path(config.train.out_dir)
         self.total_steps = config.total_steps
+        refuse_if_held(self.out_dir)
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
         elif (self.out_dir / "last.pt").exists():
@@ -323,8 +303,13 @@ class Trainer:
         return path
 
     def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
-        """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step."""
+        """Train to the configured length (or to `until_step`); Ctrl-C or SIGTERM stops cleanly after the
+        current step. The run folder is locked meanwhile (see lmkit.training.runlock)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._run(until_step, show_progress)
+
+    def _run(self, until_step: int | None, show_progress: bool) -> TrainResult:
         main = self.dist.is_main
         mirror = None
         if main and self.config.train.wandb_project:
@@ -337,7 +322,7 @@ class Trainer:
         log = MetricsLog(self.out_dir / "metrics.jsonl", self.step or None, mirror) if main else _NoMetrics()
         with (
             log as metrics,
-            _stop_on_ctrl_c() as stop,
+            stop_on_signals() as stop,
             progress_bar("Training", last_step - self.step, "steps", enabled=show_progress and main) as bar,
         ):
             while self.step < last_step and not self._stopping(stop):
@@ -367,6 +352,7 @@ class Trainer:
             checkpoint=self.out_dir / "last.pt",
             interrupted=stop.is_set(),
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
+            stop_signal=stop.signum,
         )
 
     def close(self) -> None:
@@ -378,10 +364,12 @@ class Trainer:
             gc.collect()
             self.dist.stop()
 
-    def _stopping(self, stop: threading.Event) -> bool:
-        """Whether Ctrl-C reached this process or, under several processes, any of them (all stop together)."""
-        if self.dist.any(stop.is_set(), self.device):
-            stop.set()
+    def _stopping(self, stop: StopRequest) -> bool:
+        """Whether Ctrl-C or SIGTERM reached this process or, under several processes, any of them (all stop
+        together, reporting the same signal)."""
+        signum = self.dist.max(stop.signum or 0, self.device)
+        if signum:
+            stop.set(signum)
         return stop.is_set()
 
     def _elapsed(self) -> float:
