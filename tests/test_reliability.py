@@ -151,3 +151,135 @@ def test_sigterm_under_torchrun_stops_both_ranks_after_the_step_and_resumes_bitw
     assert [loss for _, loss in losses(tmp_path / "run")] == pytest.approx(
         [loss for _, loss in losses(tmp_path / "straight")], rel=1e-5
     )
+
+
+# --- kill -9 --------------------------------------------------------------------------------------------
+
+
+def resume_args(out_dir: Path, until: int) -> list[str]:
+    return ["train", "--quiet", "--resume", str(out_dir / "last.pt"), "--until-step", str(until)]
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_kill_9_at_many_points_while_checkpointing_every_step_always_leaves_a_resumable_last_pt(
+    runner, tmp_path, processes
+):
+    out = tmp_path / "run"
+    config = write_tiny_run(tmp_path, train_table(out, ckpt_every=1))
+    args = ["train", "--quiet", "--config", str(config)]
+    steps_seen = []
+    for kill in range(8):
+        last = out / "last.pt"
+        written_before = last.stat().st_mtime_ns if last.exists() else 0
+        proc = processes(*args)
+        wait_for(lambda: last.exists() and last.stat().st_mtime_ns != written_before, what="a new checkpoint")
+        time.sleep(0.007 * kill)  # a different moment of the step / the write each time
+        proc.kill()
+        proc.communicate()
+        checkpoint = read_checkpoint(last)  # complete, whatever the moment of the kill
+        steps_seen.append(checkpoint["iteration"])
+        args = ["train", "--quiet", "--resume", str(last)]
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] > steps_seen[0]
+
+    until = steps_seen[-1] + 2
+    resumed = runner.invoke(app, resume_args(out, until))
+    assert resumed.exit_code == 0, resumed.output
+    assert temporaries(out) == []  # whatever the kills left mid-write was cleaned up
+    straight = runner.invoke(
+        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"',
+              "--until-step", str(until)],
+    )  # fmt: skip
+    assert straight.exit_code == 0, straight.output
+    # Eight kills later: every step logged once, with the losses and the weights of an unbroken run.
+    assert losses(out) == losses(tmp_path / "straight")
+    assert same_weights(out / "last.pt", tmp_path / "straight" / "last.pt")
+
+
+HANG_IN_THIRD_SAVE = """
+import sys, time, torch
+from lmkit.cli.app import main
+real_save, calls = torch.save, []
+def save_then_hang(obj, handle, *args, **kwargs):
+    calls.append(1)
+    if len(calls) < 3:
+        return real_save(obj, handle, *args, **kwargs)
+    handle.write(b"PK half a checkpoint")
+    handle.flush()
+    time.sleep(600)
+torch.save = save_then_hang
+sys.argv = ["lmkit", *sys.argv[1:]]
+main()
+"""
+
+
+def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one_and_the_leftover_is_cleaned(
+    runner, tmp_path
+):
+    out = tmp_path / "run"
+    config = write_tiny_run(tmp_path, train_table(out, ckpt_every=2))
+    # Saves 1 and 2 are best.pt and last.pt at step 2 (eval_every is long: best.pt comes with the first eval).
+    command = [sys.executable, "-c", HANG_IN_THIRD_SAVE, "train", "--quiet", "--config", str(config),
+               "--set", "train.eval_every=2"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        wait_for(lambda: len(temporaries(out)) == 1 and (out / "last.pt").exists(), what="a checkpoint mid-write")
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert temporaries(out)[0].startswith(".best.pt.")  # the step-4 evaluation's best.pt, cut off
+    assert read_checkpoint(out / "last.pt")["iteration"] == 2
+    assert read_checkpoint(out / "best.pt")["iteration"] == 2
+    resumed = runner.invoke(app, resume_args(out, 6))
+    assert resumed.exit_code == 0, resumed.output
+    assert temporaries(out) == []
+    assert read_checkpoint(out / "last.pt")["iteration"] == 6
+    assert [step for step, _ in losses(out)] == list(range(1, 7))
+
+
+def test_stale_temporaries_are_those_of_dead_writers_on_this_host(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {
+        "dead": f".last.pt.{host}-{dead.pid}-abc123.tmp",
+        "alive": f".last.pt.{host}-{os.getpid()}-abc123.tmp",
+        "other host": f".last.pt.elsewhere-{dead.pid}-abc123.tmp",
+        "other file": f".best.pt.{host}-{dead.pid}-abc123.tmp",
+        "not ours": ".last.pt.xyz.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    removed = lmkit.fileio.remove_stale_temporaries(tmp_path, "last.pt")
+    assert [path.name for path in removed] == [names["dead"]]
+    assert [path.name for path in lmkit.fileio.remove_stale_temporaries(tmp_path)] == [names["other file"]]
+    assert sorted(temporaries(tmp_path)) == sorted([names["alive"], names["other host"], names["not ours"]])
+
+
+# --- metrics.jsonl after a crash ---------------------------------------------------------------------------
+
+
+def test_a_torn_last_metrics_line_is_skipped_with_a_warning_by_runs_and_by_resume(runner, tmp_path):
+    out = tmp_path / "run"
+    config = write_tiny_run(tmp_path, train_table(out, steps=8, ckpt_every=4))
+    assert runner.invoke(app, ["train", "--quiet", "--config", str(config), "--until-step", "4"]).exit_code == 0
+    # As if killed mid-line at step 6: step 5 was logged after the step-4 checkpoint, step 6 only in part.
+    step_4 = metric_lines(out)[-1]
+    with (out / "metrics.jsonl").open("a") as log:
+        log.write(json.dumps({**step_4, "step": 5, "loss": 99.0}) + "\n" + '{"event": "train", "step": 6, "lo')
+    listed = runner.invoke(app, ["runs", "list", str(tmp_path), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert "warning:" in listed.stderr and "cut off" in listed.stderr and "Traceback" not in listed.stderr
+    assert json.loads(listed.stdout)["runs"][0]["step"] == 5
+
+    resumed = runner.invoke(app, resume_args(out, 8))
+    assert resumed.exit_code == 0, resumed.output
+    assert "warning:" in resumed.stderr and "line 6 is not a complete event" in resumed.stderr
+    straight = runner.invoke(
+        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"'],
+    )  # fmt: skip
+    assert straight.exit_code == 0, straight.output
+    assert losses(out) == losses(tmp_path / "straight")  # steps 1-8 once each: the stale step 5 is gone
