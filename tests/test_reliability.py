@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SHAKESPEARE, write_tiny_run
+from helpers import SHAKESPEARE, assert_input_error, write_tiny_run
 
 import lmkit.fileio
 from lmkit.cli.app import app
+from lmkit.errors import InputError
 from lmkit.tokenizer.formats import save_tokenizer
 from lmkit.training.checkpoint import read_checkpoint
 from lmkit.training.runlock import LOCK_FILE
@@ -283,3 +284,58 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning_by_runs_and_by_resum
     )  # fmt: skip
     assert straight.exit_code == 0, straight.output
     assert losses(out) == losses(tmp_path / "straight")  # steps 1-8 once each: the stale step 5 is gone
+
+
+# --- two runs in one folder -------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_the_folder_of_a_running_one_is_refused_naming_it(runner, tmp_path, processes):
+    out = tmp_path / "run"
+    config = write_tiny_run(tmp_path, train_table(out))
+    first = processes("train", "--quiet", "--config", str(config))
+    wait_for(lambda: len(metric_lines(out)) >= 1, what="the first run's first step")
+    second = runner.invoke(app, ["train", "--quiet", "--config", str(config), "--set", "train.seed=2"])
+    assert_input_error(second, f"{out} is in use by another lmkit train run (pid {first.pid} on {socket.gethostname()}")
+    lock = json.loads((out / LOCK_FILE).read_text())
+    assert lock["pid"] == first.pid and lock["host"] == socket.gethostname()
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert first.returncode == 130
+    assert not (out / LOCK_FILE).exists()  # released as the run ended
+    resumed = runner.invoke(app, resume_args(out, read_checkpoint(out / "last.pt")["iteration"] + 1))
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(runner, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+    config = write_tiny_run(tmp_path, train_table(out, steps=2))
+    result = runner.invoke(app, ["train", "--quiet", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and f"taking over the lock of an earlier run in {out} (pid {dead.pid}" in warning[0]
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_lock_from_another_host_is_refused_with_what_to_do(runner, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "node-17", "started": 0}))
+    config = write_tiny_run(tmp_path, train_table(out, steps=2))
+    result = runner.invoke(app, ["train", "--quiet", "--config", str(config)])
+    assert_input_error(result, f"(pid 4242 on node-17, started")
+    assert f"if that run is gone, delete {out / LOCK_FILE}" in result.stderr
+    assert sorted(path.name for path in out.iterdir()) == [LOCK_FILE]  # nothing written
+
+
+def test_the_lock_is_taken_atomically(tmp_path):
+    from lmkit.training.runlock import acquire, release
+
+    mine = acquire(tmp_path)
+    with pytest.raises(InputError, match=f"pid {os.getpid()}"):
+        acquire(tmp_path)  # the holder is alive (it is this process): refused, not taken over
+    release(tmp_path, mine)
+    assert list(tmp_path.iterdir()) == []
