@@ -3,6 +3,7 @@ tokenizer's worker processes (docs/reliability.md lists each fault with its test
 
 import errno
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -96,6 +97,14 @@ def losses(out_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in metric_lines(out_dir) if r["event"] == "train"]
 
 
+def resume_args(out_dir: Path, until: int) -> list[str]:
+    return ["train", "--quiet", "--resume", str(out_dir / "last.pt"), "--until-step", str(until)]
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob(".*.tmp"))
+
+
 # --- SIGTERM ----------------------------------------------------------------------------------------------
 
 
@@ -110,12 +119,12 @@ def test_sigterm_finishes_the_step_saves_exits_143_and_resumes_bitwise(runner, t
     stopped = read_checkpoint(tmp_path / "run" / "last.pt")["iteration"]
     assert stopped == metric_lines(tmp_path / "run")[-1]["step"] >= 3
 
-    until = str(stopped + 4)
-    resumed = runner.invoke(app, ["train", "--quiet", "--resume", str(tmp_path / "run" / "last.pt"), "--until-step", until])
+    until = stopped + 4
+    resumed = runner.invoke(app, resume_args(tmp_path / "run", until))
     assert resumed.exit_code == 0, resumed.output
     straight = runner.invoke(
         app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"',
-              "--until-step", until],
+              "--until-step", str(until)],
     )  # fmt: skip
     assert straight.exit_code == 0, straight.output
     assert losses(tmp_path / "run") == losses(tmp_path / "straight")
@@ -139,12 +148,12 @@ def test_sigterm_under_torchrun_stops_both_ranks_after_the_step_and_resumes_bitw
     assert stopped == metric_lines(tmp_path / "run")[-1]["step"] >= 3, stderr
     assert "resume with: lmkit train --resume" in stderr
 
-    until = str(stopped + 3)
-    resumed = runner.invoke(app, ["train", "--quiet", "--resume", str(tmp_path / "run" / "last.pt"), "--until-step", until])
+    until = stopped + 3
+    resumed = runner.invoke(app, resume_args(tmp_path / "run", until))
     assert resumed.exit_code == 0, resumed.output
     straight = runner.invoke(
         app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"',
-              "--until-step", until],
+              "--until-step", str(until)],
     )  # fmt: skip
     assert straight.exit_code == 0, straight.output
     # Two processes sum their halves of the batch in another order than one: equal to float rounding.
@@ -155,14 +164,6 @@ def test_sigterm_under_torchrun_stops_both_ranks_after_the_step_and_resumes_bitw
 
 
 # --- kill -9 --------------------------------------------------------------------------------------------
-
-
-def resume_args(out_dir: Path, until: int) -> list[str]:
-    return ["train", "--quiet", "--resume", str(out_dir / "last.pt"), "--until-step", str(until)]
-
-
-def temporaries(folder: Path) -> list[str]:
-    return sorted(path.name for path in folder.glob(".*.tmp"))
 
 
 @pytest.mark.slow
@@ -177,7 +178,7 @@ def test_kill_9_at_many_points_while_checkpointing_every_step_always_leaves_a_re
         last = out / "last.pt"
         written_before = last.stat().st_mtime_ns if last.exists() else 0
         proc = processes(*args)
-        wait_for(lambda: last.exists() and last.stat().st_mtime_ns != written_before, what="a new checkpoint")
+        wait_for(lambda: last.exists() and last.stat().st_mtime_ns != written_before, what="a new checkpoint")  # noqa: B023
         time.sleep(0.007 * kill)  # a different moment of the step / the write each time
         proc.kill()
         proc.communicate()
@@ -326,7 +327,7 @@ def test_a_lock_from_another_host_is_refused_with_what_to_do(runner, tmp_path):
     (out / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "node-17", "started": 0}))
     config = write_tiny_run(tmp_path, train_table(out, steps=2))
     result = runner.invoke(app, ["train", "--quiet", "--config", str(config)])
-    assert_input_error(result, f"(pid 4242 on node-17, started")
+    assert_input_error(result, "(pid 4242 on node-17, started")
     assert f"if that run is gone, delete {out / LOCK_FILE}" in result.stderr
     assert sorted(path.name for path in out.iterdir()) == [LOCK_FILE]  # nothing written
 
@@ -339,3 +340,139 @@ def test_the_lock_is_taken_atomically(tmp_path):
         acquire(tmp_path)  # the holder is alive (it is this process): refused, not taken over
     release(tmp_path, mine)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a full disk ----------------------------------------------------------------------------------------------
+
+
+class _FillingFile:
+    """A file on a disk with `room` bytes left (shared by every file opened through it): writes beyond fail."""
+
+    def __init__(self, handle, room: list[int]) -> None:
+        self._handle, self._room = handle, room
+
+    def write(self, data) -> int:
+        size = len(data)
+        if size > self._room[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room[0] -= size
+        return self._handle.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Call with a number of bytes: from then on the atomic writes of lmkit.fileio have that much room left."""
+    real_fdopen = os.fdopen
+
+    def fill(room: int) -> None:
+        left = [room]
+        monkeypatch.setattr(lmkit.fileio.os, "fdopen", lambda *a, **k: _FillingFile(real_fdopen(*a, **k), left))
+
+    return fill
+
+
+def assert_disk_full_error(result, path: Path) -> None:
+    """Exit 1 with one error line naming the file and the full disk (beside the progress bar), no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: DiskFull: no space left on the device writing"), lines
+    assert str(path) in lines[0] and "Traceback" not in result.output
+
+
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_checkpoints(runner, tmp_path, full_disk):
+    out = tmp_path / "run"
+    config = write_tiny_run(tmp_path, train_table(out, steps=8, ckpt_every=2))
+    assert runner.invoke(app, ["train", "--quiet", "--config", str(config), "--set", "train.eval_every=2",
+                               "--until-step", "2"]).exit_code == 0  # fmt: skip
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
+    full_disk(20_000)  # room for config.toml and metrics.jsonl, not for a checkpoint
+    result = runner.invoke(app, resume_args(out, 6))
+    assert_disk_full_error(result, out / "best.pt")  # the step-4 evaluation's best.pt comes first
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert temporaries(out) == []
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_full_disk_stops_encoding_with_one_line_and_no_partial_file(runner, tmp_path, full_disk):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes()[:200_000])
+    save_tokenizer(tmp_path / "tok.json", {i: bytes([i]) for i in range(256)}, [], [])
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "tokens.npy", np.arange(10, dtype=np.uint16))  # an earlier encoding, to be kept
+    full_disk(100_000)
+    result = runner.invoke(app, ["tokenizer", "encode", str(corpus), "--tokenizer", str(tmp_path / "tok.json"),
+                                 "--out", str(out / "tokens.npy"), "--workers", "2"])  # fmt: skip
+    assert_disk_full_error(result, out / "tokens.npy")
+    assert [path.name for path in out.iterdir()] == ["tokens.npy"]
+    assert np.load(out / "tokens.npy").tolist() == list(range(10))
+    assert multiprocessing.active_children() == []
+
+
+def test_a_full_disk_stops_tokenizer_training_with_one_line_and_no_partial_file(runner, tmp_path, full_disk):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes()[:50_000])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("an earlier tokenizer")
+    full_disk(1_000)
+    result = runner.invoke(app, ["tokenizer", "train", str(corpus), "--vocab-size", "300",
+                                 "--out", str(out / "tokenizer.json")])  # fmt: skip
+    assert_disk_full_error(result, out / "tokenizer.json")
+    assert [path.name for path in out.iterdir()] == ["tokenizer.json"]
+    assert (out / "tokenizer.json").read_text() == "an earlier tokenizer"
+
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -rm` to mount a small tmpfs (user namespaces)")
+def test_a_real_full_tmpfs(tmp_path):
+    """The same three faults on a real 1 MB tmpfs (in a private mount namespace), end to end."""
+    out = tmp_path / "small"
+    out.mkdir()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes())
+    config = write_tiny_run(tmp_path, train_table(out, steps=40, ckpt_every=2))
+    lmkit = f"{sys.executable} -m lmkit"
+    fill = f"head -c $(( ($(df -k --output=avail {out} | tail -1) - 8) * 1024 )) /dev/zero > {out}/filler"
+    script = f"""
+mount -t tmpfs -o size=1m tmpfs {out} || exit 99
+{lmkit} tokenizer encode {corpus} --tokenizer {tmp_path / "tokenizer.json"} --out {out}/t.npy --workers 2
+echo "encode=$?"; ls -A {out}
+{lmkit} tokenizer train {corpus} --vocab-size 300 --out {out}/tok.json --json >/dev/null && cp {out}/tok.json {tmp_path}
+{fill}
+{lmkit} tokenizer train {corpus} --vocab-size 400 --out {out}/tok.json
+echo "tokenizer=$?"; cmp {out}/tok.json {tmp_path}/tok.json && echo "tokenizer kept"
+rm {out}/filler {out}/tok.json
+{lmkit} train --quiet --config {config} --set train.eval_every=2 --until-step 2 >/dev/null
+cp {out}/last.pt {out}/best.pt {tmp_path}
+{fill}
+{lmkit} train --quiet --resume {out}/last.pt --until-step 4
+echo "run=$?"; cmp {out}/last.pt {tmp_path}/last.pt && cmp {out}/best.pt {tmp_path}/best.pt && echo "checkpoints kept"
+ls -A {out}
+"""
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+    report = done.stdout.splitlines()
+    assert report[report.index("encode=1") + 1] == "tokenizer=1"  # `ls` found nothing after the failed encoding
+    assert "tokenizer=1" in report and "tokenizer kept" in report
+    assert "run=1" in report and "checkpoints kept" in report
+    listing = report[report.index("checkpoints kept") + 1 :]
+    assert sorted(listing) == ["best.pt", "config.toml", "filler", "last.pt", "metrics.jsonl"]  # no temporaries
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and all("no space left on the device writing" in line for line in errors), done.stderr
+    assert "Traceback" not in done.stderr
