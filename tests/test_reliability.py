@@ -476,3 +476,86 @@ ls -A {out}
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 3 and all("no space left on the device writing" in line for line in errors), done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- signals to the tokenizer's worker processes -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory) -> Path:
+    """tinyshakespeare 12 times (13 MB): long enough to be stopped while its workers are busy."""
+    folder = tmp_path_factory.mktemp("big")
+    save_tokenizer(folder / "tok.json", {i: bytes([i]) for i in range(256)}, [], [])
+    corpus = folder / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes() * 12)
+    return corpus
+
+
+def tokenizer_command(command: str, corpus: Path, out: Path) -> list[str]:
+    if command == "encode":
+        return ["tokenizer", "encode", str(corpus), "--tokenizer", str(corpus.parent / "tok.json"),
+                "--out", str(out / "tokens.npy"), "--workers", "2"]  # fmt: skip
+    return ["tokenizer", "train", str(corpus), "--vocab-size", "5000", "--out", str(out / "tok.json"),
+            "--workers", "2"]  # fmt: skip
+
+
+def start_with_workers(processes, command: str, corpus: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """Start the command and wait until its two workers are busy."""
+    out.mkdir()
+    proc = processes(*tokenizer_command(command, corpus, out))
+    wait_for(lambda: len(children(proc.pid)) >= 2, what="two workers")
+    time.sleep(0.5)
+    return proc, children(proc.pid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["encode", "train"])
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm"]
+)
+def test_ctrl_c_or_sigterm_stops_the_workers_and_leaves_no_output(
+    processes, big_corpus, tmp_path, command, signum, to_group
+):
+    # Ctrl-C in a terminal reaches the whole process group; a scheduler's SIGTERM (or `kill`) the command.
+    proc, workers = start_with_workers(processes, command, big_corpus, tmp_path / "out")
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert not any(map(running, workers))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["encode", "train", "train-model"])
+def test_two_ctrl_c_20_ms_apart_exit_130_without_a_traceback(processes, big_corpus, tmp_path, command):
+    if command == "train-model":
+        config = write_tiny_run(tmp_path, train_table(tmp_path / "run"))
+        proc = processes("train", "--quiet", "--config", str(config))
+        wait_for(lambda: len(metric_lines(tmp_path / "run")) >= 1, what="the first step")
+        workers = []
+    else:
+        proc, workers = start_with_workers(processes, command, big_corpus, tmp_path / "out")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert not any(map(running, workers))
+
+
+def test_encode_killed_with_9_its_workers_exit_and_the_next_encode_removes_its_leftover(
+    processes, runner, big_corpus, tmp_path
+):
+    out = tmp_path / "out"
+    proc, workers = start_with_workers(processes, "encode", big_corpus, out)
+    proc.kill()
+    proc.communicate()
+    wait_for(lambda: not any(map(running, workers)), timeout=10, what="the orphaned workers to exit")
+    assert len(temporaries(out)) == 1  # nothing can remove it after kill -9 ...
+    small = big_corpus.parent / "small.txt"
+    small.write_text("To be, or not to be")
+    again = runner.invoke(app, tokenizer_command("encode", small, out))
+    assert again.exit_code == 0, again.output
+    assert temporaries(out) == []  # ... but the next writer of the same file does
+    assert np.load(out / "tokens.npy").tolist() == list(b"To be, or not to be")
