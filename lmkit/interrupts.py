@@ -51,7 +51,10 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def raise_on_signals() -> Iterator[None]:
-    """While the block runs, Ctrl-C and SIGTERM raise `Interrupted` (and are ignored after the first)."""
+    """While the block runs, Ctrl-C and SIGTERM raise `Interrupted` (and are ignored after the first).
+
+    Once they are ignored (`ignore_stop_signals`: the process is stopping) they stay ignored after the block.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
@@ -62,7 +65,8 @@ def raise_on_signals() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) is _raise_interrupted:
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

@@ -168,6 +168,11 @@ class Distributed:
         dist.all_reduce(total)  # Gloo has no AVG, so sum and divide
         return total / self.world_size
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.enabled:
+            dist.barrier()
+
     def max(self, number: int, device: torch.device) -> int:
         """The largest of every rank's `number`, so all ranks take the same decision (e.g. stopping on a signal
         that reached one of them, and which)."""

@@ -307,7 +307,11 @@ class Trainer:
         current step. The run folder is locked meanwhile (see lmkit.training.runlock)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
-            return self._run(until_step, show_progress)
+            result = self._run(until_step, show_progress)
+        # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank may
+        # exit before rank 0 has written the last checkpoint.
+        self.dist.barrier()
+        return result
 
     def _run(self, until_step: int | None, show_progress: bool) -> TrainResult:
         main = self.dist.is_main
