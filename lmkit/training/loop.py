@@ -307,11 +307,7 @@ class Trainer:
         current step. The run folder is locked meanwhile (see lmkit.training.runlock)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
-            result = self._run(until_step, show_progress)
-        # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank may
-        # exit before rank 0 has written the last checkpoint.
-        self.dist.barrier()
-        return result
+            return self._run(until_step, show_progress)
 
     def _run(self, until_step: int | None, show_progress: bool) -> TrainResult:
         main = self.dist.is_main
@@ -344,6 +340,9 @@ class Trainer:
                 bar.update(description=f"step {self.step} loss {self.train_loss:.3f} lr {lr:.2e}{rate}")
             if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
                 self.save("last.pt", self._elapsed())
+            # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank
+            # may leave before rank 0 has written the last checkpoint, nor while signals are still deferred.
+            self.dist.barrier()
         return TrainResult(
             step=self.step,
             total_steps=self.total_steps,

@@ -17,10 +17,16 @@ from lmkit.interrupts import STOP_SIGNALS, Interrupted, ignore_stop_signals
 
 
 class StopRequest:
-    """Set by the first Ctrl-C or SIGTERM: `signum` says which (None while no stop was asked for)."""
+    """Set by the first Ctrl-C or SIGTERM: `signum` says which (None while no stop was asked for).
+
+    Under torchrun a stop that reached another rank is set here too (see `Trainer._stopping`); `received`
+    counts the signals that reached this process, so the one torchrun then forwards here is not taken for
+    a second, impatient one.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.received = 0
 
     def is_set(self) -> bool:
         """Whether a stop was asked for."""
@@ -43,7 +49,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def on_signal(signum: int, frame: object) -> None:
-        if request.is_set():
+        request.received += 1
+        if request.received > 1:
             ignore_stop_signals()
             raise Interrupted(signum)
         request.set(signum)
