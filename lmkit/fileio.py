@@ -124,6 +124,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
 
 def process_exists(pid: int) -> bool:
     """Whether a process with this id runs on this host (a zombie, finished but not yet reaped, counts)."""
+    if os.name != "posix":  # pragma: no cover (on Windows os.kill would end the process: assume it runs)
+        return True
     if pid <= 0:
         return False
     try:
