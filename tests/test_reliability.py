@@ -1,6 +1,7 @@
 """What clusters and disks do to a run: SIGTERM, kill -9, full disks, two runs in one folder, signals to the
 tokenizer's worker processes (docs/reliability.md lists each fault with its test here)."""
 
+import contextlib
 import errno
 import json
 import multiprocessing
@@ -35,7 +36,9 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 @pytest.fixture
 def processes():
-    """Start `lmkit` commands in their own process groups; whatever is left of them is killed at the end."""
+    """Start `lmkit` commands in their own process groups. At the end whatever is left of them is killed:
+    the group, and every process started for them (torchrun starts its ranks in sessions of their own;
+    `start.others` takes pids found along the way, which may have lost their parent by then)."""
     started: list[subprocess.Popen] = []
 
     def start(*args: str) -> subprocess.Popen:
@@ -46,13 +49,23 @@ def processes():
         started.append(proc)
         return proc
 
+    start.others = []
     yield start
     for proc in started:
-        try:
+        for pid in [*descendants(proc.pid), *start.others]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.communicate()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, by their children, and so on."""
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "the condition") -> None:
@@ -140,6 +153,7 @@ def test_sigterm_under_torchrun_stops_both_ranks_after_the_step_and_resumes_bitw
     proc = processes("train", "--nproc", "2", "--quiet", "--config", str(config))
     wait_for(lambda: len(metric_lines(tmp_path / "run")) >= 3, timeout=120, what="three logged steps")
     ranks = children(proc.pid)
+    processes.others += ranks
     assert len(ranks) == 2
     os.kill(proc.pid if target == "torchrun" else ranks[-1], signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
