@@ -373,7 +373,9 @@ class Trainer:
         signum = self.dist.max(stop.signum or 0, self.device)
         if signum:
             stop.set(signum)
-        return stop.is_set()
+        # Decided by the agreed value alone: a signal landing here after this rank's contribution was sent
+        # must not stop this rank while the others carry on (it counts at the next step, on every rank).
+        return bool(signum)
 
     def _elapsed(self) -> float:
         """Wall-clock seconds of training, counting the time before a resume."""
