@@ -578,3 +578,24 @@ def test_encode_killed_with_9_its_workers_exit_and_the_next_encode_removes_its_l
     assert again.exit_code == 0, again.output
     assert temporaries(out) == []  # ... but the next writer of the same file does
     assert np.load(out / "tokens.npy").tolist() == list(b"To be, or not to be")
+
+
+def test_a_signal_during_the_ranks_stop_vote_counts_at_the_next_step_on_every_rank(tmp_path):
+    from lmkit.training.config import load_config
+    from lmkit.training.loop import Trainer
+    from lmkit.training.signals import StopRequest
+
+    trainer = Trainer(load_config(write_tiny_run(tmp_path, train_table(tmp_path / "run"))))
+    stop = StopRequest()
+
+    class SignalMidVote:
+        """The all-reduce of a rank that receives SIGTERM after sending its own 0: the ranks agreed on 0."""
+
+        def max(self, number: int, device) -> int:
+            stop.set(signal.SIGTERM)
+            return number
+
+    trainer.dist = SignalMidVote()
+    assert trainer._stopping(stop) is False  # as the other ranks, which saw 0: all train one more step
+    assert trainer._stopping(stop) is True  # the next vote carries the signal to every rank
+    assert stop.signum == signal.SIGTERM
