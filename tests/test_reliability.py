@@ -499,11 +499,11 @@ ls -A {out}
 
 @pytest.fixture(scope="module")
 def big_corpus(tmp_path_factory) -> Path:
-    """tinyshakespeare 12 times (13 MB): long enough to be stopped while its workers are busy."""
+    """tinyshakespeare 40 times (45 MB): long enough to be stopped while its workers are busy."""
     folder = tmp_path_factory.mktemp("big")
     save_tokenizer(folder / "tok.json", {i: bytes([i]) for i in range(256)}, [], [])
     corpus = folder / "corpus.txt"
-    corpus.write_bytes(SHAKESPEARE.read_bytes() * 12)
+    corpus.write_bytes(SHAKESPEARE.read_bytes() * 40)
     return corpus
 
 
@@ -516,11 +516,14 @@ def tokenizer_command(command: str, corpus: Path, out: Path) -> list[str]:
 
 
 def start_with_workers(processes, command: str, corpus: Path, out: Path) -> tuple[subprocess.Popen, list[int]]:
-    """Start the command and wait until its two workers are busy."""
+    """Start the command and wait until its two workers are busy (encode: until output is being written)."""
     out.mkdir()
     proc = processes(*tokenizer_command(command, corpus, out))
     wait_for(lambda: len(children(proc.pid)) >= 2, what="two workers")
-    time.sleep(0.5)
+    if command == "encode":
+        wait_for(lambda: any(path.stat().st_size > 1 << 20 for path in out.glob(".*.tmp")), what="output")
+    else:
+        time.sleep(0.5)
     return proc, children(proc.pid)
 
 
