@@ -75,14 +75,28 @@ def wait_for(condition, timeout: float = 60.0, what: str = "the condition") -> N
         time.sleep(0.02)
 
 
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
+    """The processes whose parent is `pid` (from /proc on Linux, where CI images may lack pgrep)."""
+    if Path("/proc/self/stat").exists():
+        stats = {int(entry.name): _proc_stat(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
+        return sorted(child for child, fields in stats.items() if fields and int(fields[1]) == pid)
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(line) for line in found.split()]
+    return sorted(int(line) for line in found.split())
 
 
 def running(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
+    if Path("/proc/self/stat").exists():
+        fields = _proc_stat(pid)
+        return fields is not None and fields[0] != "Z"
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
     return bool(state) and not state.startswith("Z")
 
