@@ -15,6 +15,10 @@ class InputError(ValueError):
     """
 
 
+class DiskFull(OSError):
+    """A write failed for want of space (or quota); the message names the file, which was left as it was."""
+
+
 def validation_error_message(err: ValidationError) -> str:
     """One line naming the offending field and why, from a pydantic ValidationError.
 

@@ -1,16 +1,29 @@
-"""Files in and out: atomic writes (a reader never sees a half-written file; a failure leaves nothing), TOML reads."""
+"""Files in and out: atomic writes (a reader never sees a half-written file; a failure leaves nothing), TOML reads.
+
+An atomic write goes to a temporary file beside its target, `.NAME.HOST-PID-RANDOM.tmp`, which is fsynced and
+renamed onto the target, and the folder is fsynced so the rename itself survives a power cut. Killed with
+`kill -9`, a writer cannot remove its temporary file; the host and pid in the name let the next writer of the
+same target tell such leftovers (`remove_stale_temporaries`) from a live writer's file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import re
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from lmkit.errors import InputError
+from lmkit.errors import DiskFull, InputError
+
+# errno values that mean "the disk (or the quota, or the file size limit) is full".
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,12 +45,20 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; on success fsync it and rename it onto `path`.
 
-    On any exception the temporary file is removed and `path` is left as it was.
+    On any exception the temporary file is removed and `path` is left as it was; a full disk becomes
+    `DiskFull`, naming the file. Temporary files of `path` that killed writers left are removed first.
     """
     out = check_output_path(path)
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    remove_stale_temporaries(out.parent, out.name)  # left by a writer of `out` killed before it could
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(out), suffix=".tmp", dir=out.parent)
+    except OSError as err:
+        full = _disk_full(err, out)
+        if full is None:
+            raise
+        raise full from None
     # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 less the umask).
     umask = os.umask(0)
     os.umask(umask)
@@ -48,10 +69,72 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, out)
-    except BaseException:
+        _sync_folder(out.parent)
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        full = _disk_full(err, out)
+        if full is not None:
+            raise full from None
         raise
+
+
+def _temporary_prefix(out: Path) -> str:
+    return f".{out.name}.{socket.gethostname()}-{os.getpid()}-"
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename into it is on disk (not possible on Windows, nor needed there)."""
+    if os.name != "posix":  # pragma: no cover
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_full(err: BaseException, out: Path) -> DiskFull | None:
+    """A DiskFull for `out` if a full disk caused `err` (torch.save, say, wraps the OSError in its own error)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return DiskFull(
+                f"no space left on the device writing {out} ({os.strerror(err.errno)}); nothing was written "
+                f"and {out.name} is as it was: free some space and run again"
+            )
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporary files that atomic writes (of `name`, or of any file) left in `folder` from
+    processes of this host that are no longer running; a live writer's files, another host's, and files not
+    named by `atomic_write` stay. Returns the removed files."""
+    target = re.escape(name) if name is not None else ".+"
+    pattern = re.compile(rf"\.{target}\.{re.escape(socket.gethostname())}-(\d+)-[^.]*\.tmp")
+    removed = []
+    for temporary in Path(folder).glob(f".{glob.escape(name) if name is not None else ''}*.tmp"):
+        match = pattern.fullmatch(temporary.name)
+        if match and not process_exists(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+                removed.append(temporary)
+    return removed
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie, finished but not yet reaped, counts)."""
+    if os.name != "posix":  # pragma: no cover (on Windows os.kill would end the process: assume it runs)
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:

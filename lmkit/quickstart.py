@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
+from lmkit.interrupts import Interrupted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -291,7 +292,7 @@ def run_quickstart(
     result = train_from_files(run_toml, show_progress=progress)
     if result.interrupted:  # Ctrl-C: the loop saved last.pt; stop here as `lmkit train` would
         tell("interrupted", {"resume": f"lmkit train --resume {result.checkpoint}"})
-        raise KeyboardInterrupt
+        raise Interrupted(result.stop_signal)
     curve = learning_curve(Path(config.train.out_dir) / "metrics.jsonl")
     untrained = math.log(config.model.vocab_size)  # a uniform guess over the vocabulary
     tell(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -24,10 +26,10 @@ from lmkit.cli import tokenizer as tokenizer_cli
 from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
 from lmkit.errors import InputError
+from lmkit.interrupts import exit_status, ignore_stop_signals, raise_on_signals
 
 EXIT_INPUT_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
-EXIT_INTERRUPTED = 130
 
 
 def _belongs_to_the_cli_framework(exc: Exception) -> bool:
@@ -35,22 +37,31 @@ def _belongs_to_the_cli_framework(exc: Exception) -> bool:
     return type(exc).__module__.split(".")[0] in {"click", "typer"}
 
 
+def _print_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """Show a warning as one line on stderr, `warning: ...`, without the source line Python adds."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+
+
 class _LmkitGroup(TyperGroup):
     """Runs a command and turns what it raises into one line on stderr and an exit status.
 
-    InputError (bad input) exits 2; any other failure exits 1; Ctrl-C exits 130; a closed stdout pipe
-    ends the command quietly with 0.
+    InputError (bad input) exits 2; any other failure exits 1; Ctrl-C exits 130 and SIGTERM 143, each after
+    the command has cleaned up (see lmkit.interrupts); a closed stdout pipe ends the command quietly with 0.
     With LMKIT_DEBUG=1 the exception propagates with its traceback.
     """
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
+            with raise_on_signals(), warnings.catch_warnings():
+                warnings.showwarning = _print_warning
+                return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:
+            ignore_stop_signals()  # a second Ctrl-C must not break into the exit
             if os.environ.get("LMKIT_DEBUG"):
                 raise
-            err_console.print("[yellow]interrupted[/yellow]")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            signum = getattr(interrupt, "signum", signal.SIGINT)
+            err_console.print(f"[yellow]{'interrupted' if signum == signal.SIGINT else 'terminated'}[/yellow]")
+            raise typer.Exit(exit_status(signum)) from None
         except BrokenPipeError:
             # The reader of stdout went away (`lmkit generate ... | head`): stop quietly, as Unix tools do.
             # stdout is pointed at /dev/null so the interpreter's final flush does not fail again.

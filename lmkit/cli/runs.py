@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,7 @@ def train_sweep(
 ) -> None:
     """`lmkit train --sweep`: plan and validate every run, train them one after another, print a summary."""
     from lmkit.errors import InputError
+    from lmkit.interrupts import exit_status
     from lmkit.tracking.sweep import plan_sweep, run_sweep
 
     if resume is not None:
@@ -196,4 +198,4 @@ def train_sweep(
     err_console.print(f"plot the sweep: lmkit runs plot {plan[0].out_dir.parent}", highlight=False)
     if outcomes[-1].status == "interrupted":
         err_console.print(f"interrupted; resume with: lmkit train --resume {outcomes[-1].result.checkpoint}")
-        raise typer.Exit(130)
+        raise typer.Exit(exit_status(outcomes[-1].result.stop_signal or signal.SIGINT))

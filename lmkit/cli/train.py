@@ -8,8 +8,6 @@ import typer
 
 from lmkit.cli.common import err_console, print_table, threads_option
 
-_EXIT_INTERRUPTED = 130
-
 
 def train(
     config: Path = typer.Option(None, "--config", "-c", help="TOML run config (data, model, optim and train tables)."),
@@ -43,8 +41,9 @@ def train(
         lmkit train --config examples/tinystories-cpu.toml --set optim.lr=1e-3
 
     Checkpoints (last.pt, best.pt), metrics.jsonl and the resolved config.toml go to train.out_dir.
-    Ctrl-C finishes the current step, saves last.pt and exits 130; continue with
-    `lmkit train --resume OUT_DIR/last.pt`. A sweep trains one run per value, one after another:
+    Ctrl-C (or SIGTERM, as schedulers send) finishes the current step, saves last.pt and exits 130
+    (143); continue with `lmkit train --resume OUT_DIR/last.pt`. One run at a time may use an out_dir.
+    A sweep trains one run per value, one after another:
     `lmkit train --config run.toml --sweep optim.lr=1e-4,3e-4,1e-3` (see docs/experiments.md).
     On 4 GPUs: `lmkit train --nproc 4 --config run.toml` (train.batch_size is the global batch; several
     nodes: torchrun, see docs/distributed.md).
@@ -59,12 +58,16 @@ def train(
         from lmkit.cli.runs import train_sweep
 
         return train_sweep(config, overrides, sweep, resume, until_step, quiet)
+    from lmkit.interrupts import exit_status, ignore_stop_signals
     from lmkit.training.distributed import Distributed
     from lmkit.training.loop import train_from_files
 
     result = train_from_files(config, overrides, resume, until_step, show_progress=not quiet)
+    if result.interrupted:  # by Ctrl-C or SIGTERM: last.pt is saved, and more signals would only cut the exit short
+        ignore_stop_signals()
+    status = exit_status(result.stop_signal) if result.interrupted and result.step < result.total_steps else 0
     if not Distributed.from_env().is_main:  # under torchrun rank 0 alone reports
-        raise typer.Exit(_EXIT_INTERRUPTED if result.interrupted else 0)
+        raise typer.Exit(status)
     print_table(
         "Training",
         {
@@ -86,8 +89,7 @@ def train(
         err_console.print(
             f"{reason} at step {result.step}; resume with: lmkit train --resume {result.checkpoint}", highlight=False
         )
-        if result.interrupted:
-            raise typer.Exit(_EXIT_INTERRUPTED)
+        raise typer.Exit(status)
 
 
 def _launch(

@@ -18,6 +18,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import cache
 
+from lmkit.interrupts import prepare_worker, start_workers
 from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.pretokenize import (
@@ -68,8 +69,9 @@ _worker_total: Counter[str] = Counter()
 _hand_over_barrier = None
 
 
-def _start_worker(barrier) -> None:
+def _start_worker(barrier, parent_pid: int) -> None:
     global _hand_over_barrier
+    prepare_worker(parent_pid)  # Ctrl-C is the parent's to handle: leaving the pool terminates the workers
     _hand_over_barrier = barrier
 
 
@@ -157,7 +159,10 @@ def count_pretokens(
     parallel = workers > 1 and (size is None or size >= min_bytes)
     context = _pool_context()
     # The pool is forked before the progress bar starts its drawing thread.
-    pool = context.Pool(workers, _start_worker, (context.Barrier(workers),)) if parallel else nullcontext()
+    pool = nullcontext()
+    if parallel:
+        with start_workers():
+            pool = context.Pool(workers, _start_worker, (context.Barrier(workers), os.getpid()))
     with pool, progress_bar("Pre-tokenizing", size, "MB", scale=1e6, enabled=progress) as bar, ExitStack() as stack:
         if plain_file is not None:
             source, chunk_bar = stack.enter_context(open(plain_file, "rb")), bar

@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import os
 import queue
-import signal
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ import numpy as np
 
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, check_output_path
+from lmkit.interrupts import prepare_worker, start_workers
 from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer.pretokenize import corpus_size, decode_chunk, iter_chunks
 from lmkit.tokenizer.sources import Corpus, as_corpus, check_not_empty, open_corpus
@@ -137,12 +137,14 @@ def _receive_ahead(connection: Connection) -> Callable[[], tuple[int, bytes] | N
     return tasks.get
 
 
-def _serve_chunks(connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike | None) -> None:
+def _serve_chunks(
+    connection: Connection, tokenizer: Tokenizer, corpus: str | os.PathLike | None, parent_pid: int
+) -> None:
     """A worker's loop: read `(offset, size)`, encode that chunk of the corpus, send back the ids or the error.
 
     Without a corpus file (inputs joined by `lmkit.tokenizer.sources`) a task is `(offset, chunk bytes)`.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    prepare_worker(parent_pid)  # Ctrl-C is the parent's to handle: it stops the workers
     next_task = connection.recv if corpus is not None else _receive_ahead(connection)
     with open(corpus, "rb") if corpus is not None else contextlib.nullcontext() as source:
         while (task := next_task()) is not None:
@@ -171,13 +173,16 @@ class _ChunkWorkers:
         context = multiprocessing.get_context()
         self._connections: list[Connection] = []
         self._processes = []
-        for _ in range(count):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve_chunks, args=(theirs, tokenizer, corpus), daemon=True)
-            process.start()
-            theirs.close()
-            self._connections.append(ours)
-            self._processes.append(process)
+        with start_workers():
+            for _ in range(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(
+                    target=_serve_chunks, args=(theirs, tokenizer, corpus, os.getpid()), daemon=True
+                )
+                process.start()
+                theirs.close()
+                self._connections.append(ours)
+                self._processes.append(process)
         self._submitted = self._collected = 0
 
     def submit(self, offset: int, chunk: int | bytes) -> None:

@@ -32,6 +32,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             if number == len(lines):
+                warnings.warn(f"{path}: the last line is cut off (the run was killed mid-write); skipped", stacklevel=2)
                 break
             raise InputError(f"{path} line {number} is not JSON; metrics files are written by lmkit train") from None
         if not isinstance(record, dict):

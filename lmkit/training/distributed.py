@@ -168,13 +168,19 @@ class Distributed:
         dist.all_reduce(total)  # Gloo has no AVG, so sum and divide
         return total / self.world_size
 
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """Whether `flag` is set on any rank, so all ranks take the same decision (e.g. stopping on Ctrl-C)."""
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.enabled:
+            dist.barrier()
+
+    def max(self, number: int, device: torch.device) -> int:
+        """The largest of every rank's `number`, so all ranks take the same decision (e.g. stopping on a signal
+        that reached one of them, and which)."""
         if not self.enabled:
-            return flag
-        value = torch.tensor(int(flag), device=device)
+            return number
+        value = torch.tensor(number, device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return int(value.item())
 
 
 @contextlib.contextmanager

@@ -19,8 +19,6 @@ import contextlib
 import gc
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,7 +51,9 @@ from lmkit.training.metrics import MetricsLog, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
+from lmkit.training.runlock import refuse_if_held, run_folder
 from lmkit.training.schedule import get_lr_cosine_schedule
+from lmkit.training.signals import StopRequest, stop_on_signals
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,10 +77,11 @@ class TrainResult:
     elapsed_s: float
     tokens_per_s: float | None
     checkpoint: Path
-    interrupted: bool  # by Ctrl-C; with step < total_steps and not interrupted, --until-step stopped it
+    interrupted: bool  # by Ctrl-C or SIGTERM; with step < total_steps and not interrupted, --until-step stopped it
     parameters_per_process: int  # the model's parameters each process holds: all of them, but a share under fsdp
     mfu: float | None = None  # model FLOPs utilisation of the last logged interval (None without a known peak)
     threads: int = 1  # CPU threads torch used (lmkit.threads)
+    stop_signal: int | None = None  # the signal that interrupted it (signal.SIGINT or signal.SIGTERM)
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -175,27 +176,6 @@ def _restore_rng(state: dict[str, Any], batch_rng: torch.Generator) -> None:
     batch_rng.set_state(state["batches"])
 
 
-@contextlib.contextmanager
-def _stop_on_ctrl_c() -> Iterator[threading.Event]:
-    """While the block runs, a first Ctrl-C only sets the yielded event (the loop finishes its step and
-    saves); a second one interrupts at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signal handlers can only be installed from the main thread
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-        signal.signal(signal.SIGINT, previous)
-
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class Trainer:
     """One training run: built from a validated config (and a checkpoint to resume), run with `run()`."""
 
@@ -203,6 +183,7 @@ class Trainer:
         self.config = config
         self.out_dir = Path(config.train.out_dir)
         self.total_steps = config.total_steps
+        refuse_if_held(self.out_dir)
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
             _check_same_optimizer(config, checkpoint, resume_name)
@@ -371,12 +352,17 @@ class Trainer:
         return path
 
     def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
-        """Train to the configured length (or to `until_step`); Ctrl-C stops cleanly after the current step.
+        """Train to the configured length (or to `until_step`); Ctrl-C or SIGTERM stops cleanly after the
+        current step. The run folder is locked meanwhile (see lmkit.training.runlock).
 
         metrics.jsonl gets a "start" line (with this process's id) and, however the run ends, an "end" line
         saying how: finished, stopped (--until-step), interrupted, diverged or crashed.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
+            return self._run(until_step, show_progress)
+
+    def _run(self, until_step: int | None, show_progress: bool) -> TrainResult:
         main = self.dist.is_main
         mirror = None
         if main and self.config.train.wandb_project:
@@ -389,7 +375,7 @@ class Trainer:
         log = MetricsLog(self.out_dir / "metrics.jsonl", self.step or None, mirror) if main else _NoMetrics()
         with (
             log as metrics,
-            _stop_on_ctrl_c() as stop,
+            stop_on_signals() as stop,
             training_console(show_progress and main, self.step, last_step) as console,
         ):
             threads = f"{self.threads.count} CPU thread{'s' if self.threads.count > 1 else ''}"
@@ -400,6 +386,9 @@ class Trainer:
                     self._train_one(metrics, console)
                 if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
                     self.save("last.pt", self._elapsed())
+            # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank
+            # may leave before rank 0 has written the last checkpoint, nor while signals are still deferred.
+            self.dist.barrier()
         return TrainResult(
             step=self.step,
             total_steps=self.total_steps,
@@ -414,6 +403,7 @@ class Trainer:
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
             mfu=self.mfu,
             threads=self.threads.count,
+            stop_signal=stop.signum,
         )
 
     def _train_one(self, metrics: MetricsLog, console: TrainingConsole) -> None:
@@ -430,7 +420,7 @@ class Trainer:
         console.step(self.step, self.train_loss, lr, self.tokens_per_s)
 
     @contextlib.contextmanager
-    def _ending(self, metrics: MetricsLog, stop: threading.Event) -> Iterator[None]:
+    def _ending(self, metrics: MetricsLog, stop: StopRequest) -> Iterator[None]:
         """Write the run's "end" line as the block leaves, however it leaves (see `run`)."""
         try:
             yield
@@ -459,11 +449,15 @@ class Trainer:
             gc.collect()
             self.dist.stop()
 
-    def _stopping(self, stop: threading.Event) -> bool:
-        """Whether Ctrl-C reached this process or, under several processes, any of them (all stop together)."""
-        if self.dist.any(stop.is_set(), self.device):
-            stop.set()
-        return stop.is_set()
+    def _stopping(self, stop: StopRequest) -> bool:
+        """Whether Ctrl-C or SIGTERM reached this process or, under several processes, any of them (all stop
+        together, reporting the same signal)."""
+        signum = self.dist.max(stop.signum or 0, self.device)
+        if signum:
+            stop.set(signum)
+        # Decided by the agreed value alone: a signal landing here after this rank's contribution was sent
+        # must not stop this rank while the others carry on (it counts at the next step, on every rank).
+        return bool(signum)
 
     def _elapsed(self) -> float:
         """Wall-clock seconds of training, counting the time before a resume."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +37,8 @@ class MetricsLog:
     """Appends events to `path`, flushing every line so a crash or Ctrl-C loses nothing already logged.
 
     A fresh run (`resume_step=None`) starts the file anew. A resumed run keeps the lines up to its
-    checkpoint's step and drops later ones, which the run is about to redo, so the curve has no repeats.
+    checkpoint's step and drops later ones, which the run is about to redo, so the curve has no repeats,
+    and a line cut off by a crash (`kill -9` mid-write), with a warning.
     A `mirror` (e.g. lmkit.tracking.wandb_log.WandbMirror) gets every event too, and is finished on close.
     """
 
@@ -44,7 +46,7 @@ class MetricsLog:
         self._mirror = mirror
         path = Path(path)
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines(keepends=True) if _step(line) <= resume_step]
+            kept = _lines_up_to(path, resume_step)
             with atomic_write(path, "w") as handle:
                 handle.writelines(kept)
             self._file = path.open("a", encoding="utf-8")
@@ -71,9 +73,16 @@ class MetricsLog:
         self.close()
 
 
-def _step(line: str) -> float:
-    """The step of a metrics line; a damaged line (cut off by a crash) sorts after every step."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of `path` logged at or before `step`. A line that is not a complete event (the last line
+    of a run killed mid-write) is dropped with a warning."""
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            line_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{path} line {number} is not a complete event (cut off by a crash?); dropped", stacklevel=3)
+            continue
+        if line_step <= step:
+            kept.append(line + "\n")
+    return kept
