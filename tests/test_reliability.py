@@ -299,7 +299,9 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning_by_runs_and_by_resum
     config = write_tiny_run(tmp_path, train_table(out, steps=8, ckpt_every=4))
     assert runner.invoke(app, ["train", "--quiet", "--config", str(config), "--until-step", "4"]).exit_code == 0
     # As if killed mid-line at step 6: step 5 was logged after the step-4 checkpoint, step 6 only in part.
-    step_4 = metric_lines(out)[-1]
+    lines = metric_lines(out)
+    step_4 = next(line for line in reversed(lines) if line["event"] == "train")
+    torn_line = len(lines) + 2
     with (out / "metrics.jsonl").open("a") as log:
         log.write(json.dumps({**step_4, "step": 5, "loss": 99.0}) + "\n" + '{"event": "train", "step": 6, "lo')
     listed = runner.invoke(app, ["runs", "list", str(tmp_path), "--json"])
@@ -309,7 +311,7 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning_by_runs_and_by_resum
 
     resumed = runner.invoke(app, resume_args(out, 8))
     assert resumed.exit_code == 0, resumed.output
-    assert "warning:" in resumed.stderr and "line 6 is not a complete event" in resumed.stderr
+    assert "warning:" in resumed.stderr and f"line {torn_line} is not a complete event" in resumed.stderr
     straight = runner.invoke(
         app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"'],
     )  # fmt: skip
