@@ -33,7 +33,12 @@ from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tracking.wandb_log import WandbMirror
-from lmkit.training.checkpoint import read_checkpoint, write_checkpoint
+from lmkit.training.checkpoint import (
+    check_weights_fit,
+    check_weights_match_config,
+    read_checkpoint,
+    write_checkpoint,
+)
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
 from lmkit.training.distributed import (
@@ -161,6 +166,7 @@ class Trainer:
         self.total_steps = config.total_steps
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
+            check_weights_match_config(checkpoint["model"], config.model, resume_name)
         elif (self.out_dir / "last.pt").exists():
             raise InputError(
                 f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
@@ -186,6 +192,7 @@ class Trainer:
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)
         self.model = TransformerLM(config.model).to(self.device)
         if checkpoint is not None:
+            check_weights_fit(checkpoint["model"], self.model, resume_name)
             self.model.load_state_dict(checkpoint["model"])  # whole tensors: before any sharding
         self.dist.start(self.device)
         # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,

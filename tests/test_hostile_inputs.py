@@ -1,0 +1,180 @@
+"""Hostile and broken inputs, each answered with one line and exit 2, nothing lost, in bounded time and memory.
+
+Checkpoints whose config claims more than their weights, corrupt embedded configs and tokenizers, token
+ids beyond the vocabulary anywhere in the data, tokenizer files with absurd ids or nesting, loose config
+types, symlinks and foreign files in a run folder, unwritable outputs, absurd model sizes, usage errors.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_input_error, write_tiny_run
+from typer.testing import CliRunner
+
+from lmkit.cli.app import app
+from lmkit.errors import InputError
+from lmkit.training import data as data_module
+from lmkit.training.data import check_tokens
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny run trained for 2 steps; returns its run.toml (the run folder is beside it, `out`)."""
+    folder = tmp_path_factory.mktemp("run")
+    config = write_tiny_run(folder, f'batch_size = 4\nsteps = 2\nout_dir = "{folder / "out"}"\ndevice = "cpu"\n')
+    result = CliRunner().invoke(app, ["train", "--quiet", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return config
+
+
+def _doctored(trained: Path, tmp_path: Path, change) -> Path:
+    """A copy of the run's last.pt with `change(payload)` applied."""
+    payload = torch.load(trained.parent / "out" / "last.pt", weights_only=True)
+    change(payload)
+    path = tmp_path / "doctored.pt"
+    torch.save(payload, path)
+    return path
+
+
+def _set_model(**fields):
+    def change(payload):
+        payload["config"]["model"].update(fields)
+
+    return change
+
+
+# --- 1. a config that claims a bigger model than its weights --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"d_model": 1 << 20, "num_heads": 2}, "weights do not fit this model (its config describes"),
+        ({"num_layers": 100_000}, "its config says 100,000 layers, the weights hold 1"),
+    ],
+)
+def test_a_config_claiming_more_than_the_weights_is_refused_before_building(runner, trained, tmp_path, fields, message):
+    path = _doctored(trained, tmp_path, _set_model(**fields))
+    assert_input_error(runner.invoke(app, ["generate", str(path), "-p", "a", "-n", "1"]), message)
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--resume", str(path)]), message)
+
+
+# --- 8. a checkpoint with a corrupt config or tokenizer -------------------------------------------------
+
+
+def _set(key, value):
+    def change(payload):
+        payload[key] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("config", "garbage"), "damaged lmkit checkpoint: its config is not a set of tables"),
+        (_set("config", {"model": 5}), "damaged lmkit checkpoint: its config is not a set of tables"),
+        (_set("tokenizer_json", 42), "damaged lmkit checkpoint: its tokenizer is not JSON text"),
+        (_set("iteration", "two"), "damaged lmkit checkpoint: its step (iteration) is not an integer"),
+        (_set("model", {"w": 3}), "damaged lmkit checkpoint: its weights are not a dict of named tensors"),
+    ],
+)
+def test_a_damaged_checkpoint_layout_is_one_line(runner, trained, tmp_path, change, message):
+    path = _doctored(trained, tmp_path, change)
+    assert_input_error(runner.invoke(app, ["ckpt", "info", str(path)]), message)
+    assert_input_error(runner.invoke(app, ["generate", str(path), "-p", "a"]), message)
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--resume", str(path)]), message)
+
+
+def test_a_corrupt_stored_tokenizer_is_one_line(runner, trained, tmp_path):
+    path = _doctored(trained, tmp_path, _set("tokenizer_json", '{"model": {'))
+    assert_input_error(runner.invoke(app, ["ckpt", "info", str(path)]), "the stored tokenizer is not valid JSON")
+    assert_input_error(runner.invoke(app, ["generate", str(path), "-p", "a"]), "tokenizer JSON is not valid JSON")
+
+
+def test_a_damaged_stored_model_config_is_one_line(runner, trained, tmp_path):
+    path = _doctored(trained, tmp_path, _set_model(d_model="wide"))
+    assert_input_error(
+        runner.invoke(app, ["generate", str(path), "-p", "a"]), "has a damaged model config (model.d_model:"
+    )
+
+
+# --- 4. token ids beyond the vocabulary anywhere in the data --------------------------------------------
+
+
+def test_every_token_id_is_checked_not_a_sample(monkeypatch):
+    monkeypatch.setattr(data_module, "_ID_CHECK_CHUNK", 1000)  # several chunks on a small array
+    ids = np.zeros(10_001, dtype=np.uint16)
+    ids[7_777] = 300  # an odd position in the middle of a later chunk
+    with pytest.raises(InputError, match=r"token id 300, outside .* of 256 \(first at position 7,777\)"):
+        check_tokens(ids, 256, 16, "train data")
+    ids[7_777] = 255
+    check_tokens(ids, 256, 16, "train data")  # every id fits: no error
+
+
+def test_an_odd_position_id_in_a_large_array_is_caught():
+    # 3M ids: a strided sample of 1M would step over position 2,000,002.
+    ids = np.zeros(3_000_000, dtype=np.uint16)
+    ids[2_000_002] = 999
+    with pytest.raises(InputError, match="token id 999"):
+        check_tokens(ids, 256, 16, "train data")
+
+
+# --- 7. tokenizer files with absurd ids, duplicate ids or deep nesting ----------------------------------
+
+
+def _byte_tokenizer(tmp_path: Path) -> dict:
+    from lmkit.tokenizer.formats import to_hf_json
+
+    return to_hf_json({i: bytes([i]) for i in range(256)}, [], [])
+
+
+def _write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t["model"]["vocab"].__setitem__("Ġ", 10**12), "token id 1000000000000 is outside 0..4294967295"),
+        (lambda t: t["model"]["vocab"].__setitem__("Ġ", -5), "token id -5 is outside 0..4294967295"),
+        (lambda t: t["model"]["vocab"].__setitem__("Ġ", 10**7), "the largest token id is 10,000,000 but there are"),
+        (lambda t: t["model"]["vocab"].__setitem__("Ġ", True), "is not a byte-level token with an integer id"),
+        (lambda t: t["model"]["vocab"].__setitem__("Ġ", 33), "id 33 is given to two tokens"),
+        (lambda t: t.__setitem__("added_tokens", [{"id": 5, "content": "<s>"}]), "id 5 is given to two tokens"),
+        (lambda t: t["model"].__setitem__("merges", 7), "model.merges is not a list"),
+    ],
+)
+def test_tokenizer_files_with_bad_ids(runner, tmp_path, edit, message):
+    tokenizer = _byte_tokenizer(tmp_path)
+    edit(tokenizer)
+    path = _write_json(tmp_path / "bad.json", tokenizer)
+    assert_input_error(runner.invoke(app, ["tokenizer", "inspect", str(path)]), message)
+
+
+def test_a_deeply_nested_tokenizer_file(runner, tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    assert_input_error(runner.invoke(app, ["tokenizer", "inspect", str(path)]), "is nested too deeply")
+    assert_input_error(
+        runner.invoke(app, ["tokenizer", "encode", "--text", "a", "--tokenizer", str(path)]), "is nested too deeply"
+    )
+
+
+def test_gpt2_vocab_files_with_bad_ids(tmp_path):
+    from lmkit.tokenizer import Tokenizer
+    from lmkit.tokenizer.formats import token_to_str
+
+    vocab = {token_to_str(bytes([i])): i for i in range(256)}
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    for bad_id, message in ((10**12, "outside 0..4294967295"), ("7", "not an integer"), (65, "given to two")):
+        vocab["Ġ"] = bad_id
+        _write_json(tmp_path / "vocab.json", vocab)
+        with pytest.raises(InputError, match=message):
+            Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
