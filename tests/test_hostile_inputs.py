@@ -178,3 +178,57 @@ def test_gpt2_vocab_files_with_bad_ids(tmp_path):
         _write_json(tmp_path / "vocab.json", vocab)
         with pytest.raises(InputError, match=message):
             Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+
+
+# --- 9. config values: strict types, finite numbers, a misspelt required key ----------------------------
+
+
+def _run_with(trained: Path, tmp_path: Path, old: str, new: str) -> Path:
+    text = trained.read_text().replace(old, new)
+    assert text != trained.read_text()
+    path = tmp_path / "run.toml"
+    path.write_text(text.replace(str(trained.parent / "out"), str(tmp_path / "out")))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("lr = 1e-3", "lr = inf", "optim.lr: Input should be a finite number"),
+        ("lr = 1e-3", "lr = nan", "optim.lr: Input should be a finite number"),
+        ("lr = 1e-3", 'lr = "1e-3"', "optim.lr: Input should be a valid number"),
+        ("batch_size = 4", "batch_size = true", "train.batch_size: Input should be a valid integer"),
+        ("batch_size = 4", "batch_size = 4.0", "train.batch_size: Input should be a valid integer"),
+        ("d_model = 16", "d_model = true", "model.d_model: Input should be a valid integer"),
+        ("d_model = 16", 'd_model = "16"', "model.d_model: Input should be a valid integer"),
+        ("d_model = 16", "d_modle = 16", "unknown key model.d_modle; did you mean model.d_model?"),
+        ("[optim]\n", "[optim]\nbetas = [true, 0.9]\n", "optim.betas.0: Input should be a valid number"),
+    ],
+)
+def test_loose_or_misspelt_config_values(runner, trained, tmp_path, old, new, message):
+    config = _run_with(trained, tmp_path, old, new)
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_flops_reads_the_model_table_strictly(runner, trained, tmp_path):
+    config = _run_with(trained, tmp_path, "d_model = 16", "d_modle = 16")
+    assert_input_error(runner.invoke(app, ["model", "flops", "--config", str(config)]), "unknown key 'd_modle'")
+
+
+# --- 11. usage errors are one line too -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["trian"], "No such command 'trian'. Did you mean 'train'?"),
+        (["tokenizer", "train"], "Missing argument 'corpus'. (see lmkit tokenizer train --help)"),
+        (["tokenizer", "train", "x", "--vocab-size", "abc"], "Invalid value for '--vocab-size'"),
+        (["model", "flops", "--d-model"], "Option '--d-model' requires an argument."),
+        (["train", "--nproc", "0"], "Invalid value for '--nproc'"),
+    ],
+)
+def test_usage_errors_are_one_line(runner, args, message):
+    assert_input_error(runner.invoke(app, args, prog_name="lmkit"), message)

@@ -22,6 +22,11 @@ from lmkit.cli import train as train_cli
 from lmkit.cli.common import err_console
 from lmkit.errors import InputError
 
+try:  # recent typer vendors click under typer._click; older releases use click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 EXIT_INPUT_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -32,6 +37,19 @@ def _belongs_to_the_cli_framework(exc: Exception) -> bool:
     return type(exc).__module__.split(".")[0] in {"click", "typer"}
 
 
+def _report_usage_error(err: UsageError) -> None:
+    """Print a usage error as one line, like every other error, and exit 2 (click and typer print a box).
+
+    `lmkit` alone (no_args_is_help) raises a usage error too, whose message is the help: shown as it is.
+    """
+    if isinstance(err, NoArgsIsHelpError) or os.environ.get("LMKIT_DEBUG"):
+        raise err
+    message = " ".join(err.format_message().split())
+    where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message + where)}", highlight=False, markup=True)
+    raise typer.Exit(EXIT_INPUT_ERROR)
+
+
 class _LmkitGroup(TyperGroup):
     """Runs a command and turns what it raises into one line on stderr and an exit status.
 
@@ -40,9 +58,17 @@ class _LmkitGroup(TyperGroup):
     With LMKIT_DEBUG=1 the exception propagates with its traceback.
     """
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as err:  # a bad option before the command name: `lmkit --bogus`
+            _report_usage_error(err)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except UsageError as err:  # an unknown command, a missing or malformed option or argument
+            _report_usage_error(err)
         except KeyboardInterrupt:
             if os.environ.get("LMKIT_DEBUG"):
                 raise

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmkit.device import DEVICE_PATTERN
-from lmkit.errors import InputError, validation_error_message
+from lmkit.errors import InputError, first_error, validation_error_message
 from lmkit.fileio import read_toml, tomllib
 from lmkit.model import ModelConfig
 
@@ -36,12 +36,14 @@ class DataConfig(BaseModel):
 class OptimConfig(BaseModel):
     """[optim]: AdamW and the warmup + cosine learning-rate schedule (decaying to min_lr at the last step)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     lr: float = Field(default=3e-4, gt=0, description="peak learning rate")
     min_lr: float | None = Field(default=None, ge=0, description="final learning rate (default lr / 10)")
     warmup_steps: int = Field(default=0, ge=0, description="linear warmup from 0 to lr")
-    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW beta1, beta2, each in [0, 1)")
+    betas: tuple[float, float] = Field(
+        default=(0.9, 0.95), strict=False, description="AdamW beta1, beta2, each in [0, 1)"
+    )  # not strict: TOML gives a list; the numbers in it still are
     eps: float = Field(default=1e-8, gt=0, description="AdamW's epsilon, added to sqrt(v) in the denominator")
     weight_decay: float = Field(default=0.1, ge=0, description="decoupled decay of weight matrices")
     decay_embeddings: bool = Field(default=False, description="also decay the token embeddings")
@@ -61,7 +63,7 @@ class OptimConfig(BaseModel):
 class TrainConfig(BaseModel):
     """[train]: how long, on what, and how often to log, evaluate and checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     batch_size: int = Field(
         gt=0, description="sequences per micro-batch (the global batch, split over processes under torchrun)"
@@ -86,7 +88,9 @@ class TrainConfig(BaseModel):
     eval_batches: int = Field(default=20, gt=0, description="fixed validation batches per evaluation")
     log_every: int = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
     ckpt_every: int = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
-    out_dir: Path = Field(default=Path("runs/lmkit"), description="run folder: checkpoints, metrics, config")
+    out_dir: Path = Field(
+        default=Path("runs/lmkit"), strict=False, description="run folder: checkpoints, metrics, config"
+    )  # not strict: TOML gives a string
     wandb_project: str | None = Field(
         default=None, description="also log metrics to this Weights & Biases project (needs pip install wandb)"
     )
@@ -162,7 +166,7 @@ def _fields_at(loc: tuple) -> list[str]:
 
 def _message(err: ValidationError) -> str:
     """One line for the first problem; unknown keys name the closest valid key."""
-    first = err.errors()[0]
+    first = first_error(err)
     if first["type"] != "extra_forbidden":
         return validation_error_message(err)
     *table, key = (str(part) for part in first["loc"])
