@@ -232,3 +232,45 @@ def test_model_flops_reads_the_model_table_strictly(runner, trained, tmp_path):
 )
 def test_usage_errors_are_one_line(runner, args, message):
     assert_input_error(runner.invoke(app, args, prog_name="lmkit"), message)
+
+
+# --- 5. absurd sizes are refused with the figure, before anything is built ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("d_model = 16", "d_model = 1048576", "this run needs about"),
+        ("d_model = 16\nnum_layers = 1", "d_model = 512\nnum_layers = 100000", "this run needs about"),
+        ("batch_size = 4", "batch_size = 100000000", "this run needs about"),
+        ("batch_size = 4", "batch_size = 1\neval_batches = 1000000000", "the fixed validation batches"),
+    ],
+)
+def test_absurd_sizes_are_refused_with_the_figure(runner, trained, tmp_path, monkeypatch, old, new, message):
+    import lmkit.training.loop
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the memory check")
+
+    monkeypatch.setattr(lmkit.training.loop, "TransformerLM", no_model)
+    config = _run_with(trained, tmp_path, old, new)
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_memory_estimate_is_the_accounting_figure():
+    from lmkit.accounting import training_memory
+    from lmkit.model import ModelConfig
+    from lmkit.training.memory_check import training_bytes
+
+    model = ModelConfig(vocab_size=256, context_length=16, d_model=16, num_layers=1, num_heads=2)
+    memory = training_memory(model, 16)
+    assert training_bytes(model, 3) == memory["fixed"] + 3 * memory["activations_per_sequence"]
+    assert training_bytes(model, 3, shards=2) == memory["fixed"] // 2 + 3 * memory["activations_per_sequence"]
+
+
+def test_model_flops_measure_refuses_a_hundred_thousand_layers(runner):
+    args = ["model", "flops", "--vocab-size", "100", "--context-length", "16", "--d-model", "16"]
+    result = runner.invoke(app, [*args, "--num-heads", "2", "--num-layers", "100000", "--measure"])
+    assert_input_error(result, "--measure runs the model block by block and is limited to 1,024 layers")
+    assert runner.invoke(app, [*args, "--num-heads", "2", "--num-layers", "100000", "--json"]).exit_code == 0

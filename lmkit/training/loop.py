@@ -49,6 +49,7 @@ from lmkit.training.distributed import (
     whole_state,
 )
 from lmkit.training.loss import cross_entropy
+from lmkit.training.memory_check import check_run_fits
 from lmkit.training.metrics import MetricsLog
 from lmkit.training.optim import AdamW, clip_grad_norm, param_groups
 from lmkit.training.schedule import get_lr_cosine_schedule
@@ -176,6 +177,9 @@ class Trainer:
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
+        shards = self.dist.world_size if self.dist.enabled and config.train.parallel == "fsdp" else 1
+        rows = len(range(config.train.batch_size)[self.rows])
+        check_run_fits(config.model, config.train.batch_size, config.train.eval_batches, rows, self.device, shards)
         if self.autocast_dtype == torch.float16 and self.dist.enabled and config.train.parallel == "fsdp":
             raise InputError(
                 'train.dtype = "float16" needs loss scaling, which lmkit does not do across FSDP shards; '
