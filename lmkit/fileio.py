@@ -25,7 +25,18 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise InputError(f"output path {out} is a folder; give a file name")
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist; create it first")
+    check_writable_folder(out.parent)
     return out
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """InputError unless a file can be created in `folder`, found out by creating (and dropping) a nameless
+    one: permissions, read-only mounts and the like all show, before any work is done."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write in {folder} ({err.strerror or err}); choose a writable location") from None
 
 
 @contextlib.contextmanager

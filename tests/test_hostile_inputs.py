@@ -274,3 +274,97 @@ def test_model_flops_measure_refuses_a_hundred_thousand_layers(runner):
     result = runner.invoke(app, [*args, "--num-heads", "2", "--num-layers", "100000", "--measure"])
     assert_input_error(result, "--measure runs the model block by block and is limited to 1,024 layers")
     assert runner.invoke(app, [*args, "--num-heads", "2", "--num-layers", "100000", "--json"]).exit_code == 0
+
+
+# --- 2. symbolic links and other tools' files in a run folder -------------------------------------------
+
+
+def _fresh_run(trained: Path, tmp_path: Path, out_dir: Path) -> Path:
+    text = trained.read_text().replace(str(trained.parent / "out"), str(out_dir))
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_symlinked_metrics_file_is_refused_and_its_target_untouched(runner, trained, tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(target)
+    config = _fresh_run(trained, tmp_path, out)
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), "is a symbolic link")
+    assert target.read_text() == "keep me\n"
+
+
+def test_resuming_into_a_folder_with_a_symlinked_file_is_refused(runner, trained, tmp_path):
+    out = tmp_path / "out"
+    config = _fresh_run(trained, tmp_path, out)
+    assert runner.invoke(app, ["train", "--quiet", "--config", str(config), "--until-step", "1"]).exit_code == 0
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (out / "config.toml").unlink()
+    (out / "config.toml").symlink_to(target)
+    result = runner.invoke(app, ["train", "--quiet", "--config", str(config), "--resume", str(out / "last.pt")])
+    assert_input_error(result, "config.toml is a symbolic link")
+    assert target.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), [("config.toml", "[tool]\nname = 'other'\n"), ("best.pt", "x"), ("metrics.jsonl", "{}\n")]
+)
+def test_another_tools_files_are_not_replaced(runner, trained, tmp_path, name, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(content)
+    config = _fresh_run(trained, tmp_path, out)
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), "lmkit will not replace")
+    assert (out / name).read_text() == content
+
+
+def test_a_start_that_never_saved_can_be_started_again(runner, trained, tmp_path):
+    out = tmp_path / "out"
+    config = _fresh_run(trained, tmp_path, out)
+    assert runner.invoke(app, ["train", "--quiet", "--config", str(config)]).exit_code == 0
+    (out / "last.pt").unlink()
+    (out / "best.pt").unlink()  # as if it had stopped before its first checkpoint: config.toml, metrics.jsonl
+    assert runner.invoke(app, ["train", "--quiet", "--config", str(config)]).exit_code == 0
+
+
+# --- 6. unwritable outputs, found before any work -------------------------------------------------------
+
+UNWRITABLE = Path("/proc")  # a folder no one can create files in, root included
+
+
+def test_an_unwritable_run_folder_is_refused_up_front(runner, trained, tmp_path):
+    config = _fresh_run(trained, tmp_path, UNWRITABLE / "lmkit-run")
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), "cannot write in /proc")
+
+
+def test_an_out_dir_that_is_a_file_is_refused(runner, trained, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    config = _fresh_run(trained, tmp_path, tmp_path / "afile")
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), "is a file, not a folder")
+    config = _fresh_run(trained, tmp_path, tmp_path / "afile" / "run")
+    assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), "afile is a file")
+
+
+def test_unwritable_tokenizer_outputs_are_refused_before_training(runner, tmp_path, monkeypatch):
+    import lmkit.tokenizer.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the output")
+
+    monkeypatch.setattr(lmkit.tokenizer.train, "learn_merges", no_training)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello world " * 100)
+    result = runner.invoke(app, ["tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", "/proc/t.json"])
+    assert_input_error(result, "cannot write in /proc")
+    tokenizer = tmp_path / "tokenizer.json"
+    from lmkit.tokenizer.formats import save_tokenizer
+
+    save_tokenizer(tokenizer, {i: bytes([i]) for i in range(256)}, [], [])
+    result = runner.invoke(
+        app, ["tokenizer", "encode", str(corpus), "--tokenizer", str(tokenizer), "--out", "/proc/x.npy"]
+    )
+    assert_input_error(result, "cannot write in /proc")

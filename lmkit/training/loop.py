@@ -48,6 +48,7 @@ from lmkit.training.distributed import (
     shard_like_parameters,
     whole_state,
 )
+from lmkit.training.folder_check import check_run_folder
 from lmkit.training.loss import cross_entropy
 from lmkit.training.memory_check import check_run_fits
 from lmkit.training.metrics import MetricsLog
@@ -168,11 +169,7 @@ class Trainer:
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
             check_weights_match_config(checkpoint["model"], config.model, resume_name)
-        elif (self.out_dir / "last.pt").exists():
-            raise InputError(
-                f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
-                "or set train.out_dir to a new folder"
-            )
+        check_run_folder(self.out_dir, resuming=checkpoint is not None)
         self.dist = Distributed.from_env()
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
