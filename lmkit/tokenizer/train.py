@@ -132,11 +132,14 @@ class _MergeState:
         long_counts = self.long.replace(code, a, b, z, self.pair_counts) if self.long else {}
         del self.pair_counts[code]
         counts, where, heap, freq_of = self.pair_counts, self.where, self.heap, self.freqs.__getitem__
-        for pc in new_where.keys() | long_counts.keys():
-            js = new_where.get(pc)
+        for pc, js in new_where.items():
             if js:  # empty where an "a b a b" took its only entry back
                 where[pc] = js
-            count = (sum(map(freq_of, js)) if js else 0) + long_counts.get(pc, 0)
+            count = sum(map(freq_of, js)) + (long_counts.pop(pc, 0) if long_counts else 0)
+            if count:
+                counts[pc] = count
+                heapq.heappush(heap, (-count, self._tie_key(pc), pc))
+        for pc, count in long_counts.items():  # pairs made only in long words
             if count:
                 counts[pc] = count
                 heapq.heappush(heap, (-count, self._tie_key(pc), pc))
