@@ -135,7 +135,7 @@ def _check_layout(payload: dict[str, Any], name: str) -> None:
         isinstance(config, dict) and all(isinstance(table, dict) for table in config.values())
     ):
         problem = "its config is not a set of tables"
-    elif not isinstance(payload.get("tokenizer_json", ""), str):
+    elif payload.get("tokenizer_json") is not None and not isinstance(payload["tokenizer_json"], str):
         problem = "its tokenizer is not JSON text"
     if problem:
         raise InputError(f"{name} is a damaged lmkit checkpoint: {problem}")

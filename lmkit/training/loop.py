@@ -473,7 +473,7 @@ def resolve_run(
     if config_path is None and resume is None:
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
     checkpoint = read_checkpoint(resume) if resume is not None else None
-    if checkpoint is not None and "rng" not in checkpoint:
+    if checkpoint is not None and ("rng" not in checkpoint or not isinstance(checkpoint.get("config"), dict)):
         raise InputError(f"{resume} holds weights but no run state; only checkpoints from `lmkit train` resume")
     if config_path is not None:
         config = load_config(config_path, overrides)
