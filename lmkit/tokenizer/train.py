@@ -127,7 +127,9 @@ class _MergeState:
         product = self.tokens[a] + self.tokens[b]
         z = len(self.tokens)
         self.tokens.append(product)
-        self.spelling.append(_reversed_spelling(product))
+        # The product's spelling is its halves' (less the first one's end mark): copied, not re-spelt byte by
+        # byte, which matters when tokens grow to many kilobytes (one long word with few repeats).
+        self.spelling.append(self.spelling[a][:-1] + self.spelling[b])
         new_where = self._replace(code, a, b, z)
         long_counts = self.long.replace(code, a, b, z, self.pair_counts) if self.long else {}
         del self.pair_counts[code]
