@@ -44,8 +44,8 @@ def unicode_to_byte() -> dict[str, int]:
 
 def token_to_str(token: bytes) -> str:
     """Spell a token's bytes in GPT-2's byte-level alphabet."""
-    table = byte_to_unicode()
-    return "".join(table[b] for b in token)
+    # Latin-1 turns byte b into chr(b), which the table maps to its spelling: all in C, even for long tokens.
+    return token.decode("latin-1").translate(byte_to_unicode())
 
 
 def str_to_token(text: str) -> bytes | None:
