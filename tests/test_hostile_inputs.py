@@ -368,3 +368,7 @@ def test_unwritable_tokenizer_outputs_are_refused_before_training(runner, tmp_pa
         app, ["tokenizer", "encode", str(corpus), "--tokenizer", str(tokenizer), "--out", "/proc/x.npy"]
     )
     assert_input_error(result, "cannot write in /proc")
+
+
+def test_quickstart_into_an_unwritable_folder_is_refused_up_front(runner):
+    assert_input_error(runner.invoke(app, ["quickstart", "--out", str(UNWRITABLE / "qs")]), "cannot write in /proc")

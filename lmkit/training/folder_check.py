@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmkit.errors import InputError
-from lmkit.fileio import check_writable_folder, read_toml
+from lmkit.fileio import check_folder_can_be_made, read_toml
 
 # The files a run writes in its folder (hidden temporary files and the lock aside).
 RUN_FILES = ("config.toml", "metrics.jsonl", "last.pt", "best.pt")
@@ -19,12 +19,7 @@ def check_run_folder(out_dir: Path, resuming: bool) -> None:
     through a link); and, for a fresh run, a folder holding a run (last.pt: resume it instead) or files
     of a run lmkit did not write (best.pt, metrics.jsonl or a config.toml without an lmkit config.toml).
     """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"train.out_dir {out_dir} is a file, not a folder; set train.out_dir to a folder")
-    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
-    if not existing.is_dir():
-        raise InputError(f"train.out_dir {out_dir} cannot be made: {existing} is a file")
-    check_writable_folder(existing)
+    check_folder_can_be_made(out_dir, "train.out_dir")
     for name in RUN_FILES:
         path = out_dir / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
