@@ -156,17 +156,18 @@ def test_fixtures_match_the_reference(name, vocab_size):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    words=st.dictionaries(st.text(alphabet="abc", min_size=1, max_size=30), st.integers(1, 3), min_size=1, max_size=5),
+    words=st.dictionaries(st.text(alphabet="abc", min_size=1, max_size=30), st.integers(1, 3), min_size=1, max_size=8),
     num_merges=st.integers(1, 40),
 )
 def test_long_word_index_merges_like_the_reference(words, num_merges):
-    # Every word of 2+ bytes goes through the position index of long words: the same merges as the reference.
+    # Every word of 2+ bytes through the position index of long words, then words of 8+ bytes (a mix of the
+    # two paths, sharing pairs): the same merges as the reference.
     counts = {w.encode(): c for w, c in words.items()}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bpe_train_module, "LONG_WORD", 2)
-        merges = learn_merges(counts, num_merges)
     reference = reference_merges(Counter({tuple(bytes([b]) for b in w): c for w, c in counts.items()}), num_merges)
-    assert merges == reference
+    for long_word in (2, 8):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(bpe_train_module, "LONG_WORD", long_word)
+            assert learn_merges(counts, num_merges) == reference
 
 
 def test_a_long_word_beside_short_ones_merges_like_the_reference():

@@ -94,9 +94,11 @@ class _MergeState:
         self.words: list[list[int]] = [list(w) for w, _ in multi]
         self.freqs: list[int] = [c for _, c in multi]
         self.pair_counts, self.where = _byte_pairs([w for w, _ in multi], self.freqs, self.shift)
-        self.long = _LongWords([(w, c) for w, c in word_counts.items() if len(w) >= LONG_WORD], self.shift)
-        for code, count in self.long.initial_counts().items():
-            self.pair_counts[code] = self.pair_counts.get(code, 0) + count
+        long_words = [(w, c) for w, c in word_counts.items() if len(w) >= LONG_WORD]
+        self.long = _LongWords(long_words, self.shift) if long_words else None  # None: ordinary text
+        if self.long is not None:
+            for code, count in self.long.initial_counts().items():
+                self.pair_counts[code] = self.pair_counts.get(code, 0) + count
         self.heap = [(-c, self._tie_key(code), code) for code, c in self.pair_counts.items()]
         heapq.heapify(self.heap)
 
@@ -131,19 +133,19 @@ class _MergeState:
         # byte, which matters when tokens grow to many kilobytes (one long word with few repeats).
         self.spelling.append(self.spelling[a][:-1] + self.spelling[b])
         new_where = self._replace(code, a, b, z)
-        long_counts = self.long.replace(code, a, b, z, self.pair_counts) if self.long else {}
+        long_counts = self.long.replace(code, a, b, z, self.pair_counts) if self.long is not None else {}
         del self.pair_counts[code]
         counts, where, heap, freq_of = self.pair_counts, self.where, self.heap, self.freqs.__getitem__
         for pc, js in new_where.items():
             if js:  # empty where an "a b a b" took its only entry back
+                counts[pc] = count = sum(map(freq_of, js))
                 where[pc] = js
-            count = sum(map(freq_of, js)) + (long_counts.pop(pc, 0) if long_counts else 0)
-            if count:
-                counts[pc] = count
                 heapq.heappush(heap, (-count, self._tie_key(pc), pc))
-        for pc, count in long_counts.items():  # pairs made only in long words
-            if count:
-                counts[pc] = count
+        for pc, made in long_counts.items():
+            if made:
+                # A pair also made in short words was pushed above with part of its count; that entry
+                # understates it, but this one is exact, pops first, and the other is dropped once merged.
+                counts[pc] = count = counts.get(pc, 0) + made
                 heapq.heappush(heap, (-count, self._tie_key(pc), pc))
         return self.tokens[a], self.tokens[b]
 
@@ -211,9 +213,6 @@ class _LongWords:
         self.nxt = list(range(1, size + 1))
         self.prv = list(range(-1, size - 1))
         self.where: dict[int, list[int]] = defaultdict(list)
-
-    def __bool__(self) -> bool:
-        return len(self.sym) > 1
 
     def initial_counts(self) -> dict[int, int]:
         """Index every adjacent byte pair and return `{pair code: count}`."""
