@@ -14,6 +14,9 @@ from lmkit.model.config import ModelConfig
 
 FLOAT32_BYTES = 4
 GB = 10**9
+# --measure runs a forward pass on the meta device, block by block, at some tens of milliseconds a block:
+# deeper than this it would take minutes (and a model this deep is no real design).
+MEASURE_MAX_LAYERS = 1024
 
 FLOP_LABELS = {
     "q_proj": "Q projection",
@@ -180,6 +183,11 @@ def report(
         "forward_flops_share": {name: n / flops["total"] for name, n in flops.items() if name != "total"},
     }
     if measure:
+        if config.num_layers > MEASURE_MAX_LAYERS:
+            raise InputError(
+                f"--measure runs the model block by block and is limited to {MEASURE_MAX_LAYERS:,} layers "
+                f"(this one has {config.num_layers:,}); drop --measure, the formulas need no model"
+            )
         facts["forward_flops_measured"] = measure_forward_flops(config, seq_len, batch_size)
     facts["train_step_flops"] = step_flops
     facts["training_memory_bytes"] = {

@@ -22,11 +22,19 @@ class DiskFull(OSError):
 def validation_error_message(err: ValidationError) -> str:
     """One line naming the offending field and why, from a pydantic ValidationError.
 
-    Only the first problem is reported: fixing it and trying again is how users work through a config.
+    Only one problem is reported: fixing it and trying again is how users work through a config. An
+    unknown key goes first: a misspelt required key (`d_modle`) also makes the real one missing, and the
+    spelling is what needs fixing.
     """
-    first = err.errors()[0]
+    first = first_error(err)
     field = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown key {field!r}: check its spelling"
     return f"{field}: {message}" if field else message
+
+
+def first_error(err: ValidationError) -> dict:
+    """The error to report from a ValidationError: the first unknown key if there is one, else the first error."""
+    errors = err.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])

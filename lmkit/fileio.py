@@ -38,7 +38,30 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise InputError(f"output path {out} is a folder; give a file name")
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist; create it first")
+    check_writable_folder(out.parent)
     return out
+
+
+def check_folder_can_be_made(folder: str | os.PathLike, what: str = "output folder") -> None:
+    """InputError unless `folder` is a folder lmkit can write in, or can be created: it must not be a file,
+    and its nearest existing folder must take new files (probed with `check_writable_folder`)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{what} {folder} is a file, not a folder; give a folder")
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise InputError(f"{what} {folder} cannot be made: {existing} is a file")
+    check_writable_folder(existing)
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """InputError unless a file can be created in `folder`, found out by creating (and dropping) a nameless
+    one: permissions, read-only mounts and the like all show, before any work is done."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write in {folder} ({err.strerror or err}); choose a writable location") from None
 
 
 @contextlib.contextmanager

@@ -438,8 +438,9 @@ def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "auto"
     from lmkit.training.checkpoint import check_weights_fit, load_inference_checkpoint
 
     target = resolve_device(device, "--device")
-    stored = load_inference_checkpoint(checkpoint)
+    stored = load_inference_checkpoint(checkpoint)  # checks the weights against the config before any build
+    tokenizer = Tokenizer.from_json(stored.tokenizer_json)
     model = TransformerLM(stored.model_config)
     check_weights_fit(stored.state_dict, model, str(checkpoint))
     model.load_state_dict(stored.state_dict)
-    return model.to(target).eval(), Tokenizer.from_json(stored.tokenizer_json)
+    return model.to(target).eval(), tokenizer

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmkit.errors import InputError
-from lmkit.fileio import atomic_write
+from lmkit.fileio import atomic_write, check_folder_can_be_made
 from lmkit.interrupts import Interrupted
 
 if TYPE_CHECKING:
@@ -129,8 +129,7 @@ def _check_inputs(out_dir: Path, vocab_size: int) -> None:
         raise InputError(
             f"{out_dir} already holds a quickstart run; give another folder with --out, or delete this one"
         )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} is a file; give a folder with --out")
+    check_folder_can_be_made(out_dir, "--out")
 
 
 def _write_splits(data_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """BPE training: hand-worked merges, an independent slow reference, chunking/worker invariance, the CLI."""
 
 import json
+import random
 import re
 from collections import Counter
 from functools import cache
@@ -16,6 +17,7 @@ from lmkit.cli.app import app
 from lmkit.cli.common import err_console
 from lmkit.errors import InputError
 from lmkit.tokenizer import counting, train_bpe
+from lmkit.tokenizer import train as bpe_train_module
 from lmkit.tokenizer.counting import count_pretokens
 from lmkit.tokenizer.formats import load_tokenizer
 from lmkit.tokenizer.train import _reversed_spelling, display_token, learn_merges
@@ -150,6 +152,30 @@ def test_fixtures_match_the_reference(name, vocab_size):
     # The reference's first merges for a smaller vocabulary are the prefix of its merges for a larger one.
     assert merges == reference_for_fixture(name, 1000 - 257)[:num_merges]
     assert len(vocab) == 257 + len(merges)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.dictionaries(st.text(alphabet="abc", min_size=1, max_size=30), st.integers(1, 3), min_size=1, max_size=8),
+    num_merges=st.integers(1, 40),
+)
+def test_long_word_index_merges_like_the_reference(words, num_merges):
+    # Every word of 2+ bytes through the position index of long words, then words of 8+ bytes (a mix of the
+    # two paths, sharing pairs): the same merges as the reference.
+    counts = {w.encode(): c for w, c in words.items()}
+    reference = reference_merges(Counter({tuple(bytes([b]) for b in w): c for w, c in counts.items()}), num_merges)
+    for long_word in (2, 8):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(bpe_train_module, "LONG_WORD", long_word)
+            assert learn_merges(counts, num_merges) == reference
+
+
+def test_a_long_word_beside_short_ones_merges_like_the_reference():
+    rng = random.Random(3)
+    long_word = "".join(rng.choices("abcd", k=3 * bpe_train_module.LONG_WORD)).encode()
+    counts = {long_word: 2, b"abab": 5, b"dcba": 7, b"aa": 1}
+    reference = reference_merges(Counter({tuple(bytes([b]) for b in w): c for w, c in counts.items()}), 60)
+    assert learn_merges(counts, 60) == reference
 
 
 PIECES = st.one_of(

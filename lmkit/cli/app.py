@@ -28,6 +28,11 @@ from lmkit.cli.common import err_console
 from lmkit.errors import InputError
 from lmkit.interrupts import exit_status, ignore_stop_signals, raise_on_signals
 
+try:  # recent typer vendors click under typer._click; older releases use click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 EXIT_INPUT_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
 
@@ -40,6 +45,17 @@ def _belongs_to_the_cli_framework(exc: Exception) -> bool:
 def _print_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     """Show a warning as one line on stderr, `warning: ...`, without the source line Python adds."""
     err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+def _report_usage_error(err: UsageError) -> None:
+    """Print a usage error as one line, like every other error, and exit 2 (click and typer print a box).
+
+    `lmkit` alone (no_args_is_help) raises a usage error too, whose message is the help: shown as it is.
+    """
+    if isinstance(err, NoArgsIsHelpError) or os.environ.get("LMKIT_DEBUG"):
+        raise err
+    message = " ".join(err.format_message().split())
+    where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message + where)}", highlight=False, markup=True)
+    raise typer.Exit(EXIT_INPUT_ERROR)
 
 
 class _LmkitGroup(TyperGroup):
@@ -50,11 +66,19 @@ class _LmkitGroup(TyperGroup):
     With LMKIT_DEBUG=1 the exception propagates with its traceback.
     """
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as err:  # a bad option before the command name: `lmkit --bogus`
+            _report_usage_error(err)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             with raise_on_signals(), warnings.catch_warnings():
                 warnings.showwarning = _print_warning
                 return super().invoke(ctx)
+        except UsageError as err:  # an unknown command, a missing or malformed option or argument
+            _report_usage_error(err)
         except KeyboardInterrupt as interrupt:
             ignore_stop_signals()  # a second Ctrl-C must not break into the exit
             if os.environ.get("LMKIT_DEBUG"):

@@ -31,7 +31,8 @@ class ModelConfig(BaseModel):
     (plain multi-head attention); after validation both are always ints.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `d_model = true` or `"64"` is refused, not read as 1 or 64; no inf or nan
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     vocab_size: int = Field(gt=0, description="number of token ids")
     context_length: int = Field(gt=0, description="the longest sequence the model reads")

@@ -44,8 +44,8 @@ def unicode_to_byte() -> dict[str, int]:
 
 def token_to_str(token: bytes) -> str:
     """Spell a token's bytes in GPT-2's byte-level alphabet."""
-    table = byte_to_unicode()
-    return "".join(table[b] for b in token)
+    # Latin-1 turns byte b into chr(b), which the table maps to its spelling: all in C, even for long tokens.
+    return token.decode("latin-1").translate(byte_to_unicode())
 
 
 def str_to_token(text: str) -> bytes | None:
@@ -116,6 +116,46 @@ def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
     }
 
 
+# Token ids are stored as uint32 at most (token arrays, HF tokenizers' u32); ids must also number the
+# tokens without wide gaps, since every table indexed by id (embeddings, lookups) has max id + 1 rows.
+MAX_ID = (1 << 32) - 1
+_ALLOWED_GAP = 1 << 16
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _clip(value: object, limit: int = 80) -> str:
+    """A value's repr, cut short: a message stays one readable line whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _add_token(vocab: Vocab, token_id: int, token: bytes, source: str) -> None:
+    """Put `token` at `token_id`, refusing an id that another token already holds."""
+    if token_id in vocab and vocab[token_id] != token:
+        raise InputError(
+            f"{source}: id {token_id} is given to two tokens ({_clip(token_to_str(vocab[token_id]))} and "
+            f"{_clip(token_to_str(token))}); every token needs its own id"
+        )
+    vocab[token_id] = token
+
+
+def check_ids(vocab: Vocab, source: str) -> None:
+    """InputError for a negative id, one above MAX_ID, or ids whose largest leaves a gap wider than _ALLOWED_GAP."""
+    if not vocab:
+        raise InputError(f"{source}: the vocabulary is empty")
+    low, high = min(vocab), max(vocab)
+    if low < 0 or high > MAX_ID:
+        raise InputError(f"{source}: token id {low if low < 0 else high} is outside 0..{MAX_ID}")
+    if high >= len(vocab) + _ALLOWED_GAP:
+        raise InputError(
+            f"{source}: the largest token id is {high:,} but there are only {len(vocab):,} tokens; "
+            "ids should number the tokens from 0 without wide gaps"
+        )
+
+
 def _merge_pair(entry: object) -> tuple[str, str] | None:
     """A merge entry as two strings: `["a", "b"]` (current layout) or `"a b"` (older layout)."""
     if isinstance(entry, str):
@@ -133,27 +173,36 @@ def from_hf_json(obj: object, source: str = "tokenizer file") -> tuple[Vocab, Me
         raise InputError(f"{source} is not a byte-level BPE tokenizer.json (no BPE model with a vocab)")
     if obj.get("version") != "1.0":
         raise InputError(f"{source} has tokenizer.json version {obj.get('version')!r}; only '1.0' is supported")
-    added_contents = {a.get("content") for a in obj.get("added_tokens") or [] if isinstance(a, dict)}
+    added_tokens = obj.get("added_tokens") or []
+    if not isinstance(added_tokens, list):
+        raise InputError(f"{source}: added_tokens is not a list")
+    added_contents = {a.get("content") for a in added_tokens if isinstance(a, dict)}
     vocab: Vocab = {}
     for text, token_id in model["vocab"].items():
         if text in added_contents:
             continue  # spelled as plain text, not in the byte-level alphabet; read from added_tokens below
         token = str_to_token(text)
-        if token is None or not isinstance(token_id, int):
-            raise InputError(f"{source}: vocab entry {text!r} is not a byte-level token with an integer id")
-        vocab[token_id] = token
+        if token is None or not _is_id(token_id):
+            raise InputError(f"{source}: vocab entry {_clip(text)} is not a byte-level token with an integer id")
+        _add_token(vocab, token_id, token, source)
     special_tokens = []
-    for added in obj.get("added_tokens") or []:
-        if not isinstance(added, dict) or not isinstance(added.get("id"), int) or not added.get("content"):
-            raise InputError(f"{source}: malformed entry in added_tokens: {added!r}")
-        vocab[added["id"]] = added["content"].encode("utf-8")
+    for added in added_tokens:
+        if not isinstance(added, dict) or not _is_id(added.get("id")) or not isinstance(added.get("content"), str):
+            raise InputError(f"{source}: malformed entry in added_tokens: {_clip(added)}")
+        if not added["content"]:
+            raise InputError(f"{source}: an entry in added_tokens has empty content")
+        _add_token(vocab, added["id"], added["content"].encode("utf-8"), source)
         special_tokens.append(added["content"])
+    check_ids(vocab, source)
+    raw_merges = model.get("merges") or []
+    if not isinstance(raw_merges, list):
+        raise InputError(f"{source}: model.merges is not a list")
     merges = []
-    for entry in model.get("merges") or []:
+    for entry in raw_merges:
         pair = _merge_pair(entry)
         a, b = (None, None) if pair is None else (str_to_token(pair[0]), str_to_token(pair[1]))
         if a is None or b is None:
-            raise InputError(f"{source}: malformed merge {entry!r}")
+            raise InputError(f"{source}: malformed merge {_clip(entry)}")
         merges.append((a, b))
     return vocab, merges, special_tokens
 
@@ -164,9 +213,20 @@ def _read_json(path: str | os.PathLike, what: str) -> object:
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
         raise InputError(f"{what} {path} is not valid JSON ({err}); is it the right file?") from None
+    return parse_json(text, f"{what} {path}")
+
+
+def parse_json(text: str, what: str) -> object:
+    """`json.loads`, with malformed or absurdly nested JSON (which exhausts the parser's recursion) as InputError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{what} is not valid JSON ({err}); is it the right file?") from None
+    except RecursionError:
+        raise InputError(f"{what} is nested too deeply to be a tokenizer file") from None
 
 
 def save_tokenizer(path: str | os.PathLike, vocab: Vocab, merges: Merges, special_tokens: list[str]) -> None:
@@ -192,8 +252,11 @@ def read_gpt2_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLik
         raise InputError(f"vocab file {vocab_path} is not a JSON object of token -> id")
     vocab: Vocab = {}
     for text, token_id in raw_vocab.items():
+        if not _is_id(token_id):
+            raise InputError(f"vocab file {vocab_path}: token {_clip(text)} has id {_clip(token_id)}, not an integer")
         token = str_to_token(text)
-        vocab[token_id] = token if token is not None else text.encode("utf-8")
+        _add_token(vocab, token_id, token if token is not None else text.encode("utf-8"), f"vocab file {vocab_path}")
+    check_ids(vocab, f"vocab file {vocab_path}")
     path = Path(merges_path)
     if not path.is_file():
         raise InputError(f"merges file {path} does not exist")

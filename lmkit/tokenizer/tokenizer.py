@@ -28,6 +28,7 @@ from lmkit.tokenizer.formats import (
     Vocab,
     from_hf_json,
     load_tokenizer,
+    parse_json,
     read_gpt2_files,
     save_tokenizer,
     to_hf_json,
@@ -176,11 +177,7 @@ class Tokenizer:
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
         """Rebuild a tokenizer from `to_json` text."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"the tokenizer JSON is not valid ({err})") from None
-        return cls(*from_hf_json(obj, source="tokenizer JSON"))
+        return cls(*from_hf_json(parse_json(text, "the tokenizer JSON"), source="tokenizer JSON"))
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`; each special token becomes its one id."""

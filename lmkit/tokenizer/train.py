@@ -14,6 +14,11 @@ Two merges never make the same bytes, so a symbol is its bytes, as in a plain im
 words as tuples of bytes. Why: a stretch of a word whose ends have always been token boundaries is merged
 exactly as if it stood alone. Once (X, Y) makes s, s alone is one token from then on; a later adjacent pair
 (X2, Y2) spelling s would be such a stretch in two tokens.
+
+Long words (a minified file, a DNA string, one word of a megabyte) would make that loop quadratic: each
+merge scans and edits the whole word. Words of `LONG_WORD` symbols or more live instead in `_LongWords`,
+linked lists indexed by pair position, so a merge costs only its own occurrences there. Both paths make
+the same merges; the split is purely about speed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from lmkit.tokenizer.sources import Corpus
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
+
+# Words at least this long (in bytes) are merged through the position index of `_LongWords`; shorter ones
+# by scanning the word, which is faster for the short words that make up ordinary text.
+LONG_WORD = 256
 
 # heapq pops the smallest entry, but ties must go to the lexicographically greatest (bytes_a, bytes_b).
 # Spelling each byte x as (1, 255 - x) and ending a token with 2 reverses the order of byte strings, a
@@ -82,10 +91,15 @@ class _MergeState:
         self.shift = 1 << max(num_symbols, 256).bit_length()
         self.tokens: list[bytes] = [bytes([b]) for b in range(256)]
         self.spelling: list[bytes] = [_reversed_spelling(t) for t in self.tokens]
-        multi = [(w, c) for w, c in word_counts.items() if len(w) > 1]  # a single byte has no pair
+        multi = [(w, c) for w, c in word_counts.items() if 1 < len(w) < LONG_WORD]  # a single byte has no pair
         self.words: list[list[int]] = [list(w) for w, _ in multi]
         self.freqs: list[int] = [c for _, c in multi]
         self.pair_counts, self.where = _byte_pairs([w for w, _ in multi], self.freqs, self.shift)
+        long_words = [(w, c) for w, c in word_counts.items() if len(w) >= LONG_WORD]
+        self.long = _LongWords(long_words, self.shift) if long_words else None  # None: ordinary text
+        if self.long is not None:
+            for code, count in self.long.initial_counts().items():
+                self.pair_counts[code] = self.pair_counts.get(code, 0) + count
         self.heap = [(-c, self._tie_key(code), code) for code, c in self.pair_counts.items()]
         heapq.heapify(self.heap)
 
@@ -116,13 +130,23 @@ class _MergeState:
         product = self.tokens[a] + self.tokens[b]
         z = len(self.tokens)
         self.tokens.append(product)
-        self.spelling.append(_reversed_spelling(product))
+        # The product's spelling is its halves' (less the first one's end mark): copied, not re-spelt byte by
+        # byte, which matters when tokens grow to many kilobytes (one long word with few repeats).
+        self.spelling.append(self.spelling[a][:-1] + self.spelling[b])
         new_where = self._replace(code, a, b, z)
+        long_counts = self.long.replace(code, a, b, z, self.pair_counts) if self.long is not None else {}
+        del self.pair_counts[code]
         counts, where, heap, freq_of = self.pair_counts, self.where, self.heap, self.freqs.__getitem__
         for pc, js in new_where.items():
             if js:  # empty where an "a b a b" took its only entry back
                 counts[pc] = count = sum(map(freq_of, js))
                 where[pc] = js
+                heapq.heappush(heap, (-count, self._tie_key(pc), pc))
+        for pc, made in long_counts.items():
+            if made:
+                # A pair also made in short words was pushed above with part of its count; that entry
+                # understates it, but this one is exact, pops first, and the other is dropped once merged.
+                counts[pc] = count = counts.get(pc, 0) + made
                 heapq.heappush(heap, (-count, self._tie_key(pc), pc))
         return self.tokens[a], self.tokens[b]
 
@@ -137,7 +161,7 @@ class _MergeState:
         shift, counts, words, freqs = self.shift, self.pair_counts, self.words, self.freqs
         new_where: dict[int, list[int]] = defaultdict(list)
         b_row, z_row, z_a = b * shift, z * shift, z * shift + a
-        for j in self.where.pop(code):
+        for j in self.where.pop(code, ()):
             word = words[j]
             left = word.count(a)  # occurrences of a still to look at; 0 if this index entry is stale
             if not left:
@@ -164,8 +188,77 @@ class _MergeState:
                     if a == b:
                         left -= 1  # the b just merged was one of the a's counted
                 i += 1
-        del counts[code]
         return new_where
+
+
+class _LongWords:
+    """Long words as one doubly linked list of symbols, with the positions of every pair, so that merging
+    a pair visits only its occurrences (near-linear in the word's length over a whole training run).
+
+    The words are laid end to end in `sym`, each followed by a -1 that no pair crosses; `nxt` and `prv`
+    link the live positions, and a position merged into its left neighbour gets symbol -1. `where` lists,
+    for each pair, the positions of its left symbol in increasing order: a pair's list is complete when the
+    pair is made (see the module docstring), and merging walks it left to right as the word scan does. An
+    entry goes stale when a neighbouring merge changes either symbol; it is checked before use.
+    """
+
+    def __init__(self, words: list[tuple[bytes, int]], shift: int) -> None:
+        self.shift = shift
+        self.sym: list[int] = [-1]
+        self.freq: list[int] = [0]
+        for word, count in words:
+            self.sym.extend(word)
+            self.sym.append(-1)
+            self.freq.extend([count] * (len(word) + 1))
+        size = len(self.sym)
+        self.nxt = list(range(1, size + 1))
+        self.prv = list(range(-1, size - 1))
+        self.where: dict[int, list[int]] = defaultdict(list)
+
+    def initial_counts(self) -> dict[int, int]:
+        """Index every adjacent byte pair and return `{pair code: count}`."""
+        counts: dict[int, int] = defaultdict(int)
+        sym, freq, shift, where = self.sym, self.freq, self.shift, self.where
+        for i in range(len(sym) - 1):
+            a, b = sym[i], sym[i + 1]
+            if a >= 0 and b >= 0:
+                code = a * shift + b
+                counts[code] += freq[i]
+                where[code].append(i)
+        return counts
+
+    def replace(self, code: int, a: int, b: int, z: int, counts: dict[int, int]) -> dict[int, int]:
+        """Merge (a, b) into z at every live occurrence; lower the counts of the pairs it breaks in `counts`
+        and return the counts of the pairs it makes (all containing z), whose positions it indexes."""
+        sym, nxt, prv, freq, shift = self.sym, self.nxt, self.prv, self.freq, self.shift
+        made: dict[int, int] = defaultdict(int)
+        new_where: dict[int, list[int]] = defaultdict(list)
+        z_a = z * shift + a
+        for i in self.where.pop(code, ()):
+            j = nxt[i]
+            if sym[i] != a or sym[j] != b:
+                continue  # stale: a neighbouring merge took one of the two symbols
+            f = freq[i]
+            p, k = prv[i], nxt[j]
+            left, right = sym[p], sym[k]
+            if left >= 0:
+                if left == z:  # "a b a b": the (z, a) just indexed at p is now (z, z)
+                    new_where[z_a].pop()
+                    made[z_a] -= f
+                else:
+                    counts[left * shift + a] -= f
+                new_where[left * shift + z].append(p)
+                made[left * shift + z] += f
+            if right >= 0:
+                counts[b * shift + right] -= f
+                new_where[z * shift + right].append(i)
+                made[z * shift + right] += f
+            sym[i], sym[j] = z, -1
+            nxt[i], prv[k] = k, i
+        for pc, positions in new_where.items():
+            if positions:
+                self.where[pc] = positions
+        return made
 
 
 def learn_merges(word_counts: Mapping[bytes, int], num_merges: int, *, progress: bool = False) -> Merges:

@@ -16,7 +16,6 @@ Every file is loaded with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import zipfile
@@ -117,9 +116,70 @@ def read_checkpoint(src: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
         raise InputError(f"{name} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{name} is a PyTorch file but not an lmkit checkpoint")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise InputError(f"{name} was written by lmkit {payload.get('lmkit_version')} in a newer format; upgrade lmkit")
+    _check_layout(payload, name)
     return payload
+
+
+def _check_layout(payload: dict[str, Any], name: str) -> None:
+    """InputError naming the first entry of a checkpoint that does not have the type lmkit writes there."""
+    model, config = payload.get("model"), payload.get("config")
+    problem = None
+    if not isinstance(payload.get("iteration"), int) or isinstance(payload.get("iteration"), bool):
+        problem = "its step (iteration) is not an integer"
+    elif not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        problem = "its weights are not a dict of named tensors"
+    elif config is not None and not (
+        isinstance(config, dict) and all(isinstance(table, dict) for table in config.values())
+    ):
+        problem = "its config is not a set of tables"
+    elif payload.get("tokenizer_json") is not None and not isinstance(payload["tokenizer_json"], str):
+        problem = "its tokenizer is not JSON text"
+    if problem:
+        raise InputError(f"{name} is a damaged lmkit checkpoint: {problem}")
+
+
+def model_config_of(payload: dict[str, Any], name: str) -> Any:
+    """The checkpoint's validated ModelConfig; InputError (one line) for a missing or damaged one."""
+    from pydantic import ValidationError
+
+    from lmkit.errors import validation_error_message
+    from lmkit.model import ModelConfig
+
+    table = (payload.get("config") or {}).get("model")
+    if table is None:
+        raise InputError(f"{name} holds weights but no model config; was it written by `lmkit train`?")
+    try:
+        return ModelConfig.model_validate(table)
+    except ValidationError as err:
+        raise InputError(f"{name} has a damaged model config (model.{validation_error_message(err)})") from None
+
+
+def check_weights_match_config(state: dict[str, torch.Tensor], model_config: Any, name: str) -> None:
+    """InputError unless `state` holds as many layers and parameters as a model built from `model_config`.
+
+    Checked before any model is built: a config that claims more than its weights hold (edited or damaged)
+    would otherwise allocate the claimed model first, perhaps terabytes. The counts come from the
+    accounting module; the exact names and shapes are checked against the built model (`check_weights_fit`).
+    """
+    from lmkit.accounting import parameter_counts
+
+    layers = {key.split(".")[1] for key in state if key.startswith("layers.")}
+    if len(layers) != model_config.num_layers:
+        raise InputError(
+            f"{name}'s weights do not fit this model (its config says {model_config.num_layers:,} layers, "
+            f"the weights hold {len(layers)})"
+        )
+    claimed, held = parameter_counts(model_config)["total"], parameter_count(state)
+    if claimed != held:
+        raise InputError(
+            f"{name}'s weights do not fit this model (its config describes {claimed:,} parameters, "
+            f"the weights hold {held:,})"
+        )
 
 
 def check_weights_fit(state: dict[str, torch.Tensor], model: nn.Module, name: str = "checkpoint") -> None:
@@ -173,16 +233,17 @@ def load_inference_checkpoint(path: str | os.PathLike) -> InferenceCheckpoint:
         model = TransformerLM(ckpt.model_config)
         model.load_state_dict(ckpt.state_dict)
 
-    Raises InputError for a file that is not a complete lmkit run checkpoint (see read_checkpoint).
+    Raises InputError for a file that is not a complete lmkit run checkpoint (see read_checkpoint), a
+    damaged model config, or weights whose tensors or shapes differ from what the config describes.
     """
-    from lmkit.model import ModelConfig
-
     payload = read_checkpoint(path)
     config, tokenizer_json = payload.get("config"), payload.get("tokenizer_json")
     if not isinstance(config, dict) or not isinstance(tokenizer_json, str):
         raise InputError(f"{path} holds weights but no model config or tokenizer; was it written by `lmkit train`?")
+    model_config = model_config_of(payload, str(path))
+    check_weights_match_config(payload["model"], model_config, str(path))
     return InferenceCheckpoint(
-        model_config=ModelConfig.model_validate(config["model"]),
+        model_config=model_config,
         state_dict=payload["model"],
         tokenizer_json=tokenizer_json,
         step=payload["iteration"],
@@ -198,9 +259,10 @@ def parameter_count(state: dict[str, torch.Tensor]) -> int:
 
 
 def _tokenizer_facts(tokenizer_json: str) -> dict[str, object]:
-    from lmkit.tokenizer.formats import from_hf_json
+    from lmkit.tokenizer.formats import from_hf_json, parse_json
 
-    vocab, merges, special_tokens = from_hf_json(json.loads(tokenizer_json), source="the stored tokenizer")
+    source = "the stored tokenizer"
+    vocab, merges, special_tokens = from_hf_json(parse_json(tokenizer_json, source), source=source)
     return {
         "tokenizer.vocab_size": max(vocab) + 1,
         "tokenizer.merges": len(merges),

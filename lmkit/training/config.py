@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmkit.device import DEVICE_PATTERN
-from lmkit.errors import InputError, validation_error_message
+from lmkit.errors import InputError, first_error, validation_error_message
 from lmkit.fileio import read_toml, tomllib
 from lmkit.model import ModelConfig
 
@@ -43,7 +43,7 @@ class OptimConfig(BaseModel):
     """[optim]: the optimizer (AdamW, or Muon for hidden matrices with AdamW for the rest) and the warmup +
     cosine learning-rate schedule (decaying to min_lr at the last step)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: Literal["adamw", "muon"] = Field(
         default="adamw",
@@ -61,7 +61,9 @@ class OptimConfig(BaseModel):
         description="final learning rate as a fraction of lr, instead of min_lr (so it follows a swept lr)",
     )
     warmup_steps: int = Field(default=0, ge=0, description="linear warmup from 0 to lr")
-    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW beta1, beta2, each in [0, 1)")
+    betas: tuple[float, float] = Field(
+        default=(0.9, 0.95), strict=False, description="AdamW beta1, beta2, each in [0, 1)"
+    )  # not strict: TOML gives a list; the numbers in it still are
     eps: float = Field(default=1e-8, gt=0, description="AdamW's epsilon, added to sqrt(v) in the denominator")
     weight_decay: float = Field(default=0.1, ge=0, description="decoupled decay of weight matrices")
     decay_embeddings: bool = Field(default=False, description="also decay the token embeddings")
@@ -109,7 +111,7 @@ class OptimConfig(BaseModel):
 class TrainConfig(BaseModel):
     """[train]: how long, on what, and how often to log, evaluate and checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     batch_size: int = Field(
         gt=0, description="sequences per micro-batch (the global batch, split over processes under torchrun)"
@@ -145,7 +147,9 @@ class TrainConfig(BaseModel):
     eval_batches: int = Field(default=20, gt=0, description="fixed validation batches per evaluation")
     log_every: int = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
     ckpt_every: int = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
-    out_dir: Path = Field(default=Path("runs/lmkit"), description="run folder: checkpoints, metrics, config")
+    out_dir: Path = Field(
+        default=Path("runs/lmkit"), strict=False, description="run folder: checkpoints, metrics, config"
+    )  # not strict: TOML gives a string
     peak_tflops: float | None = Field(
         default=None,
         gt=0,
@@ -282,7 +286,7 @@ def _fields_at(loc: tuple) -> list[str]:
 
 def _message(err: ValidationError) -> str:
     """One line for the first problem; unknown keys name the closest valid key."""
-    first = err.errors()[0]
+    first = first_error(err)
     if first["type"] != "extra_forbidden":
         return validation_error_message(err)
     *table, key = (str(part) for part in first["loc"])

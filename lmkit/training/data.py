@@ -10,9 +10,9 @@ import torch
 
 from lmkit.errors import InputError
 
-# Checking every id of a multi-GB array at start would take minutes; a strided sample of this many
-# ids catches a tokenizer/model mismatch (ids from a bigger vocabulary are spread through the data).
-_ID_CHECK_SAMPLE = 1_000_000
+# Every id is checked at start, a chunk of this many at a time, so memory stays bounded on a memory map
+# of any size (a vectorised min/max reads a GB of uint16 ids in about a second).
+_ID_CHECK_CHUNK = 1 << 24
 
 
 def load_tokens(path: str | os.PathLike, what: str = "data") -> np.ndarray:
@@ -30,17 +30,19 @@ def load_tokens(path: str | os.PathLike, what: str = "data") -> np.ndarray:
 
 
 def check_tokens(tokens: np.ndarray, vocab_size: int, context_length: int, what: str = "data") -> None:
-    """Refuse arrays too short for one (context + 1) window, or whose ids reach `vocab_size` (sampled)."""
+    """Refuse arrays too short for one (context + 1) window, or holding any id outside [0, vocab_size)."""
     if len(tokens) < context_length + 1:
         raise InputError(f"{what} has {len(tokens):,} tokens, fewer than context_length + 1 = {context_length + 1}")
-    sample = tokens[:: max(1, len(tokens) // _ID_CHECK_SAMPLE)]
-    low, high = int(sample.min()), int(sample.max())
-    if low < 0 or high >= vocab_size:
-        bad = high if high >= vocab_size else low
-        raise InputError(
-            f"{what} holds token id {bad}, outside the model's vocabulary of {vocab_size}; "
-            "was it encoded with a different tokenizer?"
-        )
+    for start in range(0, len(tokens), _ID_CHECK_CHUNK):
+        chunk = tokens[start : start + _ID_CHECK_CHUNK]
+        low, high = int(chunk.min()), int(chunk.max())
+        if low < 0 or high >= vocab_size:
+            bad = high if high >= vocab_size else low
+            position = start + int(np.argmax(chunk == bad))
+            raise InputError(
+                f"{what} holds token id {bad}, outside the model's vocabulary of {vocab_size} (first at "
+                f"position {position:,}); was it encoded with a different tokenizer?"
+            )
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> torch.Tensor:

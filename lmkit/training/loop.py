@@ -35,7 +35,12 @@ from lmkit.fileio import atomic_write
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.threads import apply_threads
 from lmkit.tracking.wandb_log import WandbMirror
-from lmkit.training.checkpoint import check_weights_fit, read_checkpoint, write_checkpoint
+from lmkit.training.checkpoint import (
+    check_weights_fit,
+    check_weights_match_config,
+    read_checkpoint,
+    write_checkpoint,
+)
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
@@ -46,7 +51,9 @@ from lmkit.training.distributed import (
     shard_like_parameters,
     whole_state,
 )
+from lmkit.training.folder_check import check_run_folder
 from lmkit.training.loss import cross_entropy
+from lmkit.training.memory_check import check_run_fits
 from lmkit.training.metrics import MetricsLog, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
@@ -187,16 +194,16 @@ class Trainer:
         if checkpoint is not None:
             _check_same_model(config, checkpoint, resume_name)
             _check_same_optimizer(config, checkpoint, resume_name)
-        elif (self.out_dir / "last.pt").exists():
-            raise InputError(
-                f"{self.out_dir} already holds a run; resume it with --resume {self.out_dir / 'last.pt'} "
-                "or set train.out_dir to a new folder"
-            )
+            check_weights_match_config(checkpoint["model"], config.model, resume_name)
+        check_run_folder(self.out_dir, resuming=checkpoint is not None)
         self.threads = apply_threads(config.train.threads)
         self.dist = Distributed.from_env()
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
+        shards = self.dist.world_size if self.dist.enabled and config.train.parallel == "fsdp" else 1
+        rows = len(range(config.train.batch_size)[self.rows])
+        check_run_fits(config.model, config.train.batch_size, config.train.eval_batches, rows, self.device, shards)
         if self.autocast_dtype == torch.float16 and self.dist.enabled and config.train.parallel == "fsdp":
             raise InputError(
                 'train.dtype = "float16" needs loss scaling, which lmkit does not do across FSDP shards; '
@@ -216,6 +223,7 @@ class Trainer:
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)
         self.model = TransformerLM(config.model).to(self.device)
         if checkpoint is not None:
+            check_weights_fit(checkpoint["model"], self.model, resume_name)
             self.model.load_state_dict(checkpoint["model"])  # whole tensors: before any sharding
         elif config.train.init_from is not None:
             _load_initial_weights(config, self.model)
@@ -561,6 +569,8 @@ def resolve_run(
         config = load_config(config_path, overrides)
         config.train.init_from = Path(resume)
         return config, None
+    if checkpoint is not None and not isinstance(checkpoint.get("config"), dict):
+        raise InputError(f"{resume} holds no run config; only checkpoints from `lmkit train` resume")
     if checkpoint is not None and checkpoint.get("optimizer") is None:
         raise InputError(
             f"{resume} holds no optimizer state (best.pt keeps only the weights); resume from the run's last.pt"

@@ -28,7 +28,7 @@ def _holder(lock: Path) -> dict | None:
     """The lock's contents, or None where it vanished or is not (yet) a finished lock file."""
     try:
         holder = json.loads(lock.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+    except (FileNotFoundError, NotADirectoryError, ValueError, UnicodeDecodeError):
         return None
     return holder if isinstance(holder, dict) else None
 

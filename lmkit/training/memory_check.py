@@ -1,0 +1,59 @@
+"""Refuse a run that cannot fit before building anything: the accounting module's memory estimate against
+the device's memory (a config with d_model 2^20 or a batch of 10^8 would otherwise fail minutes later)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lmkit.accounting import GB, training_memory
+from lmkit.errors import InputError
+from lmkit.model import ModelConfig
+
+_INT64_BYTES = 8
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The memory a model on `device` can use: the GPU's own, else (CPU, Apple's unified memory) the host's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return host_memory_bytes()
+
+
+def training_bytes(model: ModelConfig, rows: int, shards: int = 1) -> int:
+    """Estimated bytes to train `model` on `rows` sequences per micro-batch in float32 with AdamW, with the
+    weights, gradients and optimizer state split over `shards` processes (FSDP) or whole (1)."""
+    memory = training_memory(model, model.context_length)
+    return memory["fixed"] // shards + rows * memory["activations_per_sequence"]
+
+
+def check_run_fits(
+    model: ModelConfig, batch_size: int, eval_batches: int, rows: int, device: torch.device, shards: int = 1
+) -> None:
+    """InputError with the figures if training (on `device`) or the fixed validation batches (in host
+    memory) would need more memory than there is. The estimate is docs/accounting.md's; mixed precision
+    needs somewhat less, so only runs that cannot fit at all are refused."""
+    needed, available = training_bytes(model, rows, shards), device_memory_bytes(device)
+    if available is not None and needed > available:
+        raise InputError(
+            f"this run needs about {needed / GB:,.1f} GB to train (weights, gradients, AdamW state and "
+            f"activations of {rows:,} sequences; see `lmkit model flops`), more than the {available / GB:,.1f} GB "
+            f"of {device.type}; make the model or train.batch_size smaller"
+        )
+    validation = batch_size * eval_batches * (model.context_length + 1) * _INT64_BYTES
+    host = host_memory_bytes()
+    if host is not None and validation > host:
+        raise InputError(
+            f"the fixed validation batches (train.batch_size x train.eval_batches windows) need "
+            f"{validation / GB:,.1f} GB, more than this machine's {host / GB:,.1f} GB; lower train.batch_size "
+            "or train.eval_batches"
+        )
