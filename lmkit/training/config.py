@@ -140,6 +140,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, description="seeds the weights' initialisation and the batch sampler")
     init_from: Path | None = Field(
         default=None,
+        strict=False,  # TOML gives a string
         description="start from these weights (fine-tuning): a checkpoint from `lmkit train` or `lmkit import hf` "
         "of the same model; the optimizer, step count and batch order start fresh",
     )
