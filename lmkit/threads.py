@@ -4,7 +4,8 @@ torch starts one thread per core it sees. On a machine whose cores are busy with
 spin waiting for each other, and small models get slower, not faster: on a shared 2-core machine the
 quickstart trained at ~1,250 tokens/s with torch's default and ~5,300 with one thread (docs/cli.md has the
 measurements). So unless the user says otherwise lmkit takes the physical cores this process may run on,
-less the ones other processes keep busy (the 1-minute load average), and at least one.
+less the ones other processes keep busy (the 1-minute load average, checked against the CPUs' own busy
+counters over a fifth of a second), and at least one.
 
 The order of precedence: an explicit count (`--threads`, `train.threads`), then the OMP_NUM_THREADS
 environment variable (torch already honours it; torchrun sets it to 1 for several processes), then that rule.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from lmkit.errors import InputError
 
 _SYS_CPU = Path("/sys/devices/system/cpu")
 _CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_PROC_STAT = Path("/proc/stat")
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,34 @@ def physical_cores() -> int:
     return min(len(cores), usable_cpus()) if cores else usable_cpus()
 
 
-def busy_cores() -> float:
-    """Cores kept busy by other processes: the 1-minute load average (0 where the OS has none)."""
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) time of all CPUs together since boot, in ticks, from /proc/stat (None where there is none)."""
     try:
-        return os.getloadavg()[0]
+        ticks = [int(field) for field in _PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(ticks[3:5])  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_cores(look_s: float = 0.2) -> float:
+    """Cores kept busy by other processes: the 1-minute load average (0 where the OS has none), or less where
+    the CPUs' own counters, over a short look, show them idler. The load average also counts tasks that wait in
+    the kernel without using a core (seen here: a load of 1.0 on an idle machine, which would cost a 2-core
+    machine half its speed)."""
+    try:
+        load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+    before = _cpu_times()
+    if before is None or load < 0.5:  # below 0.5 the load takes no core away (see _auto_threads)
+        return load
+    time.sleep(look_s)
+    after = _cpu_times()
+    busy, total = after[0] - before[0], after[1] - before[1]
+    if total <= 0:
+        return load
+    return min(load, busy / total * (os.cpu_count() or 1))
 
 
 def choose_threads(requested: int | None = None) -> ThreadChoice:

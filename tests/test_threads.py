@@ -35,6 +35,23 @@ def test_auto_takes_the_physical_cores_other_processes_leave_idle(four_cores, mo
     assert "4 physical cores" in choice.reason and f"load {load:.1f}" in choice.reason
 
 
+@pytest.mark.parametrize(("busy_ticks", "expected"), [(0, 0.0), (100, 1.0), (200, 1.5)])
+def test_busy_cores_trusts_the_cpu_counters_where_they_show_less_than_the_load(monkeypatch, busy_ticks, expected):
+    # 2 CPUs, 200 ticks between the two looks; the load average says 1.5 cores are busy
+    monkeypatch.setattr(lmkit.threads.os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+    monkeypatch.setattr(lmkit.threads.os, "cpu_count", lambda: 2)
+    looks = iter([(1000, 5000), (1000 + busy_ticks, 5200)])
+    monkeypatch.setattr(lmkit.threads, "_cpu_times", lambda: next(looks))
+    assert lmkit.threads.busy_cores(look_s=0) == pytest.approx(expected)
+
+
+def test_cpu_times_reads_busy_and_total_from_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 1 5 100 4 2 3 0 0 0\ncpu0 5 0 2 50 2 1 1 0 0 0\n")
+    monkeypatch.setattr(lmkit.threads, "_PROC_STAT", stat)
+    assert lmkit.threads._cpu_times() == (10 + 1 + 5 + 2 + 3, 125)  # idle 100 and iowait 4 are not busy
+
+
 def test_the_automatic_choice_is_made_once_per_process(four_cores, monkeypatch):
     monkeypatch.setattr(lmkit.threads, "busy_cores", lambda: 0.0)
     assert choose_threads().count == 4
