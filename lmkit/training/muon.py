@@ -37,7 +37,7 @@ rank keeps its own rows; every rank computes the same product, so they stay in s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -106,21 +106,14 @@ class Muon(AdamW):
                     raise ValueError(f"Muon groups take 2-D matrices only, got shapes {bad}")
         super().__init__(groups, lr=lr, **adamw)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Update every parameter that has a gradient: Muon groups by Muon, the others by AdamW."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            if not group["muon"]:
-                self._step_group(group)
-                continue
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._muon_update(param, group)
-        return loss
+    def _step_group(self, group: dict) -> None:
+        """One group's update (AdamW.step calls it for each group): Muon groups by Muon, the others by AdamW."""
+        if not group["muon"]:
+            super()._step_group(group)
+            return
+        for param in group["params"]:
+            if param.grad is not None:
+                self._muon_update(param, group)
 
     def _muon_update(self, param: nn.Parameter, group: dict) -> None:
         state = self.state[param]
