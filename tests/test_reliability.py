@@ -128,6 +128,17 @@ def resume_args(out_dir: Path, until: int) -> list[str]:
     return ["train", "--quiet", "--resume", str(out_dir / "last.pt"), "--until-step", str(until)]
 
 
+def run_straight(runner, config: Path, tmp_path: Path, until: int | None = None) -> Path:
+    """Train the same config without a break into tmp_path/straight (to `until`, else to the end); its folder."""
+    out = tmp_path / "straight"
+    until_args = [] if until is None else ["--until-step", str(until)]
+    result = runner.invoke(
+        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{out}"', *until_args]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def temporaries(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.glob(".*.tmp"))
 
@@ -149,11 +160,7 @@ def test_sigterm_finishes_the_step_saves_exits_143_and_resumes_bitwise(runner, t
     until = stopped + 4
     resumed = runner.invoke(app, resume_args(tmp_path / "run", until))
     assert resumed.exit_code == 0, resumed.output
-    straight = runner.invoke(
-        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"',
-              "--until-step", str(until)],
-    )  # fmt: skip
-    assert straight.exit_code == 0, straight.output
+    run_straight(runner, config, tmp_path, until)
     assert losses(tmp_path / "run") == losses(tmp_path / "straight")
     assert same_weights(tmp_path / "run" / "last.pt", tmp_path / "straight" / "last.pt")
 
@@ -181,11 +188,7 @@ def test_sigterm_under_torchrun_stops_both_ranks_after_the_step_and_resumes_bitw
     until = stopped + 3
     resumed = runner.invoke(app, resume_args(tmp_path / "run", until))
     assert resumed.exit_code == 0, resumed.output
-    straight = runner.invoke(
-        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"',
-              "--until-step", str(until)],
-    )  # fmt: skip
-    assert straight.exit_code == 0, straight.output
+    run_straight(runner, config, tmp_path, until)
     # Two processes sum their halves of the batch in another order than one: equal to float rounding.
     assert [s for s, _ in losses(tmp_path / "run")] == [s for s, _ in losses(tmp_path / "straight")]
     assert [loss for _, loss in losses(tmp_path / "run")] == pytest.approx(
@@ -221,11 +224,7 @@ def test_kill_9_at_many_points_while_checkpointing_every_step_always_leaves_a_re
     resumed = runner.invoke(app, resume_args(out, until))
     assert resumed.exit_code == 0, resumed.output
     assert temporaries(out) == []  # whatever the kills left mid-write was cleaned up
-    straight = runner.invoke(
-        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"',
-              "--until-step", str(until)],
-    )  # fmt: skip
-    assert straight.exit_code == 0, straight.output
+    run_straight(runner, config, tmp_path, until)
     # Eight kills later: every step logged once, with the losses and the weights of an unbroken run.
     assert losses(out) == losses(tmp_path / "straight")
     assert same_weights(out / "last.pt", tmp_path / "straight" / "last.pt")
@@ -312,10 +311,7 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning_by_runs_and_by_resum
     resumed = runner.invoke(app, resume_args(out, 8))
     assert resumed.exit_code == 0, resumed.output
     assert "warning:" in resumed.stderr and f"line {torn_line} is not a complete event" in resumed.stderr
-    straight = runner.invoke(
-        app, ["train", "--quiet", "--config", str(config), "--set", f'train.out_dir="{tmp_path / "straight"}"'],
-    )  # fmt: skip
-    assert straight.exit_code == 0, straight.output
+    run_straight(runner, config, tmp_path)
     assert losses(out) == losses(tmp_path / "straight")  # steps 1-8 once each: the stale step 5 is gone
 
 
