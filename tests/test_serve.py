@@ -142,17 +142,23 @@ def test_n_choices_use_seed_plus_their_index(client, model, tokenizer) -> None:
     assert response.usage.prompt_tokens == 2 + 3
 
 
-def test_concurrent_requests_are_batched_and_independent(client, model, tokenizer, monkeypatch) -> None:
-    """Eight requests sent together, with different prompt lengths, settings and lengths past the context
-    (the window slides), are decoded in one batch and each equals the library's result."""
-    batch_sizes = []
+def record_batch_sizes(monkeypatch) -> list[int]:
+    """The size of every batch the engine decodes from now on, in order (a list that fills as it runs)."""
+    sizes: list[int] = []
 
     class RecordingDecoder(lmkit.serve.engine.BatchDecoder):
         def __init__(self, model, prompts, max_new_tokens):
-            batch_sizes.append(len(prompts))
+            sizes.append(len(prompts))
             super().__init__(model, prompts, max_new_tokens)
 
     monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", RecordingDecoder)
+    return sizes
+
+
+def test_concurrent_requests_are_batched_and_independent(client, model, tokenizer, monkeypatch) -> None:
+    """Eight requests sent together, with different prompt lengths, settings and lengths past the context
+    (the window slides), are decoded in one batch and each equals the library's result."""
+    batch_sizes = record_batch_sizes(monkeypatch)
     requests = [
         {
             "prompt": "a" * (1 + 3 * i),
@@ -287,14 +293,7 @@ def test_the_api_key_is_required_when_set(model, tokenizer) -> None:
 
 def test_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch) -> None:
     """The engine waits until arrivals pause, so a burst spread over more than the pause still batches."""
-    batch_sizes = []
-
-    class RecordingDecoder(lmkit.serve.engine.BatchDecoder):
-        def __init__(self, model, prompts, max_new_tokens):
-            batch_sizes.append(len(prompts))
-            super().__init__(model, prompts, max_new_tokens)
-
-    monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", RecordingDecoder)
+    batch_sizes = record_batch_sizes(monkeypatch)
     engine = BatchEngine(model, tokenizer, max_batch=8, gather_seconds=0.2, max_gather_seconds=5)
     finished = threading.Semaphore(0)
     engine.start()
