@@ -157,6 +157,8 @@ def process_exists(pid: int) -> bool:
         return False
     except PermissionError:  # it exists, under another user
         return True
+    except (OSError, OverflowError):  # a pid beyond what the system has (a damaged file): no such process
+        return False
     return True
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import time
 import warnings
@@ -39,6 +38,7 @@ from typing import Any
 
 from lmkit.accounting import parameter_counts
 from lmkit.errors import InputError
+from lmkit.fileio import process_exists
 from lmkit.training.config import RunConfig, load_config
 
 STATUSES = ("finished", "running", "stopped", "interrupted", "crashed", "diverged")
@@ -165,19 +165,6 @@ def _running_window(run: Run) -> float:
     return max(RUNNING_MIN_S, RUNNING_GAPS * longest_gap)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine (one of another user's counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OSError, OverflowError, ValueError):
-        return False
-    return True
-
-
 def _own_ending(run: Run) -> str | None:
     """The status the run's last "start" line and the "end" line after it give (rule 2), or None to go on."""
     starts = [i for i, r in enumerate(run.records) if r.get("event") == "start"]
@@ -190,7 +177,7 @@ def _own_ending(run: Run) -> str | None:
     start = run.records[last_start]
     if start.get("host") != socket.gethostname() or not isinstance(start.get("pid"), int):
         return None
-    if process_alive(start["pid"]):
+    if process_exists(start["pid"]):
         return "running"
     return "diverged" if _exploded(run.values("train", "loss")) else "crashed"
 
