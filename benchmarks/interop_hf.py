@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from lmkit.checkpoint import model_state, read_checkpoint, write_checkpoint
 from lmkit.interop.hf import export_hf, import_hf
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import model_state, read_checkpoint, write_checkpoint
 
 SHAPE = ModelConfig(
     vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, num_kv_heads=4, d_ff=2048

@@ -31,10 +31,10 @@ import openai
 import torch
 
 import lmkit
+from lmkit.checkpoint import model_state, write_checkpoint
 from lmkit.generate import generate, load_model_and_tokenizer
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer, train_bpe
-from lmkit.training.checkpoint import model_state, write_checkpoint
 
 TINYSTORIES = ModelConfig(vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344)
 CORPUS = Path(lmkit.__file__).parent / "data" / "tinyshakespeare.txt"

@@ -31,7 +31,6 @@ is cut before it) or after `max_new_tokens` new tokens.
 from __future__ import annotations
 
 import codecs
-import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,13 +41,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
 
-from lmkit.device import resolve_device
+from lmkit.checkpoint import END_OF_TEXT as END_OF_TEXT
+from lmkit.checkpoint import load_model_and_tokenizer as load_model_and_tokenizer
 from lmkit.errors import InputError, validation_error_message
 from lmkit.model import TransformerLM
 from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer import Tokenizer
-
-END_OF_TEXT = "<|endoftext|>"
 
 
 class GenerationConfig(BaseModel):
@@ -428,19 +426,3 @@ def stream(
     holds the whole result, ids included.
     """
     return TextStream(_Batch(model, tokenizer, [prompt], generation_config(config, **options)))
-
-
-def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[TransformerLM, Tokenizer]:
-    """The model (in eval mode, on `device`) and tokenizer stored in a checkpoint written by `lmkit train`.
-
-    InputError for a missing or invalid checkpoint, or weights that do not fit its model config.
-    """
-    from lmkit.training.checkpoint import check_weights_fit, load_inference_checkpoint
-
-    target = resolve_device(device, "--device")
-    stored = load_inference_checkpoint(checkpoint)  # checks the weights against the config before any build
-    tokenizer = Tokenizer.from_json(stored.tokenizer_json)
-    model = TransformerLM(stored.model_config)
-    check_weights_fit(stored.state_dict, model, str(checkpoint))
-    model.load_state_dict(stored.state_dict)
-    return model.to(target).eval(), tokenizer

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmkit.checkpoint import LAST_CHECKPOINT, METRICS_FILE
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, check_folder_can_be_made
 from lmkit.interrupts import Interrupted
@@ -125,7 +126,7 @@ def _check_inputs(out_dir: Path, vocab_size: int) -> None:
             f"--vocab-size {vocab_size} is too small: it must be at least {smallest} "
             f"(256 bytes + {len(SPECIAL_TOKENS)} special token)"
         )
-    if (out_dir / "last.pt").exists():
+    if (out_dir / LAST_CHECKPOINT).exists():
         raise InputError(
             f"{out_dir} already holds a quickstart run; give another folder with --out, or delete this one"
         )
@@ -196,7 +197,8 @@ def learning_curve(metrics_path: Path) -> list[dict[str, float | None]]:
 
 def sample_text(checkpoint: Path, prompt: str = SAMPLE_PROMPT) -> str:
     """The prompt and a continuation sampled from `checkpoint` with the SAMPLE settings."""
-    from lmkit.generate import generate, load_model_and_tokenizer
+    from lmkit.checkpoint import load_model_and_tokenizer
+    from lmkit.generate import generate
 
     model, tokenizer = load_model_and_tokenizer(checkpoint, device="cpu")
     return prompt + generate(model, tokenizer, prompt, **SAMPLE).text
@@ -292,7 +294,7 @@ def run_quickstart(
     if result.interrupted:  # Ctrl-C: the loop saved last.pt; stop here as `lmkit train` would
         tell("interrupted", {"resume": f"lmkit train --resume {result.checkpoint}"})
         raise Interrupted(result.stop_signal)
-    curve = learning_curve(Path(config.train.out_dir) / "metrics.jsonl")
+    curve = learning_curve(Path(config.train.out_dir) / METRICS_FILE)
     untrained = math.log(config.model.vocab_size)  # a uniform guess over the vocabulary
     tell(
         "train", {"curve": curve, "val loss": result.val_loss, "unigram entropy (nats)": baseline, "uniform": untrained}

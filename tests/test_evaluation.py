@@ -10,13 +10,13 @@ import pytest
 import torch
 from helpers import SHAKESPEARE, assert_input_error, write_tiny_run
 
+from lmkit.checkpoint import save_checkpoint
 from lmkit.cli.app import app
 from lmkit.evaluation import evaluate
 from lmkit.evaluation.choices import ChoiceScore, Question, evaluate_choices, read_questions, score_question
 from lmkit.evaluation.perplexity import windows
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer, train_bpe
-from lmkit.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,10 +10,10 @@ from helpers import assert_input_error
 from typer.testing import CliRunner
 
 import lmkit
+from lmkit.checkpoint import save_checkpoint
 from lmkit.cli.app import app
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
-from lmkit.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

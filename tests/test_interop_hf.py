@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import lmkit.interop.hf as hf
+from lmkit.checkpoint import model_state, read_checkpoint, write_checkpoint
 from lmkit.cli.app import app
 from lmkit.generate import load_model_and_tokenizer
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer, train_bpe
-from lmkit.training.checkpoint import model_state, read_checkpoint, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

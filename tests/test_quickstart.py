@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmkit.checkpoint import read_checkpoint
 from lmkit.cli.app import app
 from lmkit.quickstart import BUNDLED_CORPUS, split_corpus, unigram_entropy
-from lmkit.training.checkpoint import read_checkpoint
 from lmkit.training.config import load_config
 
 # Measured: the end-to-end run below (40 steps at batch 16) reaches a validation loss of 5.639. The untrained

@@ -20,10 +20,10 @@ import torch
 from helpers import SHAKESPEARE, assert_input_error, write_tiny_run
 
 import lmkit.fileio
+from lmkit.checkpoint import read_checkpoint
 from lmkit.cli.app import app
 from lmkit.errors import InputError
 from lmkit.tokenizer.formats import save_tokenizer
-from lmkit.training.checkpoint import read_checkpoint
 from lmkit.training.runlock import LOCK_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")

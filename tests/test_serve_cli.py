@@ -14,9 +14,9 @@ from helpers import assert_input_error
 from serving import byte_tokenizer, random_model
 
 import lmkit.serve.app
+from lmkit.checkpoint import model_state, write_checkpoint
 from lmkit.cli.app import app
 from lmkit.generate import generate, load_model_and_tokenizer
-from lmkit.training.checkpoint import model_state, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,11 +15,11 @@ import torch
 from helpers import assert_input_error, make_loss_nan_at_call
 
 import lmkit.training.loop
+from lmkit.checkpoint import load_inference_checkpoint, read_checkpoint
 from lmkit.cli.app import app
 from lmkit.model import TransformerLM
 from lmkit.tokenizer.formats import save_tokenizer
 from lmkit.tracking.runs import read_run, run_status
-from lmkit.training.checkpoint import load_inference_checkpoint, read_checkpoint
 from lmkit.training.config import load_config
 from lmkit.training.loop import Trainer
 

@@ -22,7 +22,7 @@ def info(
 
         lmkit ckpt info runs/tinystories/last.pt --json
     """
-    from lmkit.training.checkpoint import checkpoint_facts
+    from lmkit.checkpoint import checkpoint_facts
 
     facts = checkpoint_facts(checkpoint)
     if as_json:

@@ -41,7 +41,7 @@ def evaluation_report(
     `dtype` "auto" autocasts to bfloat16 on a GPU that supports it, as training does; `workers` defaults to
     default_workers. InputError for bad input of any kind, before the model is loaded where it can be.
     """
-    from lmkit.generate import load_model_and_tokenizer
+    from lmkit.checkpoint import load_model_and_tokenizer
     from lmkit.training.loop import resolve_autocast_dtype
 
     if data is None and choices is None:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from lmkit.checkpoint import END_OF_TEXT, load_inference_checkpoint, parameter_count, write_checkpoint
 from lmkit.errors import InputError, validation_error_message
-from lmkit.generate import END_OF_TEXT
 from lmkit.model.config import ModelConfig
 from lmkit.progress import progress_bar
 
@@ -321,7 +321,6 @@ def export_hf(
     output folder that exists and is not empty (unless `force`). `progress` draws a bar on stderr.
     """
     from lmkit.tokenizer.formats import from_hf_json, special_token_ids
-    from lmkit.training.checkpoint import load_inference_checkpoint
 
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -562,7 +561,6 @@ def import_hf(
     or an existing `out` (unless `force`). `progress` draws a bar on stderr.
     """
     from lmkit.fileio import check_output_path
-    from lmkit.training.checkpoint import parameter_count, write_checkpoint
 
     src, out = Path(src), Path(out)
     check_source_folder(src)

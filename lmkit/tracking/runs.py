@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lmkit.accounting import parameter_counts
+from lmkit.checkpoint import CONFIG_FILE, METRICS_FILE
 from lmkit.errors import InputError
 from lmkit.fileio import process_exists
 from lmkit.training.config import RunConfig, load_config
@@ -46,8 +47,6 @@ RUNNING_MIN_S = 300.0
 RUNNING_GAPS = 3
 EXPLODE_RATIO = 2.0
 EXPLODE_MIN_RISE = 1.0
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.jsonl"
 # Every run of a comparison has its own folder, so this field always differs and says nothing.
 _ALWAYS_DIFFERENT = {"train.out_dir"}
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmkit.checkpoint import LAST_CHECKPOINT
 from lmkit.errors import InputError
 from lmkit.training.config import OverrideError, load_config
 from lmkit.training.loop import TrainingDiverged, TrainResult, train_from_files
@@ -85,7 +86,7 @@ def plan_sweep(config_path: str | Path | None, overrides: list[str], spec: str) 
             raise InputError(f"--sweep {key}={value}: {err.detail if swept else err}") from None
         except InputError as err:
             raise InputError(f"--sweep {key}={value}: {err}") from None
-        if (out_dir / "last.pt").exists():
+        if (out_dir / LAST_CHECKPOINT).exists():
             raise InputError(f"{out_dir} already holds a run; remove it or set train.out_dir to a new folder")
         plan.append(SweepRun(key, value, out_dir, run_overrides))
     if len({run.out_dir for run in plan}) < len(plan):

@@ -3,7 +3,7 @@
 See docs/training.md for the loop, the config reference and resume.
 """
 
-from lmkit.training.checkpoint import load_checkpoint, load_inference_checkpoint, save_checkpoint
+from lmkit.checkpoint import load_checkpoint, load_inference_checkpoint, save_checkpoint
 from lmkit.training.data import get_batch
 from lmkit.training.loss import cross_entropy
 from lmkit.training.muon import Muon, newton_schulz

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmkit.checkpoint import CONFIG_FILE, LAST_CHECKPOINT, RUN_FILES
 from lmkit.errors import InputError
 from lmkit.fileio import check_folder_can_be_made, read_toml
-
-# The files a run writes in its folder (hidden temporary files and the lock aside).
-RUN_FILES = ("config.toml", "metrics.jsonl", "last.pt", "best.pt")
 
 
 def check_run_folder(out_dir: Path, resuming: bool) -> None:
@@ -30,13 +28,13 @@ def check_run_folder(out_dir: Path, resuming: bool) -> None:
             )
     if resuming:
         return
-    if (out_dir / "last.pt").exists():
+    if (out_dir / LAST_CHECKPOINT).exists():
         raise InputError(
-            f"{out_dir} already holds a run; resume it with --resume {out_dir / 'last.pt'} "
+            f"{out_dir} already holds a run; resume it with --resume {out_dir / LAST_CHECKPOINT} "
             "or set train.out_dir to a new folder"
         )
     leftovers = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if leftovers and not _is_lmkit_config(out_dir / "config.toml"):
+    if leftovers and not _is_lmkit_config(out_dir / CONFIG_FILE):
         raise InputError(
             f"{out_dir} holds {', '.join(leftovers)} but no lmkit run (no last.pt and no lmkit config.toml); "
             "lmkit will not replace them: set train.out_dir to a new folder"

@@ -28,6 +28,16 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from lmkit.checkpoint import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    check_weights_match_config,
+    load_weights,
+    read_checkpoint,
+    write_checkpoint,
+)
 from lmkit.device import resolve_device
 from lmkit.errors import InputError, validation_error_message
 from lmkit.evaluation.bpb import bits_per_byte, count_bytes, token_byte_lengths
@@ -35,12 +45,6 @@ from lmkit.fileio import atomic_write
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.threads import apply_threads
 from lmkit.tracking.wandb_log import WandbMirror
-from lmkit.training.checkpoint import (
-    check_weights_fit,
-    check_weights_match_config,
-    read_checkpoint,
-    write_checkpoint,
-)
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
@@ -155,8 +159,7 @@ def _load_initial_weights(config: RunConfig, model: TransformerLM) -> None:
     if not isinstance(checkpoint.get("config"), dict):
         raise InputError(f"train.init_from {path} holds no model config; was it written by lmkit?")
     _check_same_model(config, checkpoint, str(path), action="start from")
-    check_weights_fit(checkpoint["model"], model, str(path))
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint["model"], str(path))
 
 
 def _check_same_optimizer(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
@@ -223,8 +226,7 @@ class Trainer:
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)
         self.model = TransformerLM(config.model).to(self.device)
         if checkpoint is not None:
-            check_weights_fit(checkpoint["model"], self.model, resume_name)
-            self.model.load_state_dict(checkpoint["model"])  # whole tensors: before any sharding
+            load_weights(self.model, checkpoint["model"], resume_name)  # whole tensors: before any sharding
         elif config.train.init_from is not None:
             _load_initial_weights(config, self.model)
         self.dist.start(self.device)
@@ -342,7 +344,7 @@ class Trainer:
             return path
         write_checkpoint(
             model_state,
-            optimizer_state if name == "last.pt" else None,
+            optimizer_state if name == LAST_CHECKPOINT else None,
             self.step,
             path,
             tokens_seen=self.tokens_seen,
@@ -376,11 +378,11 @@ class Trainer:
         if main and self.config.train.wandb_project:
             mirror = WandbMirror(self.config.train.wandb_project, self.out_dir, self.config.model_dump(mode="json"))
         if main:
-            with atomic_write(self.out_dir / "config.toml", "w") as handle:
+            with atomic_write(self.out_dir / CONFIG_FILE, "w") as handle:
                 handle.write(to_toml(self.config))
         last_step = min(self.total_steps, until_step or self.total_steps)
         self._started = time.perf_counter()
-        log = MetricsLog(self.out_dir / "metrics.jsonl", self.step or None, mirror) if main else _NoMetrics()
+        log = MetricsLog(self.out_dir / METRICS_FILE, self.step or None, mirror) if main else _NoMetrics()
         with (
             log as metrics,
             stop_on_signals() as stop,
@@ -393,7 +395,7 @@ class Trainer:
                 while self.step < last_step and not self._stopping(stop):
                     self._train_one(metrics, console)
                 if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
-                    self.save("last.pt", self._elapsed())
+                    self.save(LAST_CHECKPOINT, self._elapsed())
             # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank
             # may leave before rank 0 has written the last checkpoint, nor while signals are still deferred.
             self.dist.barrier()
@@ -406,7 +408,7 @@ class Trainer:
             best_val_loss=self.best_val_loss,
             elapsed_s=self._elapsed(),
             tokens_per_s=self.tokens_per_s,
-            checkpoint=self.out_dir / "last.pt",
+            checkpoint=self.out_dir / LAST_CHECKPOINT,
             interrupted=stop.is_set(),
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
             mfu=self.mfu,
@@ -497,9 +499,9 @@ class Trainer:
             console.evaluated(self.step, self.val_loss)
             if self.best_val_loss is None or self.val_loss < self.best_val_loss:
                 self.best_val_loss = self.val_loss
-                self.save("best.pt", elapsed)
+                self.save(BEST_CHECKPOINT, elapsed)
         if self.step % train.ckpt_every == 0 or done:
-            self.save("last.pt", elapsed)
+            self.save(LAST_CHECKPOINT, elapsed)
 
 
 class _NoMetrics:

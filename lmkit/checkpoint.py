@@ -1,4 +1,7 @@
-"""Checkpoint files: one `torch.save` zip of tensors and plain Python types, never a pickled program.
+"""Checkpoints and run folders: the one place that reads, writes and validates them, for training,
+generation, evaluation, serving and export alike.
+
+A checkpoint is one `torch.save` zip of tensors and plain Python types, never a pickled program.
 
 A checkpoint is a dict:
 - `format` ("lmkit-checkpoint"), `format_version`, `lmkit_version`;
@@ -24,15 +27,31 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from lmkit import __version__
-from lmkit.errors import InputError
+from lmkit.accounting import parameter_counts
+from lmkit.device import resolve_device
+from lmkit.errors import InputError, validation_error_message
 from lmkit.fileio import atomic_write
+from lmkit.model import ModelConfig, TransformerLM
+from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.formats import from_hf_json, parse_json
 
 FORMAT = "lmkit-checkpoint"
 FORMAT_VERSION = 1
 _COMPILE_PREFIX = "_orig_mod."
+
+# The special token that ends a document: generation stops at it, exports name it the end-of-sequence token.
+END_OF_TEXT = "<|endoftext|>"
+
+# The files `lmkit train` writes in its run folder (hidden temporary files and the lock aside).
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+LAST_CHECKPOINT = "last.pt"  # every ckpt_every steps and at the end, with the optimizer state: resume from it
+BEST_CHECKPOINT = "best.pt"  # at each new best validation loss, weights only
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT)
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -143,13 +162,8 @@ def _check_layout(payload: dict[str, Any], name: str) -> None:
         raise InputError(f"{name} is a damaged lmkit checkpoint: {problem}")
 
 
-def model_config_of(payload: dict[str, Any], name: str) -> Any:
+def model_config_of(payload: dict[str, Any], name: str) -> ModelConfig:
     """The checkpoint's validated ModelConfig; InputError (one line) for a missing or damaged one."""
-    from pydantic import ValidationError
-
-    from lmkit.errors import validation_error_message
-    from lmkit.model import ModelConfig
-
     table = (payload.get("config") or {}).get("model")
     if table is None:
         raise InputError(f"{name} holds weights but no model config; was it written by `lmkit train`?")
@@ -159,15 +173,13 @@ def model_config_of(payload: dict[str, Any], name: str) -> Any:
         raise InputError(f"{name} has a damaged model config (model.{validation_error_message(err)})") from None
 
 
-def check_weights_match_config(state: dict[str, torch.Tensor], model_config: Any, name: str) -> None:
+def check_weights_match_config(state: dict[str, torch.Tensor], model_config: ModelConfig, name: str) -> None:
     """InputError unless `state` holds as many layers and parameters as a model built from `model_config`.
 
     Checked before any model is built: a config that claims more than its weights hold (edited or damaged)
     would otherwise allocate the claimed model first, perhaps terabytes. The counts come from the
     accounting module; the exact names and shapes are checked against the built model (`check_weights_fit`).
     """
-    from lmkit.accounting import parameter_counts
-
     layers = {key.split(".")[1] for key in state if key.startswith("layers.")}
     if len(layers) != model_config.num_layers:
         raise InputError(
@@ -198,13 +210,18 @@ def check_weights_fit(state: dict[str, torch.Tensor], model: nn.Module, name: st
             )
 
 
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """Load `state` into `model` (or the model torch.compile wrapped) after `check_weights_fit`."""
+    check_weights_fit(state, model, name)
+    getattr(model, "_orig_mod", model).load_state_dict(state)
+
+
 def load_checkpoint(
     src: str | os.PathLike | IO[bytes], model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> int:
     """Restore `model` (and `optimizer`, if given) from `src`, a path or an open binary file; return the iteration."""
     payload = read_checkpoint(src)
-    check_weights_fit(payload["model"], model, _name(src))
-    getattr(model, "_orig_mod", model).load_state_dict(payload["model"])
+    load_weights(model, payload["model"], _name(src))
     if optimizer is not None:
         if payload["optimizer"] is None:
             raise InputError(f"{_name(src)} holds no optimizer state")
@@ -216,7 +233,7 @@ def load_checkpoint(
 class InferenceCheckpoint:
     """What generation needs from a run checkpoint: the model's config and weights and the tokenizer."""
 
-    model_config: Any  # lmkit.model.ModelConfig
+    model_config: ModelConfig
     state_dict: dict[str, torch.Tensor]
     tokenizer_json: str
     step: int
@@ -250,6 +267,19 @@ def load_inference_checkpoint(path: str | os.PathLike) -> InferenceCheckpoint:
     )
 
 
+def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[TransformerLM, Tokenizer]:
+    """The model (in eval mode, on `device`) and tokenizer stored in a checkpoint written by `lmkit train`.
+
+    InputError for a missing or invalid checkpoint, or weights that do not fit its model config.
+    """
+    target = resolve_device(device, "--device")
+    stored = load_inference_checkpoint(checkpoint)  # checks the weights against the config before any build
+    tokenizer = Tokenizer.from_json(stored.tokenizer_json)
+    model = TransformerLM(stored.model_config)
+    load_weights(model, stored.state_dict, str(checkpoint))
+    return model.to(target).eval(), tokenizer
+
+
 def parameter_count(state: dict[str, torch.Tensor]) -> int:
     """Number of parameters in a state dict, counting a tensor shared by two names (tied weights) once."""
     seen: dict[tuple[int, int], int] = {}
@@ -259,8 +289,6 @@ def parameter_count(state: dict[str, torch.Tensor]) -> int:
 
 
 def _tokenizer_facts(tokenizer_json: str) -> dict[str, object]:
-    from lmkit.tokenizer.formats import from_hf_json, parse_json
-
     source = "the stored tokenizer"
     vocab, merges, special_tokens = from_hf_json(parse_json(tokenizer_json, source), source=source)
     return {
