@@ -64,7 +64,7 @@ def test_a_diverging_run_does_not_stop_the_sweep(runner, config, tmp_path, monke
 def test_ctrl_c_stops_the_sweep_after_the_current_run(config, monkeypatch):
     started = []
 
-    def interrupted_run(config_path, overrides, resume, until_step, show_progress):
+    def interrupted_run(config_path, overrides, resume, until_step, show_progress, sinks=()):
         started.append(overrides)
         return TrainResult(1, 3, 64, 5.0, None, None, 0.1, None, Path("x/last.pt"), True, 1000)
 

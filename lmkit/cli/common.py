@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -48,6 +49,47 @@ def print_table(title: str, facts: Mapping[str, object]) -> None:
     table.add_column(overflow="fold")
     for name, value in facts.items():
         table.add_row(name, _cell(value))
+    console.print(table)
+
+
+_STATUS_STYLE = {
+    "finished": "green",
+    "running": "cyan",
+    "crashed": "yellow",
+    "diverged": "red",
+    "interrupted": "yellow",
+    "stopped": "blue",
+}
+
+
+def run_value(value: Any) -> str:
+    """A value in a table of runs: "-" for none, booleans as in the TOML config, numbers short."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as in the TOML config
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def status_cell(status: str) -> str:
+    """A run's status, coloured."""
+    return f"[{_STATUS_STYLE.get(status, 'default')}]{status}[/]"
+
+
+def print_rows(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Print a table of runs, one row each."""
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
+    for number, column in enumerate(columns):
+        # Only the first column (names, folders) folds: numbers and statuses stay whole on narrow terminals.
+        table.add_column(column, overflow="fold", no_wrap=number > 0)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 

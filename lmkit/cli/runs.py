@@ -1,43 +1,20 @@
-"""`lmkit runs ...`: list, compare and plot the runs `lmkit train` wrote; and the report of `lmkit train --sweep`."""
+"""`lmkit runs ...`: list, compare and plot the runs `lmkit train` wrote."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from typing import Any
 
 import typer
-from rich import box
 from rich.table import Table
 
-from lmkit.cli.common import console, err_console, print_json
+from lmkit.cli.common import console, err_console, print_json, print_rows, run_value, status_cell
 
 app = typer.Typer(no_args_is_help=True, help="List, compare and plot training runs.")
 
-_STATUS_STYLE = {
-    "finished": "green",
-    "running": "cyan",
-    "crashed": "yellow",
-    "diverged": "red",
-    "interrupted": "yellow",
-    "stopped": "blue",
-}
 
 
 # The table shows time as h:mm:ss; its label says so (--json keeps time_s, in seconds).
 _COMPARE_LABELS = {"time_s": "time (h:mm:ss)"}
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"  # as in the TOML config
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def _short(count: int) -> str:
@@ -51,22 +28,6 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _status(status: str) -> str:
-    return f"[{_STATUS_STYLE.get(status, 'default')}]{status}[/]"
-
-
-def _print(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
-    )
-    for number, column in enumerate(columns):
-        # Only the first column (names, folders) folds: numbers and statuses stay whole on narrow terminals.
-        table.add_column(column, overflow="fold", no_wrap=number > 0)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
 
 
 @app.command("list")
@@ -98,17 +59,17 @@ def list_command(
             _short(s["parameters"]),
             _short(s["tokens"]),
             f"{s['step']:,}/{s['total_steps']:,}",
-            _value(s["best_val_loss"]),
+            run_value(s["best_val_loss"]),
             _duration(s["time_s"]),
-            _status(s["status"]),
+            status_cell(s["status"]),
         ]
         for s in summaries
     ]
     if any(s["best_val_bpb"] is not None for s in summaries):  # runs logged before lmkit recorded bpb have none
         columns.insert(6, "best bpb")
         for row, s in zip(rows, summaries, strict=True):
-            row.insert(6, _value(s["best_val_bpb"]))
-    _print(f"Runs in {directory}", columns, rows)
+            row.insert(6, run_value(s["best_val_bpb"]))
+    print_rows(f"Runs in {directory}", columns, rows)
 
 
 @app.command()
@@ -161,41 +122,11 @@ def compare(
     for name in report["runs"]:
         table.add_column(name, overflow="fold")
     for field, values in report["differences"].items():
-        table.add_row(field, *map(_value, values))
+        table.add_row(field, *map(run_value, values))
     if not report["differences"]:
         table.add_row("(configs identical)", *["" for _ in report["runs"]])
     table.add_section()
     for fact, values in report["metrics"].items():
-        shown = {"status": _status, "time_s": _duration}.get(fact, _value)
+        shown = {"status": status_cell, "time_s": _duration}.get(fact, run_value)
         table.add_row(_COMPARE_LABELS.get(fact, fact), *map(shown, values))
     console.print(table)
-
-
-def train_sweep(
-    config: Path | None, overrides: list[str], spec: str, resume: Path | None, until_step: int | None, quiet: bool
-) -> None:
-    """`lmkit train --sweep`: plan and validate every run, train them one after another, print a summary."""
-    from lmkit.errors import InputError
-    from lmkit.interrupts import exit_status
-    from lmkit.tracking.sweep import plan_sweep, run_sweep
-
-    if resume is not None:
-        raise InputError("--sweep starts new runs; it cannot be combined with --resume")
-    plan = plan_sweep(config, overrides, spec)
-    announce = (lambda line: None) if quiet else (lambda line: err_console.print(line, highlight=False))
-    outcomes = run_sweep(config, plan, until_step, show_progress=not quiet, announce=announce)
-    rows = [
-        [
-            str(outcome.run.out_dir),
-            _status(outcome.status),
-            _value(outcome.result and outcome.result.step),
-            _value(outcome.result and outcome.result.val_loss),
-            _value(outcome.result and outcome.result.best_val_loss),
-        ]
-        for outcome in outcomes
-    ]
-    _print(f"Sweep over {plan[0].key}", ["run folder", "status", "step", "val loss", "best val loss"], rows)
-    err_console.print(f"plot the sweep: lmkit runs plot {plan[0].out_dir.parent}", highlight=False)
-    if outcomes[-1].status == "interrupted":
-        err_console.print(f"interrupted; resume with: lmkit train --resume {outcomes[-1].result.checkpoint}")
-        raise typer.Exit(exit_status(outcomes[-1].result.stop_signal or signal.SIGINT))

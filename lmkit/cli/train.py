@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import err_console, print_table, threads_option
+from lmkit.cli.common import err_console, print_rows, print_table, run_value, status_cell, threads_option
 
 
 def train(
@@ -55,14 +56,13 @@ def train(
     if nproc > 1:
         return _launch(nproc, config, overrides, resume, until_step, quiet, sweep)
     if sweep is not None:
-        from lmkit.cli.runs import train_sweep
-
-        return train_sweep(config, overrides, sweep, resume, until_step, quiet)
+        return _sweep(config, overrides, sweep, resume, until_step, quiet)
     from lmkit.interrupts import exit_status, ignore_stop_signals
+    from lmkit.tracking.wandb_log import wandb_sink
     from lmkit.training.distributed import Distributed
     from lmkit.training.loop import train_from_files
 
-    result = train_from_files(config, overrides, resume, until_step, show_progress=not quiet)
+    result = train_from_files(config, overrides, resume, until_step, show_progress=not quiet, sinks=[wandb_sink])
     if result.interrupted:  # by Ctrl-C or SIGTERM: last.pt is saved, and more signals would only cut the exit short
         ignore_stop_signals()
     status = exit_status(result.stop_signal) if result.interrupted and result.step < result.total_steps else 0
@@ -90,6 +90,37 @@ def train(
             f"{reason} at step {result.step}; resume with: lmkit train --resume {result.checkpoint}", highlight=False
         )
         raise typer.Exit(status)
+
+
+def _sweep(
+    config: Path | None, overrides: list[str], spec: str, resume: Path | None, until_step: int | None, quiet: bool
+) -> None:
+    """`lmkit train --sweep`: plan and validate every run, train them one after another, print a summary."""
+    from lmkit.errors import InputError
+    from lmkit.interrupts import exit_status
+    from lmkit.tracking.sweep import plan_sweep, run_sweep
+    from lmkit.tracking.wandb_log import wandb_sink
+
+    if resume is not None:
+        raise InputError("--sweep starts new runs; it cannot be combined with --resume")
+    plan = plan_sweep(config, overrides, spec)
+    announce = (lambda line: None) if quiet else (lambda line: err_console.print(line, highlight=False))
+    outcomes = run_sweep(config, plan, until_step, show_progress=not quiet, announce=announce, sinks=[wandb_sink])
+    rows = [
+        [
+            str(outcome.run.out_dir),
+            status_cell(outcome.status),
+            run_value(outcome.result and outcome.result.step),
+            run_value(outcome.result and outcome.result.val_loss),
+            run_value(outcome.result and outcome.result.best_val_loss),
+        ]
+        for outcome in outcomes
+    ]
+    print_rows(f"Sweep over {plan[0].key}", ["run folder", "status", "step", "val loss", "best val loss"], rows)
+    err_console.print(f"plot the sweep: lmkit runs plot {plan[0].out_dir.parent}", highlight=False)
+    if outcomes[-1].status == "interrupted":
+        err_console.print(f"interrupted; resume with: lmkit train --resume {outcomes[-1].result.checkpoint}")
+        raise typer.Exit(exit_status(outcomes[-1].result.stop_signal or signal.SIGINT))
 
 
 def _launch(

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmkit.device import autocast
 from lmkit.errors import InputError
-from lmkit.evaluation.perplexity import autocast, start_ids
+from lmkit.evaluation.perplexity import start_ids
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tokenizer import Tokenizer

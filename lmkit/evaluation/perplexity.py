@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmkit.bpb import bits_per_byte, count_bytes, token_byte_lengths
+from lmkit.device import autocast
 from lmkit.errors import InputError
-from lmkit.evaluation.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tokenizer import Tokenizer
@@ -67,7 +68,7 @@ class EvalResult:
 
     @property
     def bits_per_byte(self) -> float:
-        """Total nats / (ln 2 * bytes); see lmkit.evaluation.bpb."""
+        """Total nats / (ln 2 * bytes); see lmkit.bpb."""
         return bits_per_byte(self.total_nats, self.bytes)
 
     def facts(self) -> dict[str, object]:
@@ -126,13 +127,6 @@ def _batches(items: Iterable[tuple[np.ndarray, int]], batch_size: int) -> Iterat
         shape = (len(window), n)
     if pending:
         yield np.stack(pending), shape[1]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast to `dtype` on `device` (nothing when `dtype` is None: plain float32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ def evaluation_report(
     default_workers. InputError for bad input of any kind, before the model is loaded where it can be.
     """
     from lmkit.checkpoint import load_model_and_tokenizer
-    from lmkit.training.loop import resolve_autocast_dtype
+    from lmkit.device import resolve_autocast_dtype
 
     if data is None and choices is None:
         raise InputError("nothing to evaluate: give a DATA file (text or .npy) or --choices FILE.jsonl")

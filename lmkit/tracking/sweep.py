@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from lmkit.checkpoint import LAST_CHECKPOINT
 from lmkit.errors import InputError
 from lmkit.training.config import OverrideError, load_config
 from lmkit.training.loop import TrainingDiverged, TrainResult, train_from_files
+from lmkit.training.metrics import SinkFactory
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,15 @@ def run_sweep(
     until_step: int | None = None,
     show_progress: bool = True,
     announce: Callable[[str], None] = lambda line: None,
+    sinks: Sequence[SinkFactory] = (),
 ) -> list[SweepOutcome]:
-    """Train the planned runs one after another (see the module docstring); `announce` hears of each start."""
+    """Train the planned runs one after another (see the module docstring); `announce` hears of each start;
+    `sinks` as for `train_from_files`."""
     outcomes = []
     for number, run in enumerate(plan, 1):
         announce(f"sweep run {number}/{len(plan)}: {run.key}={run.value} in {run.out_dir}")
         try:
-            result = train_from_files(config_path, run.overrides, None, until_step, show_progress)
+            result = train_from_files(config_path, run.overrides, None, until_step, show_progress, sinks=sinks)
         except TrainingDiverged as err:
             outcomes.append(SweepOutcome(run, None, str(err)))
             continue

@@ -1,7 +1,8 @@
 """Optional Weights & Biases logging: every metrics.jsonl event mirrored to a W&B run.
 
-Asked for with `train.wandb_project` in the run config; wandb itself is not a dependency of lmkit
-(`pip install wandb`). The W&B run id is kept in the run folder, so a resumed run logs to the same W&B run.
+Asked for with `train.wandb_project` in the run config (`lmkit train` passes `wandb_sink` to the trainer as
+a metrics sink); wandb itself is not a dependency of lmkit (`pip install wandb`). The W&B run id is kept in
+the run folder, so a resumed run logs to the same W&B run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
+from lmkit.training.config import RunConfig
 
 RUN_ID_FILE = "wandb-run-id"
 
@@ -47,3 +49,11 @@ class WandbMirror:
     def finish(self) -> None:
         """Close the W&B run."""
         self._run.finish()
+
+
+def wandb_sink(config: RunConfig) -> WandbMirror | None:
+    """The run's W&B mirror when its config names a `train.wandb_project` (None otherwise)."""
+    project = config.train.wandb_project
+    if not project:
+        return None
+    return WandbMirror(project, Path(config.train.out_dir), config.model_dump(mode="json"))

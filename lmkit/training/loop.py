@@ -20,7 +20,7 @@ import gc
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from lmkit.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.checkpoint import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -38,13 +39,11 @@ from lmkit.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from lmkit.device import resolve_device
+from lmkit.device import autocast, resolve_autocast_dtype, resolve_device
 from lmkit.errors import InputError, validation_error_message
-from lmkit.evaluation.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.fileio import atomic_write
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.threads import apply_threads
-from lmkit.tracking.wandb_log import WandbMirror
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
@@ -58,7 +57,7 @@ from lmkit.training.distributed import (
 from lmkit.training.folder_check import check_run_folder
 from lmkit.training.loss import cross_entropy
 from lmkit.training.memory_check import check_run_fits
-from lmkit.training.metrics import MetricsLog, process_facts
+from lmkit.training.metrics import MetricsLog, SinkFactory, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
@@ -93,20 +92,6 @@ class TrainResult:
     mfu: float | None = None  # model FLOPs utilisation of the last logged interval (None without a known peak)
     threads: int = 1  # CPU threads torch used (lmkit.threads)
     stop_signal: int | None = None  # the signal that interrupted it (signal.SIGINT or signal.SIGTERM)
-
-
-def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain float32). "auto" uses bfloat16 only on a CUDA GPU that supports it;
-    on CPUs and MPS bfloat16 is usually slower than float32 or unsupported, so "auto" keeps float32 there.
-    "float16" is for GPUs without bfloat16; its gradients need loss scaling (see `Trainer`)."""
-    if name == "float16":
-        return torch.float16
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if name == "float32" or (name == "auto" and not cuda_bf16):
-        return None
-    if device.type == "cuda" and not cuda_bf16:
-        raise InputError('this GPU does not support bfloat16; set train.dtype = "float16" or "float32"')
-    return torch.bfloat16
 
 
 def _read_tokenizer(config: RunConfig) -> str:
@@ -269,11 +254,6 @@ class Trainer:
         self.train_loss, self.val_loss = checkpoint["train_loss"], checkpoint["val_loss"]
         self.best_val_loss = checkpoint["best_val_loss"]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     def lr_at(self, step: int) -> float:
         """The scheduled learning rate for the step that starts after `step` steps."""
         optim = self.config.optim
@@ -295,7 +275,7 @@ class Trainer:
                 self.rows,
             )
             with gradient_sync(self.forward, sync=micro == train.grad_accum - 1):
-                with self._autocast():
+                with autocast(self.device, self.autocast_dtype):
                     loss = cross_entropy(self.forward(inputs), targets)
                 micro_loss = loss / train.grad_accum
                 (micro_loss if self.scaler is None else self.scaler.scale(micro_loss)).backward()
@@ -327,7 +307,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for window in self.val_batches:
             inputs, targets = to_device(window[self.rows], self.device)
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 total += cross_entropy(self.forward(inputs), targets)
         self.model.train()
         return self.dist.mean(total).item() / len(self.val_batches)
@@ -361,28 +341,29 @@ class Trainer:
         )
         return path
 
-    def run(self, until_step: int | None = None, show_progress: bool = True) -> TrainResult:
+    def run(
+        self, until_step: int | None = None, show_progress: bool = True, sinks: Sequence[SinkFactory] = ()
+    ) -> TrainResult:
         """Train to the configured length (or to `until_step`); Ctrl-C or SIGTERM stops cleanly after the
         current step. The run folder is locked meanwhile (see lmkit.training.runlock).
+        `sinks` build, on the process that logs, where else the metrics go (see lmkit.training.metrics).
 
         metrics.jsonl gets a "start" line (with this process's id) and, however the run ends, an "end" line
         saying how: finished, stopped (--until-step), interrupted, diverged or crashed.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
-            return self._run(until_step, show_progress)
+            return self._run(until_step, show_progress, sinks)
 
-    def _run(self, until_step: int | None, show_progress: bool) -> TrainResult:
+    def _run(self, until_step: int | None, show_progress: bool, sinks: Sequence[SinkFactory]) -> TrainResult:
         main = self.dist.is_main
-        mirror = None
-        if main and self.config.train.wandb_project:
-            mirror = WandbMirror(self.config.train.wandb_project, self.out_dir, self.config.model_dump(mode="json"))
+        built = [sink for make in sinks if (sink := make(self.config)) is not None] if main else []
         if main:
             with atomic_write(self.out_dir / CONFIG_FILE, "w") as handle:
                 handle.write(to_toml(self.config))
         last_step = min(self.total_steps, until_step or self.total_steps)
         self._started = time.perf_counter()
-        log = MetricsLog(self.out_dir / METRICS_FILE, self.step or None, mirror) if main else _NoMetrics()
+        log = MetricsLog(self.out_dir / METRICS_FILE, self.step or None, built) if main else _NoMetrics()
         with (
             log as metrics,
             stop_on_signals() as stop,
@@ -540,15 +521,17 @@ def train_from_files(
     resume: str | Path | None = None,
     until_step: int | None = None,
     show_progress: bool = True,
+    sinks: Sequence[SinkFactory] = (),
 ) -> TrainResult:
     """What `lmkit train` does: read the config (or, resuming without one, the checkpoint's), apply the
-    `--set` overrides, and train, resuming from `resume` if given."""
+    `--set` overrides, and train, resuming from `resume` if given; `sinks` as for `Trainer.run` (`lmkit
+    train` passes lmkit.tracking.wandb_log.wandb_sink)."""
     config, checkpoint = resolve_run(config_path, overrides, resume)
     if until_step is not None and until_step <= (checkpoint["iteration"] if checkpoint else 0):
         raise InputError(f"--until-step {until_step} is not after the step the run starts from")
     trainer = Trainer(config, checkpoint, str(resume))
     try:
-        return trainer.run(until_step, show_progress)
+        return trainer.run(until_step, show_progress, sinks)
     finally:
         trainer.close()
 

@@ -16,9 +16,13 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lmkit.training.config import RunConfig
 
 from lmkit.fileio import atomic_write
 
@@ -26,6 +30,20 @@ from lmkit.fileio import atomic_write
 # diverged: a NaN or infinite loss; crashed: any other failure.
 ENDINGS = ("finished", "stopped", "interrupted", "diverged", "crashed")
 _BOOKKEEPING = {"start", "end"}  # lines about the process, not the model: not mirrored
+
+
+class MetricsSink(Protocol):
+    """Somewhere else that hears of every model event (e.g. lmkit.tracking.wandb_log.WandbMirror)."""
+
+    def log(self, event: str, fields: dict[str, float | int | None]) -> None:
+        """Take one "train" or "eval" event's fields (with its `step`)."""
+
+    def finish(self) -> None:
+        """The run stretch is over."""
+
+
+# Builds a run's sink from its config on the process that logs (None: this run asks for none).
+SinkFactory = Callable[["RunConfig"], MetricsSink | None]
 
 
 def process_facts() -> dict[str, object]:
@@ -39,11 +57,14 @@ class MetricsLog:
     A fresh run (`resume_step=None`) starts the file anew. A resumed run keeps the lines up to its
     checkpoint's step and drops later ones, which the run is about to redo, so the curve has no repeats,
     and a line cut off by a crash (`kill -9` mid-write), with a warning.
-    A `mirror` (e.g. lmkit.tracking.wandb_log.WandbMirror) gets every event too, and is finished on close.
+    Every one of `sinks` gets each model event too (not the "start" and "end" bookkeeping), and is
+    finished on close.
     """
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, mirror: Any = None) -> None:
-        self._mirror = mirror
+    def __init__(
+        self, path: str | os.PathLike, resume_step: int | None = None, sinks: Sequence[MetricsSink] = ()
+    ) -> None:
+        self._sinks = list(sinks)
         path = Path(path)
         if resume_step is not None and path.exists():
             kept = _lines_up_to(path, resume_step)
@@ -57,14 +78,15 @@ class MetricsLog:
         """Append one event line."""
         self._file.write(json.dumps({"event": event, **fields}) + "\n")
         self._file.flush()
-        if self._mirror is not None and event not in _BOOKKEEPING:
-            self._mirror.log(event, fields)
+        if event not in _BOOKKEEPING:
+            for sink in self._sinks:
+                sink.log(event, fields)
 
     def close(self) -> None:
-        """Close the file (and finish the mirror)."""
+        """Close the file and finish the sinks."""
         self._file.close()
-        if self._mirror is not None:
-            self._mirror.finish()
+        for sink in self._sinks:
+            sink.finish()
 
     def __enter__(self) -> MetricsLog:
         return self

@@ -47,6 +47,7 @@ def count_bytes(ids: np.ndarray, lengths: np.ndarray, what: str = "the data") ->
     return int(per_token.sum())
 
 
-def bits_per_byte(total_nats: float, total_bytes: int) -> float:
-    """`total_nats` of loss over text of `total_bytes` UTF-8 bytes, in bits per byte."""
-    return total_nats / (math.log(2) * total_bytes)
+def bits_per_byte(nats: float, text_bytes: float) -> float:
+    """A loss of `nats` over `text_bytes` UTF-8 bytes of text, in bits per byte: a total loss over the total
+    bytes, or equally a mean loss per token over the mean bytes per token."""
+    return nats / (math.log(2) * text_bytes)
