@@ -36,6 +36,7 @@ from lmkit.device import resolve_device
 from lmkit.errors import InputError, validation_error_message
 from lmkit.fileio import atomic_write
 from lmkit.model import ModelConfig, TransformerLM
+from lmkit.model.names import split_block_name
 from lmkit.tokenizer import Tokenizer
 from lmkit.tokenizer.formats import from_hf_json, parse_json
 
@@ -180,7 +181,7 @@ def check_weights_match_config(state: dict[str, torch.Tensor], model_config: Mod
     would otherwise allocate the claimed model first, perhaps terabytes. The counts come from the
     accounting module; the exact names and shapes are checked against the built model (`check_weights_fit`).
     """
-    layers = {key.split(".")[1] for key in state if key.startswith("layers.")}
+    layers = {block[0] for block in map(split_block_name, state) if block is not None}
     if len(layers) != model_config.num_layers:
         raise InputError(
             f"{name}'s weights do not fit this model (its config says {model_config.num_layers:,} layers, "

@@ -1,4 +1,5 @@
-"""Files in and out: atomic writes (a reader never sees a half-written file; a failure leaves nothing), TOML reads.
+"""Files in and out: atomic writes (a reader never sees a half-written file; a failure leaves nothing), TOML and
+JSON reads, JSON writes, and folders built beside their target before they are renamed into place.
 
 An atomic write goes to a temporary file beside its target, `.NAME.HOST-PID-RANDOM.tmp`, which is fsynced and
 renamed onto the target, and the folder is fsynced so the rename itself survives a power cut. Killed with
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import os
 import re
 import socket
@@ -82,10 +84,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         if full is None:
             raise
         raise full from None
-    # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 less the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
+    _usual_permissions(tmp_name, 0o666)  # mkstemp makes it 0600
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
@@ -100,6 +99,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         if full is not None:
             raise full from None
         raise
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """Write `obj` as indented UTF-8 JSON to `path`, atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def temporary_folder(out: str | os.PathLike) -> Path:
+    """A new empty folder beside `out` (hidden, named after it), to fill and then rename onto `out`; it has the
+    permissions a plain mkdir would give."""
+    out = Path(out)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _usual_permissions(folder, 0o777)  # mkdtemp makes it 0700
+    return folder
+
+
+def _usual_permissions(path: str | os.PathLike, mode: int) -> None:
+    """Give `path` the permissions a plain open() or mkdir would: `mode` less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def _temporary_prefix(out: Path) -> str:
@@ -171,3 +192,20 @@ def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{what} {path} is not valid TOML ({err})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
+    """Parse a file holding one JSON object, turning a missing, unreadable or malformed file (or another kind
+    of JSON value) into one clear InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{what} {path} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise InputError(f"{what} {path} is nested too deeply to read") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} {path} is not a JSON object")
+    return obj

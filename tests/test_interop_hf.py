@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import lmkit.interop.hf as hf
+import lmkit.interop.hf.tensors as hf_tensors
 from lmkit.checkpoint import model_state, read_checkpoint, write_checkpoint
 from lmkit.cli.app import app
 from lmkit.generate import load_model_and_tokenizer
@@ -123,7 +124,7 @@ def test_skipping_the_rotary_permutation_breaks_the_logits(runner, tokenizer, tm
     """The mutation check: without the q/k reordering the exported model computes another function."""
     model = random_model(ModelConfig(**SHAPE))
     ckpt = save_lmkit(model, tokenizer, tmp_path / "ckpt.pt")
-    monkeypatch.setattr(hf, "interleaved_to_halves", lambda weight, heads: weight)
+    monkeypatch.setattr(hf_tensors, "interleaved_to_halves", lambda weight, heads: weight)
     hf_model = load_hf(export(runner, ckpt, tmp_path / "hf"))
     ids = random_ids(SHAPE["vocab_size"])
     with torch.no_grad():

@@ -23,6 +23,7 @@ from lmkit.model import (
     silu,
     softmax,
 )
+from lmkit.model.names import parameter_shapes, split_block_name
 
 SMALL = dict(vocab_size=97, context_length=32, d_model=32, num_layers=2, num_heads=4)
 
@@ -238,6 +239,27 @@ def test_state_dict_names():
     with_qk_norm = small_model(qk_norm=True).state_dict()
     assert set(with_qk_norm) == expected | {f"layers.{i}.attn.{n}_norm.weight" for i in range(2) for n in "qk"}
     assert with_qk_norm["layers.0.attn.k_norm.weight"].shape == (8,)  # head_dim
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        {"norm": "post", "position": "none"},
+        {"norm": "none", "ffn": "silu", "qk_norm": True},
+        {"num_kv_heads": 2, "tie_embeddings": True},
+    ],
+)
+def test_the_parameter_spec_lists_the_models_state_dict(switches):
+    model = small_model(**switches)
+    held = [(name, tuple(tensor.shape)) for name, tensor in model.state_dict().items()]
+    assert list(parameter_shapes(model.config).items()) == held
+
+
+def test_block_names_split_only_block_parameters():
+    assert split_block_name("layers.12.attn.q_proj.weight") == (12, "attn.q_proj.weight")
+    assert split_block_name("lm_head.weight") is None
+    assert split_block_name("layers.x.ffn.w1.weight") is None
 
 
 def test_init_statistics():

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from lmkit.model.names import split_block_name
 from lmkit.training.config import OptimConfig
 from lmkit.training.optim import AdamW, param_groups
 
@@ -137,7 +138,7 @@ def _whole(tensor: Tensor) -> Tensor:
 
 def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:
     """Whether Muon takes this parameter of a TransformerLM: a 2-D weight inside `layers`."""
-    return name.startswith("layers.") and param.ndim == 2
+    return split_block_name(name) is not None and param.ndim == 2
 
 
 def muon_param_groups(

@@ -1,0 +1,174 @@
+"""config.json and the tokenizer files of an HF Llama folder, to and from lmkit's ModelConfig and tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lmkit.checkpoint import END_OF_TEXT
+from lmkit.errors import InputError, validation_error_message
+from lmkit.model.config import ModelConfig
+from lmkit.tokenizer.formats import from_hf_json, to_hf_json
+
+# ModelConfig settings HF Llama has no way to express: (field, the value Llama needs, what Llama does).
+# One more unsupported switch is one more row.
+HF_LLAMA_REQUIRES: list[tuple[str, object, str]] = [
+    ("norm", "pre", 'HF Llama normalizes before each sublayer (norm = "pre")'),
+    ("position", "rope", 'HF Llama always applies rotary embeddings (position = "rope")'),
+    ("ffn", "swiglu", 'HF Llama\'s MLP is the gated SwiGLU (ffn = "swiglu")'),
+    ("qk_norm", False, "HF Llama has no norm on queries and keys (qk_norm = false)"),
+]
+
+def check_exportable(config: ModelConfig) -> None:
+    """InputError naming the first setting HF Llama cannot express (see HF_LLAMA_REQUIRES)."""
+    for field, needed, why in HF_LLAMA_REQUIRES:
+        value = getattr(config, field)
+        if value != needed:
+            raise InputError(f"cannot export to HF Llama: this model has {field} = {value!r}, but {why}")
+
+
+def hf_config(config: ModelConfig, eos_id: int | None, dtype: str) -> dict[str, Any]:
+    """config.json for LlamaForCausalLM, readable by transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.context_length,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        # lmkit prepends no beginning-of-sequence token; Llama's defaults (1 and 2) would be wrong ids here.
+        "bos_token_id": None,
+        "eos_token_id": eos_id,
+        "pad_token_id": None,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+    }
+
+
+def tokenizer_config(special_tokens: list[str], special_ids: dict[str, int], context_length: int) -> dict[str, Any]:
+    """tokenizer_config.json: a plain fast tokenizer over tokenizer.json, adding no BOS or EOS."""
+    eos = END_OF_TEXT if END_OF_TEXT in special_tokens else None
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": context_length,
+        "bos_token": None,
+        "eos_token": eos,
+        "unk_token": None,
+        "pad_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {
+            str(special_ids[token]): {
+                "content": token,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for token in special_tokens
+        },
+    }
+
+
+def _rope_theta(raw: dict[str, Any], source: str) -> float:
+    """rope_theta from config.json in either layout, refusing RoPE scalings lmkit does not implement."""
+    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        raise InputError(f"{source}: rope_parameters is not an object")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise InputError(f"{source}: RoPE scaling {rope_type!r} is not supported; lmkit implements plain RoPE only")
+    return float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+
+
+def model_config_from_hf(raw: dict[str, Any], source: str, context_length: int | None = None) -> ModelConfig:
+    """The lmkit ModelConfig of a Llama config.json; InputError for anything lmkit's model cannot express."""
+    architectures = raw.get("architectures") or []
+    if raw.get("model_type") != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
+        kind = raw.get("model_type") or ", ".join(architectures) or "unknown"
+        raise InputError(
+            f"{source} describes a {kind!r} model; only Llama-architecture models (LlamaForCausalLM) import"
+        )
+    refused = [
+        ("hidden_act", "silu"),
+        ("attention_bias", False),
+        ("mlp_bias", False),
+    ]
+    for key, needed in refused:
+        if raw.get(key, needed) != needed:
+            raise InputError(f"{source}: {key} = {raw[key]!r} is not supported (lmkit's Llama needs {needed!r})")
+    required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+    missing = [key for key in required if not isinstance(raw.get(key), int)]
+    if missing:
+        raise InputError(f"{source}: {missing[0]} is missing or not an integer")
+    heads = raw["num_attention_heads"]
+    head_dim = raw.get("head_dim") or raw["hidden_size"] // heads
+    if head_dim * heads != raw["hidden_size"]:
+        raise InputError(
+            f"{source}: head_dim {head_dim} x {heads} heads is not hidden_size {raw['hidden_size']}; "
+            "lmkit's attention needs d_model = num_heads x head_dim"
+        )
+    fields = {
+        "vocab_size": raw["vocab_size"],
+        "context_length": context_length or raw.get("max_position_embeddings", 2048),
+        "d_model": raw["hidden_size"],
+        "num_layers": raw["num_hidden_layers"],
+        "num_heads": heads,
+        "num_kv_heads": raw.get("num_key_value_heads") or heads,
+        "d_ff": raw["intermediate_size"],
+        "rope_theta": _rope_theta(raw, source),
+        "norm_eps": raw.get("rms_norm_eps", 1e-6),  # LlamaConfig's default
+        "tie_embeddings": bool(raw.get("tie_word_embeddings", False)),
+    }
+    try:
+        return ModelConfig(**fields)
+    except ValidationError as err:
+        raise InputError(f"{source}: {validation_error_message(err)}") from None
+
+
+def lmkit_tokenizer_json(obj: dict[str, Any], path: Path, vocab_size: int) -> str:
+    """An HF tokenizer.json (`obj`, read from `path`) re-written in lmkit's layout; InputError if lmkit cannot
+    encode like it."""
+    pre, model = obj.get("pre_tokenizer") or {}, obj.get("model") or {}
+    gpt2_style = (
+        model.get("type") == "BPE"
+        and not model.get("byte_fallback")
+        and obj.get("normalizer") is None
+        and not model.get("ignore_merges")
+        and model.get("continuing_subword_prefix") is None
+        and model.get("end_of_word_suffix") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not pre.get("add_prefix_space", False)
+        and (obj.get("post_processor") or {}).get("type") in (None, "ByteLevel")
+    )
+    if not gpt2_style:
+        raise InputError(
+            f"{path} is not a GPT-2-style byte-level BPE (ByteLevel pre-tokenizer with the GPT-2 pattern, no "
+            "normalizer, no added BOS): lmkit's tokenizer would give other ids. Import needs a tokenizer lmkit "
+            "can represent"
+        )
+    vocab, merges, special_tokens = from_hf_json(obj, source=str(path))
+    if max(vocab) >= vocab_size:
+        raise InputError(f"{path} has ids up to {max(vocab)}, but config.json's vocab_size is {vocab_size}")
+    return json.dumps(to_hf_json(vocab, merges, special_tokens), ensure_ascii=False)
