@@ -20,6 +20,7 @@ from lmkit.training import (
 )
 from lmkit.training.data import validation_batches
 from lmkit.training.optim import param_groups
+from lmkit.training.state import cuda_state_for, restore_rng, rng_state
 
 
 def _tiny_model(**overrides) -> TransformerLM:
@@ -239,3 +240,65 @@ def test_checkpoint_of_a_compiled_model_has_plain_names(tmp_path):
     saved = torch.load(tmp_path / "c.pt", weights_only=True)["model"]
     assert set(saved) == set(model.state_dict())
     assert load_checkpoint(tmp_path / "c.pt", torch.compile(_tiny_model())) == 3
+
+
+# --- a step skipped on the device ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adamw_keep_zero_changes_nothing_and_keep_one_is_the_plain_step(foreach):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    gated, plain = AdamW(params, lr=0.1, foreach=foreach), AdamW(twins, lr=0.1, foreach=foreach)
+    for _ in range(3):
+        for a, b in zip(params, twins, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        gated.step(keep=torch.tensor(1.0))
+        plain.step()
+        for a, b in zip(params, twins, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    before = [p.detach().clone() for p in params]
+    moments = [gated.state[p]["exp_avg"].clone() for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)  # what the loop leaves of a skipped step's gradients
+    gated.step(keep=torch.tensor(0.0))
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert all(torch.equal(gated.state[p]["exp_avg"], m) for p, m in zip(params, moments, strict=True))
+
+
+# --- RNG state in checkpoints -------------------------------------------------------------------------
+
+
+def test_rng_state_saves_only_the_current_cuda_device(monkeypatch):
+    mine = torch.arange(4, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": mine)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every device's state was taken"))
+    state = rng_state(torch.Generator().get_state())
+    assert state["cuda"] is mine
+
+
+def test_cuda_state_is_chosen_for_the_current_device_from_old_and_new_checkpoints():
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(3)]
+    assert cuda_state_for(states, 1) is states[1]  # an older checkpoint: every device's state
+    assert cuda_state_for(states[:1], 2) is states[0]  # written on fewer GPUs than this process's index
+    assert cuda_state_for([], 0) is None  # an older checkpoint written without CUDA
+    assert cuda_state_for(None, 0) is None
+    assert cuda_state_for(states[2], 0) is states[2]  # this lmkit: the writer's own device
+
+
+def test_restore_rng_takes_the_current_devices_entry_of_an_old_list(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("set every device"))
+    old = [torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8)]
+    batches = torch.Generator().manual_seed(5)
+    saved = {"torch": torch.get_rng_state(), "cuda": old, "batches": batches.get_state()}
+    expected = torch.randint(0, 100, (3,), generator=batches)
+    fresh = torch.Generator()
+    restore_rng(saved, fresh)
+    assert restored == [old[1]] and torch.equal(torch.randint(0, 100, (3,), generator=fresh), expected)

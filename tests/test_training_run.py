@@ -234,6 +234,39 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(runner, wo
     assert metrics(workdir / "out", "end")[-1]["status"] == "diverged"
 
 
+def test_a_nan_between_reads_is_skipped_on_the_device_and_stops_the_run_at_the_next_read(
+    runner, workdir, monkeypatch
+):
+    make_loss_nan_at_call(monkeypatch, 7)
+    monkeypatch.delenv("LMKIT_DEBUG", raising=False)
+    config = write_config(workdir, train={"log_every": 4, "eval_every": 100, "ckpt_every": 10})
+    result = train(runner, "--config", str(config))
+    assert result.exit_code == 1 and "loss is nan at step 7" in result.stderr
+    assert not (workdir / "out" / "last.pt").exists()  # the read before the first save found step 7
+    logged = metrics(workdir / "out")
+    assert [r["step"] for r in logged] == [4, 7] and math.isnan(logged[-1]["loss"])
+    assert metrics(workdir / "out", "end")[-1]["status"] == "diverged"
+
+
+@pytest.mark.parametrize("optim", [{}, {"name": "muon"}])
+def test_a_non_finite_step_never_reaches_the_weights_or_the_optimizer_state(workdir, monkeypatch, optim):
+    trainer = Trainer(load_config(write_config(workdir, optim=optim)))
+    trainer.train_step()
+    make_loss_nan_at_call(monkeypatch, 1)
+    weights = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    moments = [{k: torch.as_tensor(v).clone() for k, v in s.items()} for s in trainer.optimizer.state.values()]
+    loss, _, _ = trainer.train_step()  # no host read: the skip is decided on the device
+    assert math.isnan(loss)
+    assert all(torch.equal(weights[name], value) for name, value in trainer.model.state_dict().items())
+    after = list(trainer.optimizer.state.values())
+    for before, now in zip(moments, after, strict=True):
+        assert all(torch.equal(value, torch.as_tensor(now[k])) for k, value in before.items() if k != "step")
+    trainer.train_step()  # a finite step after it is applied, and the read still reports the skipped one
+    assert not all(torch.equal(weights[name], value) for name, value in trainer.model.state_dict().items())
+    with pytest.raises(lmkit.training.loop.TrainingDiverged, match="loss is nan at step 2"):
+        trainer.read()
+
+
 def test_a_failure_writes_a_crashed_ending(runner, workdir, monkeypatch):
     monkeypatch.delenv("LMKIT_DEBUG", raising=False)
     config = write_config(workdir, train={"eval_every": 3})
@@ -412,7 +445,7 @@ def test_resume_reads_checkpoints_written_before_num_kv_heads_and_norm_eps():
     """A saved model config without the newer fields compares as their defaults; a real difference is refused."""
     from lmkit.errors import InputError
     from lmkit.training.config import validate_config
-    from lmkit.training.loop import _check_same_model
+    from lmkit.training.preflight import check_same_model
 
     def run_config(**model) -> object:
         data = {"train": "t.npy", "val": "v.npy", "tokenizer": "tok.json"}
@@ -420,6 +453,6 @@ def test_resume_reads_checkpoints_written_before_num_kv_heads_and_norm_eps():
         return validate_config({**raw, "model": {**TINY_MODEL, **model}}, "test")
 
     old = {"config": {"model": {**TINY_MODEL, "d_ff": 64, "rope_theta": 10000.0, "norm": "pre"}}}
-    _check_same_model(run_config(), old, "old.pt")
+    check_same_model(run_config(), old, "old.pt")
     with pytest.raises(InputError, match="model.num_kv_heads = 4, the config says 2"):
-        _check_same_model(run_config(num_kv_heads=2), old, "old.pt")
+        check_same_model(run_config(num_kv_heads=2), old, "old.pt")

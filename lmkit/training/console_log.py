@@ -61,12 +61,14 @@ class TrainingConsole:
         if self.mode != "off":
             print(text, file=sys.stderr, flush=True)
 
-    def step(self, step: int, loss: float, lr: float, tokens_per_s: float | None) -> None:
-        """After every step: move the bar (on a terminal)."""
+    def step(self, step: int, loss: float | None, lr: float, tokens_per_s: float | None) -> None:
+        """After every step: move the bar (on a terminal). `loss` is the last one read (None before the first
+        read): the loop reads it from the device at log intervals only."""
         if self._bar is not None:
+            shown = "" if loss is None else f" loss {loss:.3f}"
             rate = f" {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
             self._bar.advance(1)
-            self._bar.update(description=f"step {step} loss {loss:.3f} lr {lr:.2e}{rate}")
+            self._bar.update(description=f"step {step}{shown} lr {lr:.2e}{rate}")
 
     def logged(self, step: int, loss: float, lr: float, tokens_per_s: float | None) -> None:
         """At a log interval: one plain line (off a terminal)."""

@@ -2,11 +2,15 @@
 
 One step: the learning rate from the schedule; `grad_accum` micro-batches drawn by get_batch from a
 dedicated generator (its state is checkpointed, so a resumed run draws the very batches the unbroken run
-would have); forward under autocast, cross-entropy, backward; a finite-loss check before anything is
-updated; gradient clipping; the optimizer (AdamW, or Muon with AdamW: lmkit.training.muon). Every
-`log_every` steps a "train" line goes to metrics.jsonl (with the MFU where the device's peak is known, see
-lmkit.training.mfu), every `eval_every` steps the loss over a fixed set of validation batches and its bits
-per byte (`best.pt` when it improves), every `ckpt_every` steps and at the end `last.pt`.
+would have), each next one drawn while the device computes the current one; forward under autocast,
+cross-entropy, backward; gradient clipping; the optimizer (AdamW, or Muon with AdamW: lmkit.training.muon),
+whose update is skipped on the device when the loss or the gradient norm is not finite. The loss and the
+gradient norm stay on the device: the host reads them (waiting for the device) only when a line is logged,
+before an evaluation or a checkpoint, and at the end; a read that finds a skipped step stops the run, naming
+that step, before anything is saved. Every `log_every` steps a "train" line goes to metrics.jsonl (with the
+MFU where the device's peak is known, see lmkit.training.mfu), every `eval_every` steps the loss over a fixed
+set of validation batches and its bits per byte (`best.pt` when it improves), every `ckpt_every` steps and
+at the end `last.pt`.
 
 Under torchrun (several processes, see lmkit.training.distributed and docs/distributed.md) the model runs in
 DistributedDataParallel or sharded by FSDP2 (train.parallel), each process trains on its slice of every
@@ -26,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from lmkit.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.checkpoint import (
@@ -34,15 +37,14 @@ from lmkit.checkpoint import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
-    check_weights_match_config,
     load_weights,
     read_checkpoint,
     write_checkpoint,
 )
 from lmkit.device import autocast, resolve_autocast_dtype, resolve_device
-from lmkit.errors import InputError, validation_error_message
+from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
-from lmkit.model import ModelConfig, TransformerLM
+from lmkit.model import TransformerLM
 from lmkit.threads import apply_threads
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
@@ -54,24 +56,29 @@ from lmkit.training.distributed import (
     shard_like_parameters,
     whole_state,
 )
-from lmkit.training.folder_check import check_run_folder
 from lmkit.training.loss import cross_entropy
-from lmkit.training.memory_check import check_run_fits
 from lmkit.training.metrics import MetricsLog, SinkFactory, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
-from lmkit.training.runlock import refuse_if_held, run_folder
+from lmkit.training.preflight import check_resources, check_run, check_same_model
+from lmkit.training.runlock import run_folder
 from lmkit.training.schedule import get_lr_cosine_schedule
 from lmkit.training.signals import StopRequest, stop_on_signals
+from lmkit.training.state import restore_rng, rng_state
+
+# Under several processes, how often the ranks agree on whether a signal asks them to stop: each vote is an
+# all-reduce the host waits for, so a signal stops every rank within this many steps.
+STOP_VOTE_EVERY = 10
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite (`loss`); the weights of the failing step were not applied."""
+    """The loss (or, without loss scaling, the gradient norm) became NaN or infinite at `step` (`loss` is that
+    step's); the update of that step was not applied."""
 
-    def __init__(self, message: str, loss: float) -> None:
+    def __init__(self, message: str, loss: float, step: int) -> None:
         super().__init__(message)
-        self.loss = loss
+        self.loss, self.step = loss, step
 
 
 @dataclass
@@ -122,53 +129,14 @@ def _val_bytes_per_token(tokenizer_json: str, val_batches: list[torch.Tensor], v
     return count_bytes(targets, lengths, "validation data") / len(targets)
 
 
-def _check_same_model(config: RunConfig, checkpoint: dict[str, Any], name: str, action: str = "resume") -> None:
-    # Validated, so that a field added since the checkpoint was written compares as its default.
-    try:
-        saved_model = ModelConfig.model_validate(checkpoint.get("config", {}).get("model", {})).model_dump(mode="json")
-    except ValidationError as err:
-        raise InputError(f"{name}: its model config is not valid here ({validation_error_message(err)})") from None
-    wanted = config.model.model_dump(mode="json")
-    for key, value in wanted.items():
-        if saved_model.get(key) != value:
-            raise InputError(
-                f"cannot {action} {name}: it was trained with model.{key} = {saved_model.get(key)!r}, "
-                f"the config says {value!r} (the model must be the same)"
-            )
-
-
 def _load_initial_weights(config: RunConfig, model: TransformerLM) -> None:
     """Load train.init_from's weights into `model` (fine-tuning), after checking it is the same model."""
     path = config.train.init_from
     checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint.get("config"), dict):
         raise InputError(f"train.init_from {path} holds no model config; was it written by lmkit?")
-    _check_same_model(config, checkpoint, str(path), action="start from")
+    check_same_model(config, checkpoint, str(path), action="start from")
     load_weights(model, checkpoint["model"], str(path))
-
-
-def _check_same_optimizer(config: RunConfig, checkpoint: dict[str, Any], name: str) -> None:
-    saved = checkpoint.get("config", {}).get("optim", {}).get("name", "adamw")
-    if saved != config.optim.name:
-        raise InputError(
-            f"cannot resume {name}: it was trained with optim.name = {saved!r}, the config says "
-            f"{config.optim.name!r} (the optimizer state of one does not fit the other)"
-        )
-
-
-def _rng_state(batch_rng: torch.Generator) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "batches": batch_rng.get_state(),
-    }
-
-
-def _restore_rng(state: dict[str, Any], batch_rng: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    batch_rng.set_state(state["batches"])
 
 
 class Trainer:
@@ -178,25 +146,13 @@ class Trainer:
         self.config = config
         self.out_dir = Path(config.train.out_dir)
         self.total_steps = config.total_steps
-        refuse_if_held(self.out_dir)
-        if checkpoint is not None:
-            _check_same_model(config, checkpoint, resume_name)
-            _check_same_optimizer(config, checkpoint, resume_name)
-            check_weights_match_config(checkpoint["model"], config.model, resume_name)
-        check_run_folder(self.out_dir, resuming=checkpoint is not None)
+        check_run(config, checkpoint, resume_name)
         self.threads = apply_threads(config.train.threads)
         self.dist = Distributed.from_env()
         self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
-        shards = self.dist.world_size if self.dist.enabled and config.train.parallel == "fsdp" else 1
-        rows = len(range(config.train.batch_size)[self.rows])
-        check_run_fits(config.model, config.train.batch_size, config.train.eval_batches, rows, self.device, shards)
-        if self.autocast_dtype == torch.float16 and self.dist.enabled and config.train.parallel == "fsdp":
-            raise InputError(
-                'train.dtype = "float16" needs loss scaling, which lmkit does not do across FSDP shards; '
-                'use train.parallel = "ddp" or train.dtype = "bfloat16" / "float32"'
-            )
+        check_resources(config, self.dist, self.device, self.autocast_dtype)
         # float16 gradients underflow: the loss is scaled up before backward and the gradients back down
         # before clipping; a step whose gradients overflowed is skipped and the scale halved.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None
@@ -209,6 +165,10 @@ class Trainer:
         self._load_data(checkpoint)
         torch.manual_seed(config.train.seed)
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)
+        # The batch drawn ahead for the next micro-step, and the sampler's state before it was drawn (what a
+        # checkpoint keeps, so a resumed run draws that batch again).
+        self._next_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._batches_state = self.batch_rng.get_state()
         self.model = TransformerLM(config.model).to(self.device)
         if checkpoint is not None:
             load_weights(self.model, checkpoint["model"], resume_name)  # whole tensors: before any sharding
@@ -225,6 +185,8 @@ class Trainer:
         self.best_val_loss: float | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
+        self._figures = _StepFigures(self.device, self.step)
+        self.grad_norm: float | None = None
         self.forward = torch.compile(forward) if config.train.compile else forward
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
@@ -248,7 +210,8 @@ class Trainer:
         self.optimizer.load_state_dict(shard_like_parameters(checkpoint["optimizer"], self.optimizer))
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        _restore_rng(checkpoint["rng"], self.batch_rng)
+        restore_rng(checkpoint["rng"], self.batch_rng)
+        self._batches_state = self.batch_rng.get_state()
         self.step, self.tokens_seen = checkpoint["iteration"], checkpoint["tokens_seen"]
         self.elapsed_before = checkpoint["elapsed_s"]
         self.train_loss, self.val_loss = checkpoint["train_loss"], checkpoint["val_loss"]
@@ -259,46 +222,69 @@ class Trainer:
         optim = self.config.optim
         return get_lr_cosine_schedule(step, optim.lr, optim.final_lr, optim.warmup_steps, self.total_steps)
 
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over grad_accum micro-batches; returns (loss, lr, grad norm)."""
+    def train_step(self) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, lr, grad norm), the loss and the norm
+        as tensors on the device (reading them waits for the device: see `read`).
+
+        Where the loss or the gradient norm is not finite the update is skipped on the device (with float16
+        loss scaling an overflowing gradient is the scaler's to skip); the next `read` stops the run.
+        """
         train = self.config.train
         lr = self.lr_at(self.step)
         set_learning_rates(self.optimizer, self.config.optim, lr / self.config.optim.lr)
         loss_sum = torch.zeros((), device=self.device)
+        batch = self._next_batch or self._draw_batch()
         for micro in range(train.grad_accum):
-            inputs, targets = get_batch(
-                self.train_tokens,
-                train.batch_size,
-                self.config.model.context_length,
-                self.device,
-                self.batch_rng,
-                self.rows,
-            )
+            inputs, targets = batch
             with gradient_sync(self.forward, sync=micro == train.grad_accum - 1):
                 with autocast(self.device, self.autocast_dtype):
                     loss = cross_entropy(self.forward(inputs), targets)
+                # Drawn while the device works through the forward pass and the backward one.
+                self._batches_state = self.batch_rng.get_state()
+                batch = self._draw_batch()
                 micro_loss = loss / train.grad_accum
                 (micro_loss if self.scaler is None else self.scaler.scale(micro_loss)).backward()
             loss_sum += loss.detach()
-        loss_value = self.dist.mean(loss_sum).item() / train.grad_accum
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the loss is {loss_value} at step {self.step + 1}; stopped before applying it "
-                f"(the last checkpoint in {self.out_dir} is untouched); try a lower optim.lr or a grad_clip",
-                loss_value,
-            )
+        self._next_batch = batch
+        mean_loss = self.dist.mean(loss_sum) / train.grad_accum
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip or math.inf)
+        keep = self._figures.record(mean_loss, grad_norm, judge_norm=self.scaler is None)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.masked_fill_(keep == 0, 0.0)  # a skipped step's gradients may be NaN; NaN * 0 is NaN
         if self.scaler is None:
-            self.optimizer.step()
+            self.optimizer.step(keep=keep)
         else:
-            self.scaler.step(self.optimizer)  # skipped where the gradients overflowed
+            self.scaler.step(self.optimizer, keep=keep)  # the scaler also skips where the gradients overflowed
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.config.tokens_per_step
-        return loss_value, lr, grad_norm.item()
+        return mean_loss, lr, grad_norm
+
+    def _draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        train = self.config.train
+        context = self.config.model.context_length
+        return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.rows)
+
+    def read(self) -> None:
+        """Wait for the device and take the last step's loss and gradient norm (`train_loss`, `grad_norm`);
+        TrainingDiverged, naming the step, if any step since the last read was skipped as not finite."""
+        loss, grad_norm, bad = self._figures.read()
+        if loss is not None:  # else no step since the start (or the resume): the figures stay as they were
+            self.train_loss, self.grad_norm = loss, grad_norm
+        if bad is None:
+            return
+        step, bad_loss, bad_norm = bad
+        what = f"the loss is {bad_loss}" if not math.isfinite(bad_loss) else f"the gradient norm is {bad_norm}"
+        raise TrainingDiverged(
+            f"{what} at step {step}; stopped before applying it "
+            f"(the last checkpoint in {self.out_dir} is untouched); try a lower optim.lr or a grad_clip",
+            bad_loss,
+            step,
+        )
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -319,6 +305,7 @@ class Trainer:
         size of the weights, and best.pt is for sampling, evaluation and export.
         """
         path = self.out_dir / name
+        self.read()  # nothing is saved after a skipped step
         model_state, optimizer_state = whole_state(self.model, self.optimizer, keep=self.dist.is_main)
         if not self.dist.is_main:
             return path
@@ -330,7 +317,7 @@ class Trainer:
             tokens_seen=self.tokens_seen,
             config=self.config.model_dump(mode="json"),
             tokenizer_json=self.tokenizer_json,
-            rng=_rng_state(self.batch_rng),
+            rng=rng_state(self._batches_state),
             elapsed_s=elapsed_s,
             lr=self.lr_at(self.step),
             train_loss=self.train_loss,
@@ -373,7 +360,7 @@ class Trainer:
             console.say(f"training on {self.device}, {threads} ({self.threads.reason})")
             metrics.write("start", **self._facts(), **process_facts())
             with self._ending(metrics, stop):
-                while self.step < last_step and not self._stopping(stop):
+                while self.step < last_step and not (self._vote_due() and self._stopping(stop)):
                     self._train_one(metrics, console)
                 if self.step < self.total_steps and self.step % self.config.train.ckpt_every:
                     self.save(LAST_CHECKPOINT, self._elapsed())
@@ -398,24 +385,34 @@ class Trainer:
         )
 
     def _train_one(self, metrics: MetricsLog, console: TrainingConsole) -> None:
-        """One step, then its logging, evaluation and checkpoint; a diverged loss is logged before it propagates."""
+        """One step, then its logging, evaluation and checkpoint."""
         step_start = time.perf_counter()
-        try:
-            self.train_loss, lr, grad_norm = self.train_step()
-        except TrainingDiverged as diverged:  # logged, so run tracking sees the divergence
-            step, tokens = self.step + 1, self.tokens_seen + self.config.tokens_per_step
-            metrics.write("train", step=step, tokens=tokens, time_s=self._elapsed(), loss=diverged.loss)
-            raise
+        _, lr, _ = self.train_step()
+        if self._read_due():
+            self.read()  # inside the timed stretch: the step's time is the device's, not only its launch
         self._throughput.add(self.config.tokens_per_step, time.perf_counter() - step_start)
-        self._after_step(metrics, console, lr, grad_norm)
+        self._after_step(metrics, console, lr)
         console.step(self.step, self.train_loss, lr, self.tokens_per_s)
+
+    def _read_due(self) -> bool:
+        """Whether this step logs, evaluates or saves (each needs the step's figures), or ends the run."""
+        train = self.config.train
+        due = (train.log_every, train.eval_every, train.ckpt_every)
+        return self.step == self.total_steps or any(self.step % every == 0 for every in due)
+
+    def _vote_due(self) -> bool:
+        """Whether to check for a stop signal now: every step in one process (it costs nothing), every
+        STOP_VOTE_EVERY steps across several."""
+        return not self.dist.enabled or self.step % STOP_VOTE_EVERY == 0
 
     @contextlib.contextmanager
     def _ending(self, metrics: MetricsLog, stop: StopRequest) -> Iterator[None]:
         """Write the run's "end" line as the block leaves, however it leaves (see `run`)."""
         try:
             yield
-        except TrainingDiverged:
+        except TrainingDiverged as diverged:  # the skipped step's line, so run tracking sees the divergence
+            tokens = self.tokens_seen - (self.step - diverged.step) * self.config.tokens_per_step
+            metrics.write("train", step=diverged.step, tokens=tokens, time_s=self._elapsed(), loss=diverged.loss)
             metrics.write("end", **self._facts(), status="diverged")
             raise
         except BaseException as exc:  # a second Ctrl-C, an exit from a signal handler, or any failure
@@ -454,7 +451,7 @@ class Trainer:
         """Wall-clock seconds of training, counting the time before a resume."""
         return round(self.elapsed_before + time.perf_counter() - self._started, 3)
 
-    def _after_step(self, metrics: MetricsLog, console: TrainingConsole, lr: float, grad_norm: float) -> None:
+    def _after_step(self, metrics: MetricsLog, console: TrainingConsole, lr: float) -> None:
         """Log, evaluate (saving best.pt on a new best) and checkpoint, each when its interval comes round."""
         train, elapsed = self.config.train, self._elapsed()
         done = self.step == self.total_steps
@@ -468,7 +465,7 @@ class Trainer:
                 **facts,
                 loss=self.train_loss,
                 lr=lr,
-                grad_norm=grad_norm,
+                grad_norm=self.grad_norm,
                 tokens_per_s=self.tokens_per_s,
                 **({} if self.mfu is None else {"mfu": self.mfu}),
             )
@@ -496,6 +493,37 @@ class _NoMetrics:
 
     def write(self, event: str, **fields: object) -> None:
         """Drop the event."""
+
+
+class _StepFigures:
+    """The last step's loss and gradient norm, and the first step since the last read whose loss (or gradient
+    norm) was not finite, all kept on the device so that a step needs no host read."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self._step = torch.tensor(float(step), device=device)
+        self._last = torch.zeros(2, device=device)  # loss, gradient norm
+        self._bad = torch.zeros(3, device=device)  # step (0: none), loss, gradient norm
+        self._recorded = False  # whether _last holds a step's figures yet
+
+    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor, judge_norm: bool) -> torch.Tensor:
+        """Take one step's figures; returns 1.0 (apply the update) or 0.0 (skip it), on the device.
+        `judge_norm`: a non-finite gradient norm also stops the run (not with loss scaling, which expects it)."""
+        self._step += 1
+        figures = torch.stack([loss.float(), grad_norm.float().to(loss.device)])
+        finite = torch.isfinite(figures)
+        bad = ~finite[0] | (~finite[1] if judge_norm else False)
+        first = bad & (self._bad[0] == 0)
+        self._bad = torch.where(first, torch.cat([self._step.view(1), figures]), self._bad)
+        self._last, self._recorded = figures, True
+        return finite.all().float()
+
+    def read(self) -> tuple[float | None, float | None, tuple[int, float, float] | None]:
+        """(loss, gradient norm, None or the first bad step's (step, loss, gradient norm)); waits for the device.
+        The loss and norm are None before the first step."""
+        loss, grad_norm, bad_step, bad_loss, bad_norm = torch.cat([self._last, self._bad]).tolist()
+        self._bad.zero_()
+        bad = None if bad_step == 0 else (int(bad_step), bad_loss, bad_norm)
+        return (loss, grad_norm, bad) if self._recorded else (None, None, bad)
 
 
 class _Throughput:

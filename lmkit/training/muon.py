@@ -107,27 +107,31 @@ class Muon(AdamW):
                     raise ValueError(f"Muon groups take 2-D matrices only, got shapes {bad}")
         super().__init__(groups, lr=lr, **adamw)
 
-    def _step_group(self, group: dict) -> None:
+    def _step_group(self, group: dict, keep: torch.Tensor | None) -> None:
         """One group's update (AdamW.step calls it for each group): Muon groups by Muon, the others by AdamW."""
         if not group["muon"]:
-            super()._step_group(group)
+            super()._step_group(group, keep)
             return
         for param in group["params"]:
             if param.grad is not None:
-                self._muon_update(param, group)
+                self._muon_update(param, group, keep)
 
-    def _muon_update(self, param: nn.Parameter, group: dict) -> None:
+    def _muon_update(self, param: nn.Parameter, group: dict, keep: torch.Tensor | None) -> None:
+        """Muon's update of one matrix; where `keep` is 0 (see AdamW) the matrix and its momentum stay."""
         state = self.state[param]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        on = 1.0 if keep is None else keep
         momentum, grad = state["momentum_buffer"], param.grad
-        momentum.mul_(group["momentum"]).add_(grad)
+        momentum.mul_(1 - on * (1 - group["momentum"])).add_(grad)  # mu m + g; m itself on a skipped step
         nesterov = grad.add(momentum, alpha=group["momentum"])
         orthogonal = newton_schulz(_whole(nesterov), eps=group["eps"])
+        if keep is not None:
+            orthogonal.mul_(keep)
         if isinstance(param, DTensor):  # each rank keeps its own shard of the (identical) whole result
             orthogonal = distribute_tensor(orthogonal, param.device_mesh, param.placements, src_data_rank=None)
         if group["weight_decay"]:
-            param.mul_(1 - group["lr"] * group["weight_decay"])
+            param.mul_(1 - on * group["lr"] * group["weight_decay"])
         param.add_(orthogonal, alpha=-group["lr"] * update_scale(param.shape))
 
 

@@ -32,6 +32,11 @@ class AdamW(torch.optim.Optimizer):
     CPU, where it measured faster: each tensor stays in cache through all of its updates, while the
     multi-tensor calls stream every optimizer state through memory once per operation.
     The state (`step`, `exp_avg`, `exp_avg_sq`) holds only tensors and ints, so it saves in a checkpoint.
+
+    `step(keep=...)` takes a 0-dim float tensor on the parameters' device, 1 to update or 0 to skip: a skipped
+    step leaves every parameter and moment as it was (only the step count advances), decided on the device,
+    so a training loop can skip a step whose loss is not finite without the host reading the loss. The
+    gradients of a skipped step must be finite (zero them: NaN times 0 is still NaN).
     """
 
     def __init__(
@@ -51,23 +56,26 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Update every parameter that has a gradient; `closure` re-evaluates the loss if given."""
+    def step(
+        self, closure: Callable[[], float] | None = None, keep: torch.Tensor | None = None
+    ) -> float | None:
+        """Update every parameter that has a gradient; `closure` re-evaluates the loss if given; `keep` (see the
+        class) skips the update on the device where it is 0."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            self._step_group(group)
+            self._step_group(group, keep)
         return loss
 
-    def _step_group(self, group: dict) -> None:
+    def _step_group(self, group: dict, keep: torch.Tensor | None) -> None:
         """AdamW's update of one group's parameters that have a gradient."""
         params = [p for p in group["params"] if p.grad is not None]
         for same_kind in _by_device_and_dtype(params):
             foreach = group["foreach"] if group["foreach"] is not None else same_kind[0].device.type != "cpu"
             update = _update_foreach if foreach else _update_loop
-            update(same_kind, [self._state_for(p) for p in same_kind], group)
+            update(same_kind, [self._state_for(p) for p in same_kind], group, _Gate(group, keep))
 
     def _state_for(self, param: nn.Parameter) -> dict:
         """The parameter's state, created at zero on its first step; advances its step count."""
@@ -94,31 +102,47 @@ def _step_size(group: dict, step: int) -> float:
     return group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
 
 
-def _update_loop(params: list[nn.Parameter], states: list[dict], group: dict) -> None:
-    beta1, beta2 = group["betas"]
-    decay = 1 - group["lr"] * group["weight_decay"]
+class _Gate:
+    """AdamW's per-step factors, as plain numbers or, with `keep`, as 0-dim tensors that turn into "change
+    nothing" where keep is 0 (the moments' blend weights become 0 and their decay 1, the weight decay 1)."""
+
+    def __init__(self, group: dict, keep: torch.Tensor | None) -> None:
+        beta1, beta2 = group["betas"]
+        on = 1.0 if keep is None else keep
+        self.keep = keep
+        self.m_weight = on * (1 - beta1)  # m <- lerp(m, g, 1 - b1) = b1 m + (1 - b1) g
+        self.v_decay = 1 - on * (1 - beta2)  # v <- b2 v + (1 - b2) g^2 (g is 0 on a skipped step)
+        self.v_weight = 1 - beta2
+        self.weight_decay = 1 - on * group["lr"] * group["weight_decay"]
+
+
+def _update_loop(params: list[nn.Parameter], states: list[dict], group: dict, gate: _Gate) -> None:
     for p, state in zip(params, states, strict=True):
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(p.grad, 1 - beta1)  # b1 m + (1 - b1) g in one pass over m
-        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-_step_size(group, state["step"]))
+        m.lerp_(p.grad, gate.m_weight)  # in one pass over m
+        v.mul_(gate.v_decay).addcmul_(p.grad, p.grad, value=gate.v_weight)
+        denom = v.sqrt().add_(group["eps"])
+        if gate.keep is not None:
+            denom.div_(gate.keep)  # infinite on a skipped step, so m / denom moves nothing
+        p.addcdiv_(m, denom, value=-_step_size(group, state["step"]))
         if group["weight_decay"]:
-            p.mul_(decay)
+            p.mul_(gate.weight_decay)
 
 
-def _update_foreach(params: list[nn.Parameter], states: list[dict], group: dict) -> None:
-    beta1, beta2 = group["betas"]
+def _update_foreach(params: list[nn.Parameter], states: list[dict], group: dict, gate: _Gate) -> None:
     grads = [p.grad for p in params]
     ms = [s["exp_avg"] for s in states]
     vs = [s["exp_avg_sq"] for s in states]
-    torch._foreach_lerp_(ms, grads, 1 - beta1)  # b1 m + (1 - b1) g in one pass over m
-    torch._foreach_mul_(vs, beta2)
-    torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
+    torch._foreach_lerp_(ms, grads, gate.m_weight)  # in one pass over m
+    torch._foreach_mul_(vs, gate.v_decay)
+    torch._foreach_addcmul_(vs, grads, grads, value=gate.v_weight)
     denoms = torch._foreach_sqrt(vs)
     torch._foreach_add_(denoms, group["eps"])
+    if gate.keep is not None:
+        torch._foreach_div_(denoms, gate.keep)  # infinite on a skipped step, so m / denom moves nothing
     torch._foreach_addcdiv_(params, ms, denoms, [-_step_size(group, s["step"]) for s in states])
     if group["weight_decay"]:
-        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        torch._foreach_mul_(params, gate.weight_decay)
 
 
 def _is_embedding(module: nn.Module) -> bool:
