@@ -129,8 +129,8 @@ class TrainConfig(BaseModel):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="auto: bfloat16 autocast where the GPU supports it, else float32; float16: autocast with "
-        "dynamic loss scaling, for GPUs without bfloat16 (T4, V100)",
+        description="auto: bfloat16 autocast on a GPU with native bfloat16, float16 on other GPUs (T4, V100), "
+        "float32 on CPUs and MPS; float16: autocast with dynamic loss scaling",
     )
     compile: bool = Field(default=False, description="torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = Field(

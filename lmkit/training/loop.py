@@ -41,7 +41,7 @@ from lmkit.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from lmkit.device import autocast, resolve_autocast_dtype, resolve_device
+from lmkit.device import autocast, resolve_autocast_dtype, resolve_device, use_tf32
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
@@ -159,9 +159,7 @@ class Trainer:
         self.peak_tflops = device_peak_tflops(self.device, self.autocast_dtype, config.train.peak_tflops)
         self.flops_per_token = training_flops_per_token(config.model)
         self.mfu: float | None = None
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        use_tf32(self.device)
         self._load_data(checkpoint)
         torch.manual_seed(config.train.seed)
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)

@@ -45,8 +45,9 @@ def check_resources(
     check_run_fits(config.model, config.train.batch_size, config.train.eval_batches, rows, device, shards)
     if autocast_dtype == torch.float16 and fsdp:
         raise InputError(
-            'train.dtype = "float16" needs loss scaling, which lmkit does not do across FSDP shards; '
-            'use train.parallel = "ddp" or train.dtype = "bfloat16" / "float32"'
+            f'float16 (train.dtype = "{config.train.dtype}" on this device) needs loss scaling, which lmkit does not '
+            'do across FSDP shards; use train.parallel = "ddp", or train.dtype = "bfloat16" (where the GPU has it) '
+            'or "float32"'
         )
 
 
