@@ -34,11 +34,11 @@ from lmkit import __version__
 from lmkit.accounting import parameter_counts
 from lmkit.device import resolve_device, resolve_inference_dtype, use_tf32
 from lmkit.errors import InputError, validation_error_message
-from lmkit.fileio import atomic_write
+from lmkit.fileio import atomic_write, parse_json
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.model.names import split_block_name
 from lmkit.tokenizer import Tokenizer
-from lmkit.tokenizer.formats import from_hf_json, parse_json
+from lmkit.tokenizer.formats import from_hf_json
 
 FORMAT = "lmkit-checkpoint"
 FORMAT_VERSION = 1
