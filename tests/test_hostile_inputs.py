@@ -289,6 +289,9 @@ def test_the_memory_estimate_is_the_accounting_figure():
     memory = training_memory(model, 16)
     assert training_bytes(model, 3) == memory["fixed"] + 3 * memory["activations_per_sequence"]
     assert training_bytes(model, 3, shards=2) == memory["fixed"] // 2 + 3 * memory["activations_per_sequence"]
+    # Under bfloat16 (or float16) autocast the activations take half the bytes; the float32 weights do not.
+    half = memory["fixed"] + 3 * (memory["activations_per_sequence"] // 2)
+    assert training_bytes(model, 3, compute_dtype=torch.bfloat16) == half
 
 
 def test_model_flops_measure_refuses_a_hundred_thousand_layers(runner):

@@ -175,7 +175,9 @@ class Trainer:
         self.dist.start(self.device)
         # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,
         # over the parameters as they now are.
-        forward = self.dist.wrap(self.model, self.device, config.train.parallel)
+        self.forward = self.dist.wrap(
+            self.model, self.device, config.train.parallel, self.autocast_dtype, config.train.compile
+        )
         self.optimizer = build_optimizer(self.model, config.optim)
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.train_loss: float | None = None
@@ -185,7 +187,6 @@ class Trainer:
             self._restore(checkpoint)
         self._figures = _StepFigures(self.device, self.step)
         self.grad_norm: float | None = None
-        self.forward = torch.compile(forward) if config.train.compile else forward
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
         self._started = time.perf_counter()

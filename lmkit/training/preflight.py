@@ -42,7 +42,8 @@ def check_resources(
     fsdp = dist.enabled and config.train.parallel == "fsdp"
     rows = len(range(config.train.batch_size)[dist.rows(config.train.batch_size)])
     shards = dist.world_size if fsdp else 1
-    check_run_fits(config.model, config.train.batch_size, config.train.eval_batches, rows, device, shards)
+    train = config.train
+    check_run_fits(config.model, train.batch_size, train.eval_batches, rows, device, shards, autocast_dtype)
     if autocast_dtype == torch.float16 and fsdp:
         raise InputError(
             f'float16 (train.dtype = "{config.train.dtype}" on this device) needs loss scaling, which lmkit does not '
