@@ -472,7 +472,8 @@ def test_a_full_disk_in_the_safetensors_writer_is_the_same_one_line(runner, tmp_
 
     monkeypatch.setattr("safetensors.torch.save_file", no_room)
     out = tmp_path / "hf"
-    assert_disk_full_error(runner.invoke(app, ["export", "hf", str(tmp_path / "run" / "last.pt"), "--out", str(out)]), out)
+    result = runner.invoke(app, ["export", "hf", str(tmp_path / "run" / "last.pt"), "--out", str(out)])
+    assert_disk_full_error(result, out)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith((".hf", "hf"))]  # no staging left
 
 
@@ -524,7 +525,8 @@ echo "run=$?"; cmp {out}/last.pt {tmp_path}/last.pt && cmp {out}/best.pt {tmp_pa
 ls -A {out}
 {lmkit} export hf {tmp_path}/last.pt --out {out}/hf
 echo "export=$?"
-{lmkit} export hf {tmp_path}/last.pt --out {tmp_path}/hf >/dev/null && {lmkit} import hf {tmp_path}/hf --out {out}/imported.pt
+{lmkit} export hf {tmp_path}/last.pt --out {tmp_path}/hf >/dev/null
+{lmkit} import hf {tmp_path}/hf --out {out}/imported.pt
 echo "import=$?"
 ls -A {out}
 """
