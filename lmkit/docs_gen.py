@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from lmkit.fileio import atomic_write
+from lmkit.model.config import INT64_MAX
 
 CLI_REFERENCE = "cli-reference.md"
 CONFIG_REFERENCE = "config-reference.md"
@@ -174,7 +175,8 @@ def _constraints(field: FieldInfo) -> list[str]:
     words = []
     for item in field.metadata:
         for attribute, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            if getattr(item, attribute, None) is not None:
+            bound = getattr(item, attribute, None)
+            if bound is not None and not (attribute == "le" and bound == INT64_MAX):  # every integer's: not news
                 words.append(f"{symbol} {getattr(item, attribute)}")
         if getattr(item, "pattern", None):
             words.append(f"matches `{item.pattern}`")
