@@ -14,7 +14,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -143,6 +143,8 @@ _TOML_TYPES = {int: "integer", float: "float", bool: "boolean", str: "string", P
 def _type_name(annotation: Any) -> str:
     """A field's type as it is written in TOML."""
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # a type with its checks attached (lmkit.model.config.Int64)
+        return _type_name(args[0])
     if origin is Literal:
         return " or ".join(json.dumps(arg) for arg in args)
     if origin in (Union, types.UnionType):
