@@ -102,9 +102,9 @@ def _time_optimizer(trainer: Trainer, curve: Curve) -> None:
     """Record the seconds of each of the trainer's optimizer steps in `curve`."""
     step = trainer.optimizer.step
 
-    def timed_step(*args: object) -> object:
+    def timed_step(*args: object, **kwargs: object) -> object:
         start = time.perf_counter()
-        result = step(*args)
+        result = step(*args, **kwargs)
         curve.optimizer_seconds.append(time.perf_counter() - start)
         return result
 

@@ -32,13 +32,13 @@ from torch import nn
 
 from lmkit import __version__
 from lmkit.accounting import parameter_counts
-from lmkit.device import resolve_device
+from lmkit.device import resolve_device, resolve_inference_dtype, use_tf32
 from lmkit.errors import InputError, validation_error_message
-from lmkit.fileio import atomic_write
+from lmkit.fileio import atomic_write, parse_json
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.model.names import split_block_name
 from lmkit.tokenizer import Tokenizer
-from lmkit.tokenizer.formats import from_hf_json, parse_json
+from lmkit.tokenizer.formats import from_hf_json
 
 FORMAT = "lmkit-checkpoint"
 FORMAT_VERSION = 1
@@ -268,17 +268,25 @@ def load_inference_checkpoint(path: str | os.PathLike) -> InferenceCheckpoint:
     )
 
 
-def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[TransformerLM, Tokenizer]:
-    """The model (in eval mode, on `device`) and tokenizer stored in a checkpoint written by `lmkit train`.
+def load_model_and_tokenizer(
+    checkpoint: str | os.PathLike, device: str = "auto", dtype: str = "float32"
+) -> tuple[TransformerLM, Tokenizer]:
+    """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer stored in a checkpoint
+    written by `lmkit train`.
 
-    InputError for a missing or invalid checkpoint, or weights that do not fit its model config.
+    `dtype` "auto" holds the model in bfloat16 on a CUDA GPU with native bfloat16 (TF32 for what stays
+    float32) and in float32 elsewhere; see lmkit.device.resolve_inference_dtype. Keep float32 to score
+    text under autocast (as `lmkit eval` does). InputError for a missing or invalid checkpoint, weights
+    that do not fit its model config, or a dtype the device cannot run.
     """
     target = resolve_device(device, "--device")
+    weights_dtype = resolve_inference_dtype(dtype, target)
+    use_tf32(target)
     stored = load_inference_checkpoint(checkpoint)  # checks the weights against the config before any build
     tokenizer = Tokenizer.from_json(stored.tokenizer_json)
     model = TransformerLM(stored.model_config)
     load_weights(model, stored.state_dict, str(checkpoint))
-    return model.to(target).eval(), tokenizer
+    return model.to(target, weights_dtype).eval(), tokenizer
 
 
 def parameter_count(state: dict[str, torch.Tensor]) -> int:

@@ -11,6 +11,7 @@ import torch
 from lmkit.errors import InputError
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+INFERENCE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def resolve_device(name: str, option: str = "device") -> torch.device:
@@ -33,21 +34,60 @@ def resolve_device(name: str, option: str = "device") -> torch.device:
     return device
 
 
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU from Ampere on (torch's plain
+    is_bf16_supported() also counts the slow emulation on a V100 or T4), a Mac on macOS 14 or later; CPUs do."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "mps":
+        return torch.backends.mps.is_macos_or_newer(14, 0)
+    return True
+
+
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `name` ("auto", "bfloat16", "float16" or "float32") on `device` (None: plain float32).
 
-    "auto" uses bfloat16 only on a CUDA GPU that supports it; on CPUs and MPS bfloat16 is usually slower than
-    float32 or unsupported, so "auto" keeps float32 there. "float16" is for GPUs without bfloat16; training
-    with it needs loss scaling.
+    "auto" uses bfloat16 on a CUDA GPU that has it natively and float16 (trained with loss scaling) on one
+    without (V100, T4); on CPUs and MPS bfloat16 is usually slower than float32, so "auto" keeps float32
+    there. InputError for bfloat16 where the device only emulates it or cannot run it.
     """
     if name == "float16":
         return torch.float16
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if name == "float32" or (name == "auto" and not cuda_bf16):
+    if name == "float32" or (name == "auto" and device.type != "cuda"):
         return None
-    if device.type == "cuda" and not cuda_bf16:
-        raise InputError('this GPU does not support bfloat16; set train.dtype = "float16" or "float32"')
-    return torch.bfloat16
+    if has_native_bf16(device):
+        return torch.bfloat16
+    if name == "auto":
+        return torch.float16
+    raise InputError(_no_bf16_message(device, 'set train.dtype = "float16" or "float32"'))
+
+
+def resolve_inference_dtype(name: str, device: torch.device, option: str = "--dtype") -> torch.dtype:
+    """The dtype to hold a model in for generation: "auto" is bfloat16 on a CUDA GPU that has it natively
+    (half the memory and KV cache of float32, and the flash attention kernel), else float32; "bfloat16",
+    "float16" and "float32" as named. InputError, naming `option`, for bfloat16 the device cannot run natively.
+    """
+    if name not in INFERENCE_DTYPES:
+        raise InputError(f"unknown {option} {name!r}; use {', '.join(INFERENCE_DTYPES)}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and has_native_bf16(device) else torch.float32
+    if name == "bfloat16" and not has_native_bf16(device):
+        raise InputError(_no_bf16_message(device, f"use {option} float16 or float32"))
+    return getattr(torch, name)
+
+
+def _no_bf16_message(device: torch.device, advice: str) -> str:
+    if device.type == "mps":
+        return f"bfloat16 on MPS needs macOS 14 or later; {advice}"
+    return f"this GPU has no native bfloat16 (only a slow emulation); {advice}"
+
+
+def use_tf32(device: torch.device) -> None:
+    """On CUDA let float32 matmuls and convolutions run on TF32 tensor cores (as bf16 autocast already
+    gives up more precision than that); elsewhere nothing changes."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

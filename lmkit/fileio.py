@@ -192,6 +192,19 @@ def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{what} {path} is not valid TOML ({err})") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise InputError(f"{what} {path} is nested too deeply to read") from None
+
+
+def parse_json(text: str | bytes, what: str) -> object:
+    """`json.loads`, with malformed JSON, or JSON nested too deeply for the parser's recursion, as one
+    InputError naming `what`."""
+    try:
+        return json.loads(text)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise InputError(f"{what} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise InputError(f"{what} is nested too deeply to read") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
@@ -200,12 +213,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{what} {path} is not valid JSON ({err})") from None
-    except RecursionError:
-        raise InputError(f"{what} {path} is nested too deeply to read") from None
+    obj = parse_json(path.read_bytes(), f"{what} {path}")
     if not isinstance(obj, dict):
         raise InputError(f"{what} {path} is not a JSON object")
     return obj

@@ -269,7 +269,7 @@ def test_ids_the_tokenizer_does_not_define_are_refused(tmp_path):
 def test_bad_question_files_name_the_line(runner, small_checkpoint, tmp_path):
     good = json.dumps({"context": "a", "choices": [" b", " c"], "label": 0})
     cases = {
-        "not-json": (f"{good}\n\n{{oops\n", "line 3 is not JSON"),
+        "not-json": (f"{good}\n\n{{oops\n", "line 3 is not valid JSON"),
         "label": (f"{good}\n{json.dumps({'context': 'a', 'choices': ['b', 'c'], 'label': 2})}\n", "line 2: label 2"),
         "choices": (json.dumps({"context": "a", "choices": ["b"], "label": 0}), "line 1: choices must be a list"),
         "key": (json.dumps({"context": "a", "choices": ["b", "c"], "label": 0, "lable": 1}), "unknown key 'lable'"),

@@ -111,6 +111,7 @@ def test_stop_strings(runner, checkpoint):
         (["-p", "a", "--stop", ""], "a stop string must not be empty"),
         (["--prompt-file", "/no/such/prompt.txt"], "prompt file /no/such/prompt.txt does not exist"),
         (["-p", "a", "--device", "tpu"], "unknown device 'tpu'"),
+        (["-p", "a", "--dtype", "half"], "unknown --dtype 'half'; use auto, bfloat16, float16, float32"),
     ],
 )
 def test_bad_options(runner, checkpoint, args, message):
@@ -138,3 +139,16 @@ def test_help_has_an_example(runner):
     assert result.exit_code == 0
     assert "Generate text from a trained checkpoint" in result.stdout
     assert "lmkit generate runs/tinystories/best.pt --prompt" in " ".join(result.stdout.split())
+
+
+def test_bfloat16_weights_and_kv_cache_give_the_float32_logits_closely(runner, checkpoint):
+    from lmkit.generate import load_model_and_tokenizer
+
+    exact, _ = load_model_and_tokenizer(checkpoint, "cpu")
+    half, _ = load_model_and_tokenizer(checkpoint, "cpu", "bfloat16")
+    assert half.lm_head.weight.dtype == torch.bfloat16 and half.new_kv_cache(1).keys.dtype == torch.bfloat16
+    ids = torch.tensor([list(b"ROMEO: O, she doth teach")])
+    with torch.no_grad():
+        torch.testing.assert_close(half(ids).float(), exact(ids), rtol=0.05, atol=0.15)
+    generation = run_json(runner, checkpoint, "-p", "ROMEO:", "-n", 8, "-t", 0, "--dtype", "bfloat16")
+    assert len(generation["generations"][0]["ids"]) == 8

@@ -203,12 +203,33 @@ def _run_with(trained: Path, tmp_path: Path, old: str, new: str) -> Path:
         ("d_model = 16", 'd_model = "16"', "model.d_model: Input should be a valid integer"),
         ("d_model = 16", "d_modle = 16", "unknown key model.d_modle; did you mean model.d_model?"),
         ("[optim]\n", "[optim]\nbetas = [true, 0.9]\n", "optim.betas.0: Input should be a valid number"),
+        ("[train]\n", "[train]\nseed = 1180591620717411303424\n", "train.seed: Input should be less than or equal"),
+        ("[train]\n", "[train]\nseed = -1\n", "train.seed: Input should be greater than or equal to 0"),
+        ("d_model = 16", "d_model = 9223372036854775808", "model.d_model: Input should be less than or equal"),
+        # a prime d_model: the message is immediate, however large the number (no search for a divisor)
+        ("d_model = 16", "d_model = 9223372036854775783", "num_heads (2) must divide d_model (9223372036854775783)"),
     ],
 )
 def test_loose_or_misspelt_config_values(runner, trained, tmp_path, old, new, message):
     config = _run_with(trained, tmp_path, old, new)
     assert_input_error(runner.invoke(app, ["train", "--quiet", "--config", str(config)]), message)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_nested_beyond_the_parser_is_one_line(runner, tmp_path):
+    config = tmp_path / "deep.toml"
+    config.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert_input_error(runner.invoke(app, ["train", "--config", str(config)]), "is nested too deeply to read")
+
+
+def test_a_corpus_record_nested_beyond_the_parser_is_one_line(runner, tmp_path):
+    corpus = tmp_path / "deep.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    out = tmp_path / "t.json"
+    result = runner.invoke(app, ["tokenizer", "train", str(corpus), "--vocab-size", "260", "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == f"error: {corpus} line 2 is nested too deeply to read"
+    assert not (tmp_path / "t.json").exists()
 
 
 def test_model_flops_reads_the_model_table_strictly(runner, trained, tmp_path):
@@ -241,6 +262,7 @@ def test_usage_errors_are_one_line(runner, args, message):
     ("old", "new", "message"),
     [
         ("d_model = 16", "d_model = 1048576", "this run needs about"),
+        ("d_model = 16", "d_model = 9223372036854775804", "this run needs about"),
         ("d_model = 16\nnum_layers = 1", "d_model = 512\nnum_layers = 100000", "this run needs about"),
         ("batch_size = 4", "batch_size = 100000000", "this run needs about"),
         ("batch_size = 4", "batch_size = 1\neval_batches = 1000000000", "the fixed validation batches"),
@@ -267,6 +289,9 @@ def test_the_memory_estimate_is_the_accounting_figure():
     memory = training_memory(model, 16)
     assert training_bytes(model, 3) == memory["fixed"] + 3 * memory["activations_per_sequence"]
     assert training_bytes(model, 3, shards=2) == memory["fixed"] // 2 + 3 * memory["activations_per_sequence"]
+    # Under bfloat16 (or float16) autocast the activations take half the bytes; the float32 weights do not.
+    half = memory["fixed"] + 3 * (memory["activations_per_sequence"] // 2)
+    assert training_bytes(model, 3, compute_dtype=torch.bfloat16) == half
 
 
 def test_model_flops_measure_refuses_a_hundred_thousand_layers(runner):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from lmkit.errors import validation_error_message
@@ -473,3 +474,15 @@ def test_config_rejects_impossible_shapes_with_one_clear_line(overrides, message
 
 def test_odd_head_size_is_fine_without_rope():
     assert ModelConfig(**{**SMALL, "d_model": 24, "num_heads": 8, "position": "none"}).head_dim == 3
+
+
+@pytest.mark.parametrize("num_queries", [6, 1, 3])  # a full causal pass, one decoded token, a chunk after a cache
+def test_grouped_query_attention_without_copies_equals_repeating_the_kv_heads(num_queries):
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(32, 8, num_kv_heads=2)
+    q = torch.randn(2, 8, num_queries, 4)
+    k, v = torch.randn(2, 2, 6, 4), torch.randn(2, 2, 6, 4)
+    repeated = [t.repeat_interleave(4, dim=1) for t in (k, v)]
+    mask = torch.ones(num_queries, 6, dtype=torch.bool).tril(6 - num_queries)
+    expected = F.scaled_dot_product_attention(q, *repeated, attn_mask=mask)
+    torch.testing.assert_close(attn._attend(q, k, v), expected, rtol=1e-6, atol=1e-6)

@@ -46,6 +46,15 @@ def test_newton_schulz_transposes_tall_matrices():
     torch.testing.assert_close(newton_schulz(tall), newton_schulz(tall.T).T, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(3, 16, 24), (3, 24, 16)])
+def test_a_stack_of_matrices_is_orthogonalised_each_as_alone(shape):
+    stack = (
+        torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * torch.tensor([0.1, 1.0, 30.0])[:, None, None]
+    )
+    alone = torch.stack([newton_schulz(matrix) for matrix in stack])
+    torch.testing.assert_close(newton_schulz(stack), alone, rtol=1e-5, atol=1e-6)
+
+
 def _reference_muon(w, grads, lr, mu, wd):
     """Muon written out once more, step by step, for one matrix and a list of gradients."""
     a, b, c = 3.4445, -4.7750, 2.0315

@@ -80,6 +80,7 @@ def test_binding_beyond_this_machine_warns_without_an_api_key(runner, checkpoint
 def test_bad_inputs_exit_2_with_one_line(runner, checkpoint, tmp_path) -> None:
     assert_input_error(runner.invoke(app, ["serve", str(tmp_path / "none.pt")]), "does not exist")
     assert_input_error(runner.invoke(app, ["serve", str(checkpoint), "--device", "tpu"]), "unknown device 'tpu'")
+    assert_input_error(runner.invoke(app, ["serve", str(checkpoint), "--dtype", "fp8"]), "unknown --dtype 'fp8'")
     assert_input_error(runner.invoke(app, ["serve", str(checkpoint), "--api-key", ""]), "--api-key is empty")
     not_a_checkpoint = tmp_path / "notes.pt"
     not_a_checkpoint.write_text("hello")

@@ -268,7 +268,7 @@ def test_bad_inputs_name_the_file_and_line(command, runner, tok_dir: Path) -> No
     assert f"folder {d / 'empty'} holds no corpus files" in bad([str(d / "empty")])
     good = json.dumps({"text": "fine"})
     cases = {
-        "notjson.jsonl": (f"{good}\n{good}\n{{oops\n", "notjson.jsonl line 3: not valid JSON"),
+        "notjson.jsonl": (f"{good}\n{good}\n{{oops\n", "notjson.jsonl line 3 is not valid JSON"),
         "nofield.jsonl": (f'{good}\n{{"body": "x"}}\n', 'nofield.jsonl line 2: no "text" field'),
         "notstring.jsonl": (f'{good}\n\n{{"text": 7}}\n', 'notstring.jsonl line 3: the "text" field is a number'),
         "null.jsonl": (f'{{"text": null}}\n{good}\n', 'null.jsonl line 1: the "text" field is null'),

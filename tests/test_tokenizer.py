@@ -264,3 +264,30 @@ def test_encode_iterable_memory_stays_flat(gpt2: Tokenizer, tmp_path: Path) -> N
     assert large_count > 3.5 * small_count
     assert large_peak < 1.3 * small_peak + 100_000
     assert large_peak < (tmp_path / "large.txt").stat().st_size  # less than the text itself
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="ab<>|", max_size=40),
+    tokens=st.lists(st.text(alphabet="ab<>|", min_size=1, max_size=5), min_size=1, max_size=4),
+)
+def test_special_tokens_are_found_as_a_longest_first_alternation_finds_them(text: str, tokens: list[str]) -> None:
+    import regex
+
+    from lmkit.tokenizer.pretokenize import SpecialTokenFinder
+
+    alternation = regex.compile("|".join(regex.escape(t) for t in sorted(set(tokens), key=len, reverse=True)))
+    expected = [match.span() for match in alternation.finditer(text)]
+    assert list(SpecialTokenFinder(tokens).spans(text)) == expected
+    assert list(SpecialTokenFinder(tokens, as_bytes=True).spans(text.encode())) == expected
+
+
+def test_a_long_special_token_over_text_that_almost_matches_it(tmp_path: Path) -> None:
+    # 'a' * 9,999 runs almost match the 10,000-byte token at every position: a regex scan is quadratic there.
+    token = "a" * 10_000
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("hello " + "a" * 9_999 + " world\n") * 50 + token + "\nend\n")
+    tokenizer = Tokenizer(*train_bpe(corpus, 300, [token]), [token])
+    ids = tokenizer.encode("x " + "a" * 9_999 + token + " y")
+    assert ids.count(tokenizer.special_ids[token]) == 1
+    assert tokenizer.decode(ids) == "x " + "a" * 9_999 + token + " y"

@@ -151,7 +151,7 @@ def test_float16_learns_and_refuses_fsdp(runner, workdir, monkeypatch):
         monkeypatch.setenv(key, value)
     sharded = {"dtype": "float16", "parallel": "fsdp", "out_dir": str(workdir / "sharded")}
     fsdp = write_config(workdir, "fsdp.toml", train=sharded)
-    assert_input_error(train(runner, "--config", str(fsdp)), 'train.dtype = "float16" needs loss scaling')
+    assert_input_error(train(runner, "--config", str(fsdp)), 'float16 (train.dtype = "float16" on this device) needs')
 
 
 def test_overfits_one_batch(runner, workdir):

@@ -65,6 +65,9 @@ def generate(
     no_stream: bool = typer.Option(False, "--no-stream", help="Print the text once it is complete."),
     as_json: bool = typer.Option(False, "--json", help="Print prompts, texts, ids and tokens/s as one JSON object."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bfloat16 on a GPU that has it, else float32), bfloat16, float16, float32."
+    ),
     threads: int | None = threads_option(),
 ) -> None:
     """Generate text from a trained checkpoint, streamed as it is sampled.
@@ -84,7 +87,7 @@ def generate(
     if not texts:
         raise InputError("no prompt given; pass --prompt TEXT or --prompt-file FILE")
     apply_threads(threads)
-    model, tokenizer = load_model_and_tokenizer(checkpoint, device)
+    model, tokenizer = load_model_and_tokenizer(checkpoint, device, dtype)
     start = time.perf_counter()
     if len(texts) == 1 and not (no_stream or as_json):
         results = [_stream_one(model, tokenizer, texts[0], config)]

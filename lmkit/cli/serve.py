@@ -15,6 +15,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bfloat16 on a GPU that has it, else float32), bfloat16, float16, float32."
+    ),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Sequences decoded together in one batch, at most."),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="LMKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."
@@ -37,7 +40,7 @@ def serve(
     if api_key == "":
         raise InputError("--api-key is empty; give a key, or leave the option out")
     apply_threads(threads)
-    model, tokenizer = load_model_and_tokenizer(checkpoint, device)
+    model, tokenizer = load_model_and_tokenizer(checkpoint, device, dtype)
     name = model_name or checkpoint.stem
     if not loopback(host) and api_key is None:
         err_console.print(

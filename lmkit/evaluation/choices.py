@@ -12,7 +12,6 @@ When context + choice are longer than the model's context, the context loses its
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from lmkit.device import autocast
 from lmkit.errors import InputError
 from lmkit.evaluation.perplexity import start_ids
+from lmkit.fileio import parse_json
 from lmkit.model import TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tokenizer import Tokenizer
@@ -87,10 +87,7 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
         if not line.strip():
             continue
         where = f"{path} line {number}"
-        try:
-            obj = json.loads(line)
-        except ValueError as err:
-            raise InputError(f"{where} is not JSON ({err})") from None
+        obj = parse_json(line, where)
         questions.append(_question(obj, where, number))
     if not questions:
         raise InputError(f"choices file {path} holds no questions")

@@ -177,11 +177,9 @@ class MultiHeadSelfAttention(nn.Module):
         are stored in the cache under `layer_index` and the queries attend to every cached position.
         """
         start = 0 if kv_cache is None else kv_cache.length
-        # x Wqᵀ, x Wkᵀ, x Wvᵀ as one product with the three matrices stacked: the same numbers, and one
-        # wide matmul (forward and backward) beat three narrow ones by ~10% of a CPU train step.
-        qkv_weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        q_dim, kv_dim = self.q_proj.weight.shape[0], self.k_proj.weight.shape[0]
-        q, k, v = (x @ qkv_weight.T).split((q_dim, kv_dim, kv_dim), dim=-1)
+        # Three products, not one with the weights concatenated: that copied the three matrices on every call,
+        # and measured slower for training and 2-3x slower per decoded token (benchmarks/qkv_projection.py).
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)
         k, v = (rearrange(part, "b t (h d) -> b h t d", h=self.num_kv_heads) for part in (k, v))
         if self.q_norm is not None:
@@ -191,22 +189,26 @@ class MultiHeadSelfAttention(nn.Module):
             q, k = self.rope(q, positions), self.rope(k, positions)
         if kv_cache is not None:
             k, v = kv_cache.store(layer_index, k, v)
-        out = self._attend(q, self._share(k), self._share(v))
+        out = self._attend(q, k, v)
         return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
-    def _share(self, kv: Tensor) -> Tensor:
-        """Key or value heads (B, num_kv_heads, T, d) repeated for the query heads they serve (B, num_heads, T, d)."""
-        groups = self.num_heads // self.num_kv_heads
-        return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
-
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention of the queries, the last q.shape[-2] positions, over all keys."""
+        """Causal attention of the queries, the last q.shape[-2] positions, over all keys.
+
+        With grouped-query attention the fused path lets SDPA map query heads to their key/value head
+        (enable_gqa) instead of copying the keys and values (and so the KV cache) num_heads / num_kv_heads
+        times per layer; the written-out path repeats them.
+        """
         num_queries, num_keys = q.shape[-2], k.shape[-2]
         if not self.fused:
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, q.device))
+        gqa = self.num_kv_heads != self.num_heads
         if num_queries == num_keys:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         if num_queries == 1:  # one new token sees everything cached
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         # is_causal aligns the mask top-left, which is wrong when keys outnumber queries.
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))
+        mask = causal_mask(num_queries, num_keys, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

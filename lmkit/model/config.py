@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmkit.errors import InputError, validation_error_message
 from lmkit.fileio import read_toml
+
+INT64_MAX = 2**63 - 1
+# Every integer a config hands to torch or numpy fits their 64-bit integers; a larger one is refused by name.
+Int64 = Annotated[int, Field(le=INT64_MAX)]
 
 
 def default_d_ff(d_model: int, ffn: str) -> int:
@@ -34,18 +38,18 @@ class ModelConfig(BaseModel):
     # strict: `d_model = true` or `"64"` is refused, not read as 1 or 64; no inf or nan
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    vocab_size: int = Field(gt=0, description="number of token ids")
-    context_length: int = Field(gt=0, description="the longest sequence the model reads")
-    d_model: int = Field(gt=0, description="width of the residual stream")
-    num_layers: int = Field(gt=0, description="number of Transformer blocks")
-    num_heads: int = Field(gt=0, description="attention heads per block; must divide d_model")
-    num_kv_heads: int | None = Field(
+    vocab_size: Int64 = Field(gt=0, description="number of token ids")
+    context_length: Int64 = Field(gt=0, description="the longest sequence the model reads")
+    d_model: Int64 = Field(gt=0, description="width of the residual stream")
+    num_layers: Int64 = Field(gt=0, description="number of Transformer blocks")
+    num_heads: Int64 = Field(gt=0, description="attention heads per block; must divide d_model")
+    num_kv_heads: Int64 | None = Field(
         default=None,
         gt=0,
         description="key/value heads, shared by groups of query heads (grouped-query attention); "
         "must divide num_heads (default: num_heads)",
     )
-    d_ff: int | None = Field(default=None, gt=0, description="feed-forward width (default: see default_d_ff)")
+    d_ff: Int64 | None = Field(default=None, gt=0, description="feed-forward width (default: see default_d_ff)")
     rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base wavelength")
     norm: Literal["pre", "post", "none"] = Field(
         default="pre", description="RMSNorm placement: before each sublayer, after the residual sum, or none"
@@ -66,8 +70,8 @@ class ModelConfig(BaseModel):
     def _check_shape(self) -> ModelConfig:
         if self.d_model % self.num_heads:
             raise ValueError(
-                f"num_heads ({self.num_heads}) must divide d_model ({self.d_model}) evenly; "
-                f"pick a head count such as {_divisor_near(self.d_model, self.num_heads)}"
+                f"num_heads ({self.num_heads}) must divide d_model ({self.d_model}) evenly "
+                "(each head gets d_model / num_heads dimensions)"
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(
@@ -90,10 +94,6 @@ class ModelConfig(BaseModel):
         """Size of each attention head, d_model / num_heads."""
         return self.d_model // self.num_heads
 
-
-def _divisor_near(n: int, target: int) -> int:
-    """The divisor of n closest to target, for a helpful error message."""
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - target), d))
 
 
 _GPT2 = dict(vocab_size=50257, context_length=1024)

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmkit.errors import validation_error_message
+from lmkit.errors import InputError, validation_error_message
+from lmkit.fileio import parse_json
 from lmkit.serve.engine import Finished
 
 MAX_SEED = 2**63 - 1
@@ -105,9 +106,9 @@ class CompletionRequest(BaseModel):
 def parse_completion_request(body: bytes) -> CompletionRequest:
     """The request in `body`; APIError 400 for invalid JSON, an unknown field or a bad value."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APIError(400, f"the request body is not valid JSON ({err})") from None
+        data = parse_json(body, "the request body")
+    except InputError as err:
+        raise APIError(400, str(err)) from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:

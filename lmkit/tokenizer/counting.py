@@ -22,11 +22,10 @@ from lmkit.interrupts import prepare_worker, start_workers
 from lmkit.progress import ProgressBar, progress_bar
 from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.pretokenize import (
+    SpecialTokenFinder,
     corpus_size,
     decode_chunk,
     iter_chunks,
-    special_token_regex,
-    split_on_special,
 )
 from lmkit.tokenizer.sources import Corpus, as_corpus, check_not_empty, open_corpus
 
@@ -45,8 +44,8 @@ class PretokenCounts:
 
 
 @cache
-def _special_re(special_tokens: tuple[str, ...]):
-    return special_token_regex(special_tokens)
+def _finder(special_tokens: tuple[str, ...]) -> SpecialTokenFinder:
+    return SpecialTokenFinder(special_tokens)
 
 
 def _count_chunk(
@@ -57,7 +56,7 @@ def _count_chunk(
     Returns the number of special tokens in the chunk and whether text follows the last of them.
     """
     specials, ends_in_text = 0, False
-    for piece, is_special in split_on_special(decode_chunk(offset, chunk), _special_re(special_tokens)):
+    for piece, is_special in _finder(special_tokens).split(decode_chunk(offset, chunk)):
         if is_special:
             specials += 1
         else:

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from lmkit.errors import InputError
-from lmkit.fileio import atomic_write
+from lmkit.fileio import atomic_write, parse_json
 from lmkit.tokenizer.pretokenize import check_pattern, hf_regex
 
 Vocab = dict[int, bytes]
@@ -322,22 +322,7 @@ def _read_json(path: str | os.PathLike, what: str) -> object:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"{what} {path} is not valid JSON ({err}); is it the right file?") from None
-    return parse_json(text, f"{what} {path}")
-
-
-def parse_json(text: str, what: str) -> object:
-    """`json.loads`, with malformed or absurdly nested JSON (which exhausts the parser's recursion) as InputError."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{what} is not valid JSON ({err}); is it the right file?") from None
-    except RecursionError:
-        raise InputError(f"{what} is nested too deeply to be a tokenizer file") from None
-
+    return parse_json(path.read_bytes(), f"{what} {path}")
 
 def save_tokenizer(
     path: str | os.PathLike, vocab: Vocab, merges: Merges, special_tokens: list[str], layout: Layout = Layout()

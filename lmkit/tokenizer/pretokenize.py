@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import AnyStr, BinaryIO
 
 import regex
 
@@ -124,37 +124,45 @@ def check_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
     return tokens
 
 
-def special_token_regex(special_tokens: Iterable[str], *, as_bytes: bool = False) -> regex.Pattern | None:
-    """A regex matching any special token, preferring the longest where they overlap (None if there are none).
+class SpecialTokenFinder:
+    """Finds special tokens in str or bytes as literals, preferring the longest where several start at one place.
 
-    Alternation tries the branches in order, so listing longer tokens first makes
-    `<|endoftext|><|endoftext|>` win over `<|endoftext|>` at the same position.
+    Each token is looked for with `find`, whose two-way search takes time linear in the text however long the
+    token is; a regex alternation of the tokens compares the whole token again at every position of a run
+    that almost matches it, which made a 10 KB special token over similar text take minutes.
     """
-    tokens = sorted(set(special_tokens), key=len, reverse=True)
-    if not tokens:
-        return None
-    if as_bytes:
-        return regex.compile(b"|".join(regex.escape(t.encode("utf-8")) for t in tokens))
-    return regex.compile("|".join(regex.escape(t) for t in tokens))
+
+    def __init__(self, special_tokens: Iterable[str], *, as_bytes: bool = False) -> None:
+        tokens = sorted(set(special_tokens), key=len, reverse=True)
+        self.tokens: list[str] | list[bytes] = [t.encode("utf-8") for t in tokens] if as_bytes else tokens
+
+    def spans(self, text: AnyStr) -> Iterator[tuple[int, int]]:
+        """`(start, end)` of each special token in `text`, left to right, matches never overlapping."""
+        upcoming = [text.find(token) for token in self.tokens]
+        while True:
+            found = [(start, i) for i, start in enumerate(upcoming) if start >= 0]
+            if not found:
+                return
+            start, i = min(found)  # the earliest; at one place the lowest index, the longest token
+            end = start + len(self.tokens[i])
+            yield start, end
+            for j, at in enumerate(upcoming):
+                if 0 <= at < end:
+                    upcoming[j] = text.find(self.tokens[j], end)
+
+    def split(self, text: str) -> Iterator[tuple[str, bool]]:
+        """Yield `(piece, is_special)` in order: the text between special tokens, and the special tokens."""
+        start = 0
+        for match_start, match_end in self.spans(text):
+            if match_start > start:
+                yield text[start:match_start], False
+            yield text[match_start:match_end], True
+            start = match_end
+        if start < len(text):
+            yield text[start:], False
 
 
-def split_on_special(text: str, special_re: regex.Pattern | None) -> Iterator[tuple[str, bool]]:
-    """Yield `(piece, is_special)` in order: the text between special tokens, and the special tokens."""
-    if special_re is None:
-        if text:
-            yield text, False
-        return
-    start = 0
-    for match in special_re.finditer(text):
-        if match.start() > start:
-            yield text[start : match.start()], False
-        yield match.group(), True
-        start = match.end()
-    if start < len(text):
-        yield text[start:], False
-
-
-def _safe_cut(buffer: bytes, special_re: regex.Pattern | None, max_special: int, pattern: str) -> int:
+def _safe_cut(buffer: bytes, finder: SpecialTokenFinder, max_special: int, pattern: str) -> int:
     """The last offset in `buffer` (which starts at a true boundary) where the text may be cut, or 0.
 
     A cut after a special token is exact: the scan for special tokens starts at a true boundary and
@@ -163,16 +171,16 @@ def _safe_cut(buffer: bytes, special_re: regex.Pattern | None, max_special: int,
     Without such a match, fall back to a newline that the pattern always makes its own pre-token
     (`_NEWLINE_CUTS`) and that no special token can overlap.
     """
-    matches = [] if special_re is None else list(special_re.finditer(buffer))
-    usable = [m for m in matches if m.start() + max_special <= len(buffer)]
+    matches = list(finder.spans(buffer))
+    usable = [(start, end) for start, end in matches if start + max_special <= len(buffer)]
     if usable:
-        return usable[-1].end()
+        return usable[-1][1]
     newline_cut = _NEWLINE_CUTS.get(pattern)
     if newline_cut is None:
         return 0
     limit = len(buffer) - max(max_special, 1)  # the byte after the newline must be in the buffer
     if matches:
-        limit = min(limit, matches[0].start())
+        limit = min(limit, matches[0][0])
     pos = buffer.rfind(b"\n", 0, limit)
     while pos > 0:
         if newline_cut.match(buffer, pos - 1):
@@ -192,7 +200,7 @@ def iter_chunks(
     safe boundary is found (with a custom regex, only special tokens give one).
     """
     tokens = list(special_tokens)
-    special_re = special_token_regex(tokens, as_bytes=True)
+    finder = SpecialTokenFinder(tokens, as_bytes=True)
     max_special = max((len(t.encode("utf-8")) for t in tokens), default=0)
     offset, carry = 0, b""
     while True:
@@ -202,7 +210,7 @@ def iter_chunks(
             if buffer:
                 yield offset, buffer
             return
-        cut = _safe_cut(buffer, special_re, max_special, pattern) if len(buffer) >= chunk_bytes else 0
+        cut = _safe_cut(buffer, finder, max_special, pattern) if len(buffer) >= chunk_bytes else 0
         if cut == 0:
             carry = buffer
             continue

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import json
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lmkit.errors import InputError
+from lmkit.fileio import parse_json
 from lmkit.progress import ProgressBar
 
 FORMATS = ("txt", "jsonl", "parquet")
@@ -307,10 +307,7 @@ _JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a n
 def _record_text(line: bytes, name: str, line_number: int, field: str) -> bytes:
     """The UTF-8 text in `field` of one JSON Lines record, or InputError naming the file and line."""
     where = f"{name} line {line_number:,}"
-    try:
-        record = json.loads(line)
-    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-        raise InputError(f"{where}: not valid JSON ({err})") from None
+    record = parse_json(line, where)
     if not isinstance(record, dict):
         raise InputError(f"{where}: not a JSON object (JSON Lines hold one object per line, e.g. {{\"{field}\": ...}})")
     if field not in record:

@@ -23,6 +23,7 @@ import numpy as np
 import regex
 
 from lmkit.errors import InputError
+from lmkit.fileio import parse_json
 from lmkit.tokenizer.batch_merge import BatchMerger, in_creation_order
 from lmkit.tokenizer.fast_pretokenize import pretoken_finder
 from lmkit.tokenizer.formats import (
@@ -32,12 +33,11 @@ from lmkit.tokenizer.formats import (
     from_hf_json,
     hf_layout,
     load_tokenizer,
-    parse_json,
     read_gpt2_files,
     save_tokenizer,
     to_hf_json,
 )
-from lmkit.tokenizer.pretokenize import check_pattern, check_special_tokens, iter_chunks, special_token_regex
+from lmkit.tokenizer.pretokenize import SpecialTokenFinder, check_pattern, check_special_tokens, iter_chunks
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_VOCAB_FILE, GPT2_MERGES_FILE = "vocab.json", "merges.txt"
@@ -83,9 +83,7 @@ class Tokenizer:
             self.merges.append((a, b))
         self._byte_ids = [token_ids[bytes([b])] for b in range(256)]
         self._batch_merger = self._new_batch_merger()
-        special_re = special_token_regex(self.special_tokens)
-        # Splitting with the special token captured gives [text, special, text, ..., text].
-        self._special_split = None if special_re is None else regex.compile(f"({special_re.pattern})").split
+        self._special_finder = SpecialTokenFinder(self.special_tokens) if self.special_tokens else None
         self.dtype = np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
         self._typecode = next(code for code in "HIL" if array(code).itemsize == self.dtype.itemsize)
         # Pre-token -> its packed ids. It also holds each special token's id: no pre-token equals a special
@@ -231,13 +229,14 @@ class Tokenizer:
     def _pretokens(self, text: str) -> list[str]:
         """The pre-tokens of `text`, with each special token as one piece of its own."""
         findall = pretoken_finder(text, self.pattern)
-        if self._special_split is None:
+        if self._special_finder is None:
             return findall(text)
-        parts = self._special_split(text)
-        pieces = findall(parts[0])
-        for special, ordinary in zip(parts[1::2], parts[2::2], strict=True):
-            pieces.append(special)
-            pieces += findall(ordinary)
+        pieces: list[str] = []
+        for piece, is_special in self._special_finder.split(text):
+            if is_special:
+                pieces.append(piece)
+            else:
+                pieces += findall(piece)
         return pieces
 
     def _encode_packed(self, text: str) -> bytes:

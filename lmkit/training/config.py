@@ -21,6 +21,7 @@ from lmkit.device import DEVICE_PATTERN
 from lmkit.errors import InputError, first_error, validation_error_message
 from lmkit.fileio import read_toml, tomllib
 from lmkit.model import ModelConfig
+from lmkit.model.config import Int64
 
 
 class DataConfig(BaseModel):
@@ -60,7 +61,7 @@ class OptimConfig(BaseModel):
         le=1,
         description="final learning rate as a fraction of lr, instead of min_lr (so it follows a swept lr)",
     )
-    warmup_steps: int = Field(default=0, ge=0, description="linear warmup from 0 to lr")
+    warmup_steps: Int64 = Field(default=0, ge=0, description="linear warmup from 0 to lr")
     betas: tuple[float, float] = Field(
         default=(0.9, 0.95), strict=False, description="AdamW beta1, beta2, each in [0, 1)"
     )  # not strict: TOML gives a list; the numbers in it still are
@@ -113,14 +114,14 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    batch_size: int = Field(
+    batch_size: Int64 = Field(
         gt=0, description="sequences per micro-batch (the global batch, split over processes under torchrun)"
     )
-    steps: int | None = Field(default=None, gt=0, description="optimizer steps (or give total_tokens)")
-    total_tokens: int | None = Field(default=None, gt=0, description="tokens to train on (or give steps)")
-    grad_accum: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
+    steps: Int64 | None = Field(default=None, gt=0, description="optimizer steps (or give total_tokens)")
+    total_tokens: Int64 | None = Field(default=None, gt=0, description="tokens to train on (or give steps)")
+    grad_accum: Int64 = Field(default=1, gt=0, description="micro-batches per optimizer step")
     device: str = Field(default="auto", pattern=DEVICE_PATTERN, description="auto: cuda, mps, cpu")
-    threads: int | None = Field(
+    threads: Int64 | None = Field(
         default=None,
         ge=1,
         description="CPU threads for torch; omit to use OMP_NUM_THREADS, else the physical cores other "
@@ -128,8 +129,8 @@ class TrainConfig(BaseModel):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="auto: bfloat16 autocast where the GPU supports it, else float32; float16: autocast with "
-        "dynamic loss scaling, for GPUs without bfloat16 (T4, V100)",
+        description="auto: bfloat16 autocast on a GPU with native bfloat16, float16 on other GPUs (T4, V100), "
+        "float32 on CPUs and MPS; float16: autocast with dynamic loss scaling",
     )
     compile: bool = Field(default=False, description="torch.compile the model")
     parallel: Literal["ddp", "fsdp"] = Field(
@@ -137,17 +138,17 @@ class TrainConfig(BaseModel):
         description="under several processes: ddp keeps a whole model on each; fsdp shards parameters, "
         "gradients and optimizer state over them, block by block (FSDP2)",
     )
-    seed: int = Field(default=0, description="seeds the weights' initialisation and the batch sampler")
+    seed: Int64 = Field(default=0, ge=0, description="seeds the weights' initialisation and the batch sampler")
     init_from: Path | None = Field(
         default=None,
         strict=False,  # TOML gives a string
         description="start from these weights (fine-tuning): a checkpoint from `lmkit train` or `lmkit import hf` "
         "of the same model; the optimizer, step count and batch order start fresh",
     )
-    eval_every: int = Field(default=500, gt=0, description="steps between validation evaluations (and at the end)")
-    eval_batches: int = Field(default=20, gt=0, description="fixed validation batches per evaluation")
-    log_every: int = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
-    ckpt_every: int = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
+    eval_every: Int64 = Field(default=500, gt=0, description="steps between validation evaluations (and at the end)")
+    eval_batches: Int64 = Field(default=20, gt=0, description="fixed validation batches per evaluation")
+    log_every: Int64 = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
+    ckpt_every: Int64 = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
     out_dir: Path = Field(
         default=Path("runs/lmkit"), strict=False, description="run folder: checkpoints, metrics, config"
     )  # not strict: TOML gives a string

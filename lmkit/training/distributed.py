@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -135,19 +135,34 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def wrap(self, model: nn.Module, device: torch.device, parallel: str = "ddp") -> nn.Module:
-        """`model` made ready for several processes (as is for one): in DistributedDataParallel (which averages
-        gradients over the ranks), or, for `parallel="fsdp"`, sharded in place block by block (FSDP2).
+    def wrap(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        parallel: str = "ddp",
+        compute_dtype: torch.dtype | None = None,
+        compile: bool = False,
+    ) -> nn.Module:
+        """What to call for the forward pass: `model` itself for one process, in DistributedDataParallel (which
+        averages gradients over the ranks), or, for `parallel="fsdp"`, sharded in place block by block (FSDP2);
+        torch.compile'd where `compile`.
 
+        Under FSDP each block is compiled before it is sharded (compiling the sharded whole traces FSDP's
+        hooks and breaks the graph at every block); with `compute_dtype` (the autocast dtype) the weights are
+        gathered in it and the gradients reduced in float32; the root (embeddings, final norm, LM head) stays
+        gathered from the forward to the backward, as the backward needs the LM head first.
         Build the optimizer after this: sharding replaces the parameters.
         """
         if not self.enabled:
-            return model
+            return torch.compile(model) if compile else model
         if parallel == "fsdp":
             mesh = init_device_mesh(device.type, (self.world_size,))
+            policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
             for block in model.layers:
-                fully_shard(block, mesh=mesh)
-            fully_shard(model, mesh=mesh)
+                if compile:
+                    block.compile()
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+            fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
             return model
         # The only buffers are the RoPE tables, alike on every rank: broadcasting them before every forward
         # would be wasted traffic and, under torch.compile, a graph break. (torch 2.13 renamed the switch.)
@@ -156,9 +171,10 @@ class Distributed:
             if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else {"broadcast_buffers": False}
         )
-        return DistributedDataParallel(
+        wrapped = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync
         )
+        return torch.compile(wrapped) if compile else wrapped
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of `value` over all ranks (for losses and other metrics); `value` itself for one process."""

@@ -41,7 +41,7 @@ from lmkit.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from lmkit.device import autocast, resolve_autocast_dtype, resolve_device
+from lmkit.device import autocast, resolve_autocast_dtype, resolve_device, use_tf32
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
@@ -159,9 +159,7 @@ class Trainer:
         self.peak_tflops = device_peak_tflops(self.device, self.autocast_dtype, config.train.peak_tflops)
         self.flops_per_token = training_flops_per_token(config.model)
         self.mfu: float | None = None
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        use_tf32(self.device)
         self._load_data(checkpoint)
         torch.manual_seed(config.train.seed)
         self.batch_rng = torch.Generator().manual_seed(config.train.seed)
@@ -177,7 +175,9 @@ class Trainer:
         self.dist.start(self.device)
         # DistributedDataParallel, or sharded in place (FSDP), under several processes; then the optimizer,
         # over the parameters as they now are.
-        forward = self.dist.wrap(self.model, self.device, config.train.parallel)
+        self.forward = self.dist.wrap(
+            self.model, self.device, config.train.parallel, self.autocast_dtype, config.train.compile
+        )
         self.optimizer = build_optimizer(self.model, config.optim)
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.train_loss: float | None = None
@@ -187,7 +187,6 @@ class Trainer:
             self._restore(checkpoint)
         self._figures = _StepFigures(self.device, self.step)
         self.grad_norm: float | None = None
-        self.forward = torch.compile(forward) if config.train.compile else forward
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
         self._started = time.perf_counter()

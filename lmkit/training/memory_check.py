@@ -29,20 +29,30 @@ def device_memory_bytes(device: torch.device) -> int | None:
     return host_memory_bytes()
 
 
-def training_bytes(model: ModelConfig, rows: int, shards: int = 1) -> int:
-    """Estimated bytes to train `model` on `rows` sequences per micro-batch in float32 with AdamW, with the
-    weights, gradients and optimizer state split over `shards` processes (FSDP) or whole (1)."""
+def training_bytes(model: ModelConfig, rows: int, shards: int = 1, compute_dtype: torch.dtype | None = None) -> int:
+    """Estimated bytes to train `model` on `rows` sequences per micro-batch with AdamW, with the float32
+    weights, gradients and optimizer state split over `shards` processes (FSDP) or whole (1), and the
+    activations in float32, or half that under a 16-bit autocast `compute_dtype`."""
     memory = training_memory(model, model.context_length)
-    return memory["fixed"] // shards + rows * memory["activations_per_sequence"]
+    activations = memory["activations_per_sequence"]
+    if compute_dtype is not None and compute_dtype.itemsize == 2:
+        activations //= 2
+    return memory["fixed"] // shards + rows * activations
 
 
 def check_run_fits(
-    model: ModelConfig, batch_size: int, eval_batches: int, rows: int, device: torch.device, shards: int = 1
+    model: ModelConfig,
+    batch_size: int,
+    eval_batches: int,
+    rows: int,
+    device: torch.device,
+    shards: int = 1,
+    compute_dtype: torch.dtype | None = None,
 ) -> None:
-    """InputError with the figures if training (on `device`) or the fixed validation batches (in host
-    memory) would need more memory than there is. The estimate is docs/accounting.md's; mixed precision
-    needs somewhat less, so only runs that cannot fit at all are refused."""
-    needed, available = training_bytes(model, rows, shards), device_memory_bytes(device)
+    """InputError with the figures if training (on `device`, activations in `compute_dtype`) or the fixed
+    validation batches (in host memory) would need more memory than there is. The estimate is
+    docs/accounting.md's, with 16-bit activations under bfloat16 or float16 autocast."""
+    needed, available = training_bytes(model, rows, shards, compute_dtype), device_memory_bytes(device)
     if available is not None and needed > available:
         raise InputError(
             f"this run needs about {needed / GB:,.1f} GB to train (weights, gradients, AdamW state and "

@@ -30,8 +30,10 @@ attention projections and the feed-forward matrices) goes to Muon. The token emb
 (including QK-norm's) stay on AdamW, in the same `Muon` optimizer object: one `step()` updates both
 families, so clipping, gradient scaling, the schedule and checkpoints see a single optimizer.
 
-Under FSDP a sharded matrix's update is gathered whole (an all-gather per matrix), orthogonalised, and each
-rank keeps its own rows; every rank computes the same product, so they stay in step.
+Matrices of one shape are orthogonalised together (batched products). Under FSDP a sharded matrix's update
+is gathered whole (an all-gather per matrix); each rank orthogonalises its share of the matrices (every
+world_size-th of each shape) and scatters each result into the ranks' shards, so the Newton-Schulz work
+is divided among the GPUs rather than repeated on each.
 """
 
 from __future__ import annotations
@@ -59,24 +61,27 @@ NS_CONVERGED_FROM = 2e-3
 
 
 def newton_schulz(update: Tensor, steps: int = NS_STEPS, eps: float = 1e-7, dtype: torch.dtype | None = None) -> Tensor:
-    """The quintic Newton-Schulz orthogonalisation of a 2-D `update`, returned in the update's dtype.
+    """The quintic Newton-Schulz orthogonalisation of a 2-D `update`, or of each matrix of a 3-D stack of
+    same-shape ones (one batched product per step instead of one per matrix), returned in the update's dtype.
 
-    Computes in `dtype` (default: bfloat16 on CUDA, float32 elsewhere). The input is normalised by its
+    Computes in `dtype` (default: bfloat16 on CUDA, float32 elsewhere). Each matrix is normalised by its
     Frobenius norm (plus `eps`) first, so any scale of input works.
     """
-    if update.ndim != 2:
+    if update.ndim not in (2, 3):
         raise ValueError(f"Newton-Schulz needs a matrix, got a tensor of shape {tuple(update.shape)}")
     if dtype is None:
         dtype = torch.bfloat16 if update.device.type == "cuda" else torch.float32
     a, b, c = NS_COEFFICIENTS
-    tall = update.shape[0] > update.shape[1]
-    x = update.T if tall else update
-    x = (x.float() / (torch.linalg.matrix_norm(x.float()) + eps)).to(dtype)
+    tall = update.shape[-2] > update.shape[-1]
+    x = update.mT if tall else update
+    x = x.float() if x.ndim == 3 else x.float()[None]
+    x = (x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)).to(dtype)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         # a X + (b A + c A²) X, with the scalings fused into the products
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x.T if tall else x).to(update.dtype)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x if update.ndim == 3 else x[0]
+    return (x.mT if tall else x).to(update.dtype)
 
 
 def update_scale(shape: torch.Size | tuple[int, ...]) -> float:
@@ -108,36 +113,68 @@ class Muon(AdamW):
         super().__init__(groups, lr=lr, **adamw)
 
     def _step_group(self, group: dict, keep: torch.Tensor | None) -> None:
-        """One group's update (AdamW.step calls it for each group): Muon groups by Muon, the others by AdamW."""
+        """One group's update (AdamW.step calls it for each group): Muon groups by Muon, the others by AdamW.
+
+        A Muon group's matrices are orthogonalised in stacks of one shape (a batched product each). Under
+        FSDP the stacks are shared out: each rank orthogonalises every world_size-th matrix of a shape,
+        and each result is scattered from that rank into the shards, so the optimizer's work shrinks with
+        more GPUs instead of every rank repeating all of it.
+        """
         if not group["muon"]:
             super()._step_group(group, keep)
             return
-        for param in group["params"]:
-            if param.grad is not None:
-                self._muon_update(param, group, keep)
+        params = [param for param in group["params"] if param.grad is not None]
+        updates = [self._nesterov(param, group, keep) for param in params]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, param in enumerate(params):
+            by_shape.setdefault(tuple(param.shape), []).append(index)
+        on = 1.0 if keep is None else keep
+        for indices in by_shape.values():
+            orthogonalised = _orthogonalise([updates[i] for i in indices], group["eps"])
+            for index, orthogonal in zip(indices, orthogonalised, strict=True):
+                param = params[index]
+                if keep is not None:
+                    orthogonal = orthogonal * keep
+                if group["weight_decay"]:
+                    param.mul_(1 - on * group["lr"] * group["weight_decay"])
+                param.add_(orthogonal, alpha=-group["lr"] * update_scale(param.shape))
 
-    def _muon_update(self, param: nn.Parameter, group: dict, keep: torch.Tensor | None) -> None:
-        """Muon's update of one matrix; where `keep` is 0 (see AdamW) the matrix and its momentum stay."""
+    def _nesterov(self, param: nn.Parameter, group: dict, keep: torch.Tensor | None) -> Tensor:
+        """Advance the matrix's momentum (not on a skipped step, where `keep` is 0) and return g + mu m."""
         state = self.state[param]
         if not state:
             state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         on = 1.0 if keep is None else keep
         momentum, grad = state["momentum_buffer"], param.grad
         momentum.mul_(1 - on * (1 - group["momentum"])).add_(grad)  # mu m + g; m itself on a skipped step
-        nesterov = grad.add(momentum, alpha=group["momentum"])
-        orthogonal = newton_schulz(_whole(nesterov), eps=group["eps"])
-        if keep is not None:
-            orthogonal.mul_(keep)
-        if isinstance(param, DTensor):  # each rank keeps its own shard of the (identical) whole result
-            orthogonal = distribute_tensor(orthogonal, param.device_mesh, param.placements, src_data_rank=None)
-        if group["weight_decay"]:
-            param.mul_(1 - on * group["lr"] * group["weight_decay"])
-        param.add_(orthogonal, alpha=-group["lr"] * update_scale(param.shape))
+        return grad.add(momentum, alpha=group["momentum"])
 
 
-def _whole(tensor: Tensor) -> Tensor:
-    """The whole matrix: a sharded DTensor (FSDP) gathered from every rank, a plain tensor as is."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+def _orthogonalise(updates: list[Tensor], eps: float) -> list[Tensor]:
+    """newton_schulz of each of `updates` (same shape), as one stack; sharded ones (FSDP) shared out over the
+    ranks, each result returned as the shard of it that this rank holds."""
+    if not isinstance(updates[0], DTensor):
+        return list(newton_schulz(torch.stack(updates), eps=eps).unbind())
+    first = updates[0]
+    mesh, placements = first.device_mesh, first.placements
+    world, rank = mesh.size(), mesh.get_local_rank()
+    # Every rank must join every gather; only the owner of a matrix (index % world) keeps it whole.
+    mine = []
+    for index, update in enumerate(updates):
+        gathered = update.full_tensor()
+        if index % world == rank:
+            mine.append(gathered)
+    done = list(newton_schulz(torch.stack(mine), eps=eps).unbind()) if mine else []
+    results = []
+    for index, update in enumerate(updates):
+        owner = index % world
+        source = (
+            done[index // world]
+            if owner == rank
+            else torch.empty(update.shape, dtype=update.dtype, device=update.device)
+        )
+        results.append(distribute_tensor(source, mesh, placements, src_data_rank=owner))
+    return results
 
 
 def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:

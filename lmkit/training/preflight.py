@@ -42,11 +42,13 @@ def check_resources(
     fsdp = dist.enabled and config.train.parallel == "fsdp"
     rows = len(range(config.train.batch_size)[dist.rows(config.train.batch_size)])
     shards = dist.world_size if fsdp else 1
-    check_run_fits(config.model, config.train.batch_size, config.train.eval_batches, rows, device, shards)
+    train = config.train
+    check_run_fits(config.model, train.batch_size, train.eval_batches, rows, device, shards, autocast_dtype)
     if autocast_dtype == torch.float16 and fsdp:
         raise InputError(
-            'train.dtype = "float16" needs loss scaling, which lmkit does not do across FSDP shards; '
-            'use train.parallel = "ddp" or train.dtype = "bfloat16" / "float32"'
+            f'float16 (train.dtype = "{config.train.dtype}" on this device) needs loss scaling, which lmkit does not '
+            'do across FSDP shards; use train.parallel = "ddp", or train.dtype = "bfloat16" (where the GPU has it) '
+            'or "float32"'
         )
 
 
