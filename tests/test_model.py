@@ -486,3 +486,17 @@ def test_grouped_query_attention_without_copies_equals_repeating_the_kv_heads(nu
     mask = torch.ones(num_queries, 6, dtype=torch.bool).tril(6 - num_queries)
     expected = F.scaled_dot_product_attention(q, *repeated, attn_mask=mask)
     torch.testing.assert_close(attn._attend(q, k, v), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_rope_tables_are_looked_up_once_per_forward_for_all_layers(monkeypatch):
+    model = small_model()
+    assert len(model.layers) > 1
+    calls = []
+    lookup = RotaryPositionalEmbedding.tables
+    monkeypatch.setattr(
+        RotaryPositionalEmbedding, "tables", lambda rope, *args: calls.append(args) or lookup(rope, *args)
+    )
+    cache = model.new_kv_cache(1)
+    model(random_ids(1, 5), kv_cache=cache)
+    model(random_ids(1, 1), kv_cache=cache)
+    assert calls == [(0, 5), (5, 1)]

@@ -39,16 +39,25 @@ class RotaryPositionalEmbedding(nn.Module):
         positions of shape (T,) or (B, 1, T)).
         """
         if token_positions is None:
-            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
-        else:
-            cos, sin = self.cos[token_positions], self.sin[token_positions]
-        # Cast the tables, not x: bf16 activations stay bf16 (float32 tables would promote them).
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        # (x_2k, x_2k+1) -> (x_2k cos - x_2k+1 sin, x_2k+1 cos + x_2k sin): multiply x by cos, and x with
-        # the two dims of each pair swapped by the signed sin. Contiguous elementwise work, unlike
-        # slicing out the even and odd dims, which ran 20x slower fwd+bwd on CPU.
-        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-        return x * cos + swapped * sin
+            return rotate(x, self.tables(0, x.shape[-2]))
+        return rotate(x, (self.cos[token_positions], self.sin[token_positions]))
+
+    def tables(self, start: int, length: int) -> tuple[Tensor, Tensor]:
+        """The (cos, sin) rows for positions start … start+length-1, each (length, d_k): what `rotate` takes.
+
+        A model looks them up once per forward pass and hands them to every layer."""
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    """RoPE on x (..., seq_len, d_k) with the (cos, sin) rows of its positions (RotaryPositionalEmbedding.tables)."""
+    # Cast the tables, not x: bf16 activations stay bf16 (float32 tables would promote them).
+    cos, sin = (table.to(x.dtype) for table in tables)
+    # (x_2k, x_2k+1) -> (x_2k cos - x_2k+1 sin, x_2k+1 cos + x_2k sin): multiply x by cos, and x with
+    # the two dims of each pair swapped by the signed sin. Contiguous elementwise work, unlike
+    # slicing out the even and odd dims, which ran 20x slower fwd+bwd on CPU.
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos + swapped * sin
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -170,11 +179,19 @@ class MultiHeadSelfAttention(nn.Module):
         self.q_norm = RMSNorm(head_dim, device=device, dtype=dtype) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, device=device, dtype=dtype) if qk_norm else None
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer_index: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        kv_cache: KVCache | None = None,
+        layer_index: int = 0,
+        rope_tables: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model).
 
         With a kv_cache, x holds the tokens at positions kv_cache.length onwards; their keys and values
         are stored in the cache under `layer_index` and the queries attend to every cached position.
+        `rope_tables`: RoPE's (cos, sin) rows for x's positions, as the model looks them up once for all
+        layers; without them this module looks them up itself.
         """
         start = 0 if kv_cache is None else kv_cache.length
         # Three products, not one with the weights concatenated: that copied the three matrices on every call,
@@ -185,8 +202,8 @@ class MultiHeadSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            positions = None if start == 0 else torch.arange(start, start + x.shape[1], device=x.device)
-            q, k = self.rope(q, positions), self.rope(k, positions)
+            tables = rope_tables if rope_tables is not None else self.rope.tables(start, x.shape[1])
+            q, k = rotate(q, tables), rotate(k, tables)
         if kv_cache is not None:
             k, v = kv_cache.store(layer_index, k, v)
         out = self._attend(q, k, v)

@@ -95,7 +95,6 @@ class ModelConfig(BaseModel):
         return self.d_model // self.num_heads
 
 
-
 _GPT2 = dict(vocab_size=50257, context_length=1024)
 
 PRESETS: dict[str, ModelConfig] = {

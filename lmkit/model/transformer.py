@@ -50,12 +50,19 @@ class TransformerBlock(nn.Module):
         ffn_class = SwiGLU if config.ffn == "swiglu" else SiLUFeedForward
         self.ffn = ffn_class(config.d_model, config.d_ff, fused=fused, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer_index: int = 0) -> Tensor:
-        """(batch, seq, d_model) -> (batch, seq, d_model); see MultiHeadSelfAttention for the cache."""
+    def forward(
+        self,
+        x: Tensor,
+        kv_cache: KVCache | None = None,
+        layer_index: int = 0,
+        rope_tables: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """(batch, seq, d_model) -> (batch, seq, d_model); see MultiHeadSelfAttention for the cache and
+        the RoPE tables."""
         if self.post_norm:
-            z = self.ln1(x + self.attn(x, kv_cache, layer_index))
+            z = self.ln1(x + self.attn(x, kv_cache, layer_index, rope_tables))
             return self.ln2(z + self.ffn(z))
-        z = x + self.attn(self.ln1(x), kv_cache, layer_index)
+        z = x + self.attn(self.ln1(x), kv_cache, layer_index, rope_tables)
         return z + self.ffn(self.ln2(z))
 
 
@@ -84,6 +91,7 @@ class TransformerLM(nn.Module):
         rope = None
         if config.position == "rope":
             rope = RotaryPositionalEmbedding(config.rope_theta, config.head_dim, config.context_length, device=device)
+        self.rope = rope  # shared by every layer's attention; the model looks up its tables once per forward
         self.layers = nn.ModuleList(
             TransformerBlock(config, rope=rope, fused=fused, device=device, dtype=dtype)
             for _ in range(config.num_layers)
@@ -110,8 +118,9 @@ class TransformerLM(nn.Module):
         if kv_cache is not None and token_ids.shape[0] != kv_cache.batch_size:
             raise ValueError(f"batch of {token_ids.shape[0]} does not match the KV cache's {kv_cache.batch_size}")
         x = self.token_embeddings(token_ids)
+        rope_tables = None if self.rope is None else self.rope.tables(start, seq_len)
         for index, layer in enumerate(self.layers):
-            x = layer(x, kv_cache, index)
+            x = layer(x, kv_cache, index, rope_tables)
         if kv_cache is not None:
             kv_cache.length += seq_len
         return self.lm_head(self.ln_final(x))
