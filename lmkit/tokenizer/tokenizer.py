@@ -1,11 +1,13 @@
 """`Tokenizer`: byte-level BPE encoding and decoding with a vocabulary, merges and special tokens.
 
-Encoding splits the text on special tokens, cuts the rest into GPT-2 pre-tokens, and turns each pre-token
-into ids by repeatedly merging its adjacent pair of lowest merge rank. Most pre-tokens repeat, so the ids of
-each pre-token are cached; a pre-token seen for the first time is merged with a rank lookup per adjacent
-pair, never a scan of the merge list. The pre-tokens a text brings for the first time are merged together,
-vectorized (`batch_merge.py`), when there are many of them. The cache holds ids packed as machine integers
-(uint16 or uint32, like the `.npy` files), so the ids of a whole text are one `bytes.join` of cached values.
+Encoding splits the text on special tokens, cuts the rest into pre-tokens (GPT-2's pattern, another preset or
+a regex: see `lmkit.tokenizer.pretokenize`), and turns each pre-token into ids by repeatedly merging its
+adjacent pair of lowest merge rank (with `ignore_merges`, a pre-token in the vocabulary is one token).
+Most pre-tokens repeat, so the ids of each pre-token are cached; a pre-token seen for the first time is
+merged with a rank lookup per adjacent pair, never a scan of the merge list. The pre-tokens a text brings
+for the first time are merged together, vectorized (`batch_merge.py`), when there are many of them. The
+cache holds ids packed as machine integers (uint16 or uint32, like the `.npy` files), so the ids of a whole
+text are one `bytes.join` of cached values.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from lmkit.fileio import parse_json
 from lmkit.tokenizer.batch_merge import BatchMerger, in_creation_order
 from lmkit.tokenizer.fast_pretokenize import pretoken_finder
 from lmkit.tokenizer.formats import (
+    Layout,
     Merges,
     Vocab,
     from_hf_json,
+    hf_layout,
     load_tokenizer,
     read_gpt2_files,
     save_tokenizer,
     to_hf_json,
 )
-from lmkit.tokenizer.pretokenize import SpecialTokenFinder, check_special_tokens, iter_chunks
+from lmkit.tokenizer.pretokenize import SpecialTokenFinder, check_pattern, check_special_tokens, iter_chunks
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_VOCAB_FILE, GPT2_MERGES_FILE = "vocab.json", "merges.txt"
@@ -50,13 +54,21 @@ class Tokenizer:
 
     `vocab` maps ids to bytes, `merges` lists pairs of bytes in rank order. A merge whose halves or
     product are not in the vocabulary is ignored; a special token not in the vocabulary is appended
-    with the next free id. Where two ids share the same bytes, the lower one is used.
+    with the next free id. Where two ids share the same bytes, the lower one is used. `layout` gives the
+    pre-token pattern, `ignore_merges` and the BOS token a tokenizer.json post-processor adds (see `Layout`).
     """
 
-    def __init__(self, vocab: Vocab, merges: Merges, special_tokens: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, vocab: Vocab, merges: Merges, special_tokens: Iterable[str] | None = None, layout: Layout = Layout()
+    ) -> None:
         self.vocab: Vocab = dict(vocab)
         self.special_tokens: list[str] = check_special_tokens(special_tokens)
+        self.layout = Layout(check_pattern(layout.pattern), layout.ignore_merges, layout.bos_token)
+        if layout.bos_token is not None and layout.bos_token not in self.special_tokens:
+            raise InputError(f"the BOS token {layout.bos_token!r} is not one of the special tokens")
         token_ids = self._index_tokens()
+        # With ignore_merges, a pre-token that is a token is looked up whole, before any merging.
+        self._whole_ids = token_ids if layout.ignore_merges else {}
         self.special_ids: dict[str, int] = {t: token_ids[t.encode("utf-8")] for t in self.special_tokens}
         self.merges: Merges = []
         self._ranks: dict[tuple[int, int], int] = {}  # (id, id) -> rank of the merge of that pair
@@ -104,6 +116,11 @@ class Tokenizer:
                 "a byte-level BPE vocabulary must hold every byte"
             )
         return token_ids
+
+    @property
+    def pattern(self) -> str:
+        """The pre-token pattern: a preset name (gpt2, gpt4, o200k, llama3) or a regex."""
+        return self.layout.pattern
 
     @property
     def vocab_size(self) -> int:
@@ -166,16 +183,17 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as one HuggingFace-layout `tokenizer.json` file, atomically."""
-        save_tokenizer(path, self.vocab, self.merges, self.special_tokens)
+        save_tokenizer(path, self.vocab, self.merges, self.special_tokens, self.layout)
 
     def to_json(self) -> str:
         """The tokenizer as `tokenizer.json` text (what `save` writes), e.g. to embed in a checkpoint."""
-        return json.dumps(to_hf_json(self.vocab, self.merges, self.special_tokens), ensure_ascii=False)
+        return json.dumps(to_hf_json(self.vocab, self.merges, self.special_tokens, self.layout), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
         """Rebuild a tokenizer from `to_json` text."""
-        return cls(*from_hf_json(parse_json(text, "the tokenizer JSON"), source="tokenizer JSON"))
+        obj = parse_json(text, "the tokenizer JSON")
+        return cls(*from_hf_json(obj, source="tokenizer JSON"), hf_layout(obj, "tokenizer JSON"))
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`; each special token becomes its one id."""
@@ -191,7 +209,7 @@ class Tokenizer:
         The text is buffered up to a boundary that no pre-token crosses (see `iter_chunks`), so the ids
         are exactly those of `encode` on the whole text.
         """
-        for _, chunk in iter_chunks(_Utf8Stream(texts), self.special_tokens, chunk_bytes):
+        for _, chunk in iter_chunks(_Utf8Stream(texts), self.special_tokens, chunk_bytes, self.pattern):
             yield from array(self._typecode, self._encode_packed(chunk.decode("utf-8")))
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -210,7 +228,7 @@ class Tokenizer:
 
     def _pretokens(self, text: str) -> list[str]:
         """The pre-tokens of `text`, with each special token as one piece of its own."""
-        findall = pretoken_finder(text)
+        findall = pretoken_finder(text, self.pattern)
         if self._special_finder is None:
             return findall(text)
         pieces: list[str] = []
@@ -243,6 +261,11 @@ class Tokenizer:
 
     def _merge_packed(self, pieces: list[str]) -> list[bytes]:
         """The packed ids of each pre-token, merged together when they are many (the same ids either way)."""
+        if self._whole_ids:
+            return self._merge_packed_whole_first(pieces)
+        return self._merge_packed_by_merges(pieces)
+
+    def _merge_packed_by_merges(self, pieces: list[str]) -> list[bytes]:
         merger = self._batch_merger if len(pieces) >= _BATCH_MIN else None
         if merger is None:
             return [self._pack(self._merge_pretoken(piece)) for piece in pieces]
@@ -250,6 +273,13 @@ class Tokenizer:
         data = ids.astype(self.dtype).tobytes()
         ends = (np.cumsum(lengths) * self.dtype.itemsize).tolist()
         return list(map(data.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+    def _merge_packed_whole_first(self, pieces: list[str]) -> list[bytes]:
+        """`_merge_packed` for `ignore_merges`: a pre-token in the vocabulary is its one id."""
+        whole = [self._whole_ids.get(piece.encode("utf-8")) for piece in pieces]
+        rest = [piece for piece, token_id in zip(pieces, whole, strict=True) if token_id is None]
+        merged = iter(self._merge_packed_by_merges(rest) if rest else [])
+        return [next(merged) if token_id is None else self._pack([token_id]) for token_id in whole]
 
     def _merge_pretoken(self, piece: str) -> list[int]:
         """BPE on one pre-token: merge the leftmost adjacent pair of lowest rank until no pair has a rank.
