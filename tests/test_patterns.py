@@ -216,3 +216,69 @@ def test_layouts_lmkit_cannot_reproduce_are_refused(runner, tmp_path, change, me
     path = tmp_path / "tok.json"
     path.write_text(json.dumps(obj), encoding="utf-8")
     assert_input_error(runner.invoke(app, ["tokenizer", "encode", "--text", "hi", "--tokenizer", str(path)]), message)
+
+
+def _letters(n: int) -> str:
+    """A distinct run of letters for each n (base 26)."""
+    word = ""
+    while True:
+        n, digit = divmod(n, 26)
+        word += "abcdefghijklmnopqrstuvwxyz"[digit]
+        if n == 0:
+            return word
+
+
+@pytest.fixture(scope="module")
+def published_llama3(tmp_path_factory) -> Path:
+    """A tokenizer.json laid out as Llama 3's: made by `tokenizers`, with ignore_merges, 256 added special
+    tokens, a post-processor adding a BOS, and 200,000 more vocabulary entries reachable only whole."""
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(ignore_merges=True))
+    split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_HF), "isolated")
+    byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([split, byte_level])
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train([str(FIXTURES / "corpus.en"), str(FIXTURES / "german.txt")], trainer)
+    obj = json.loads(tok.to_str())
+    vocab = obj["model"]["vocab"]
+    for n in range(200_000):
+        vocab.setdefault("Ġzq" + _letters(n), len(vocab))
+    tok = tokenizers.Tokenizer.from_str(json.dumps(obj))
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(254)]
+    tok.add_special_tokens(specials)
+    tok.post_processor = tokenizers.processors.Sequence(
+        [
+            tokenizers.processors.ByteLevel(trim_offsets=False),
+            tokenizers.processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A:0 <|begin_of_text|>:1 $B:1",
+                special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))],
+            ),
+        ]
+    )
+    path = tmp_path_factory.mktemp("published") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.one_of(TEXTS, st.lists(st.integers(0, 199_999).map(lambda n: " zq" + _letters(n))).map("".join)))
+def test_a_published_llama3_layout_gives_the_ids_of_tokenizers(published_llama3, text):
+    tok, reference = _published(published_llama3)
+    text = text + "<|reserved_special_token_7|>" + text
+    assert tok.encode(text) == reference.encode(text, add_special_tokens=False).ids
+
+
+def test_a_published_llama3_layout_records_its_bos_and_size(published_llama3):
+    tok, reference = _published(published_llama3)
+    assert tok.layout.bos_token == "<|begin_of_text|>" and tok.pattern == "llama3"
+    assert tok.vocab_size == reference.get_vocab_size() > 200_000 and len(tok.special_tokens) == 256
+    assert reference.encode("hi").ids[0] == tok.special_ids["<|begin_of_text|>"]
+    assert tok.encode_array(" zqbaaa").dtype == "uint32"
+
+
+@cache
+def _published(path: Path) -> tuple[Tokenizer, tokenizers.Tokenizer]:
+    return Tokenizer.load(path), tokenizers.Tokenizer.from_file(str(path))

@@ -38,6 +38,7 @@ from lmkit.tokenizer.formats import (
     to_hf_json,
 )
 from lmkit.tokenizer.pretokenize import SpecialTokenFinder, check_pattern, check_special_tokens, iter_chunks
+from lmkit.tokenizer.ranks import RANKS_SUFFIX, merges_from_ranks, read_descriptor
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_VOCAB_FILE, GPT2_MERGES_FILE = "vocab.json", "merges.txt"
@@ -139,8 +140,9 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike, merges_path: str | os.PathLike | None = None) -> Tokenizer:
         """Load a tokenizer from any of the forms a user has at hand.
 
-        `path` is a `tokenizer.json` file, or a folder holding one or GPT-2's `vocab.json` + `merges.txt`;
-        or, with `merges_path`, a GPT-2 `vocab.json`. GPT-2 files mark no special tokens: tokens spelled
+        `path` is a `tokenizer.json` file, or a folder holding one or GPT-2's `vocab.json` + `merges.txt`,
+        or a `.toml` descriptor of a tiktoken rank file (`lmkit.tokenizer.ranks`); or, with `merges_path`, a
+        GPT-2 `vocab.json`. GPT-2 files mark no special tokens: tokens spelled
         `<|...|>` (GPT-2's `<|endoftext|>`) are taken as special, as GPT-2's own tokenizer takes them.
         """
         path = Path(path)
@@ -154,6 +156,14 @@ class Tokenizer:
                 "give a tokenizer file or its folder"
             )
         if merges_path is None:
+            if path.suffix.lower() == ".toml":
+                return cls.from_rank_descriptor(path)
+            if path.suffix.lower() == RANKS_SUFFIX:
+                raise InputError(
+                    f"{path} is a tiktoken rank file, which names no pattern or special tokens: give a .toml file "
+                    f'holding ranks = "{path.name}", pattern = "gpt4" (or gpt2, o200k, llama3, a regex) and a '
+                    "[special_tokens] table of token = id"
+                )
             if path.name in (GPT2_VOCAB_FILE, GPT2_MERGES_FILE):
                 raise InputError(
                     f"{path} is half of a GPT-2 tokenizer; give both files (--tokenizer {GPT2_VOCAB_FILE} "
@@ -163,6 +173,41 @@ class Tokenizer:
         vocab, merges = read_gpt2_files(path, merges_path)
         special = [token.decode() for token in vocab.values() if _GPT2_SPECIAL.fullmatch(token)]
         return cls(vocab, merges, special)
+
+    @classmethod
+    def from_ranks(cls, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]) -> Tokenizer:
+        """A tokenizer from tiktoken's `token -> rank` table, merging by tiktoken's rule (ids are the ranks).
+
+        tiktoken merges the adjacent pair whose concatenation has the lowest rank, and takes a pre-token
+        that is itself a token whole; this gives its ids on any rank table, BPE-trained or not. `save` writes
+        a merge list made from the ranks (`merges_from_ranks`), which Hugging Face `tokenizers` follows.
+        """
+        vocab = {rank: token for token, rank in ranks.items()}
+        vocab.update({token_id: token.encode("utf-8") for token, token_id in special_tokens.items()})
+        tok = cls(vocab, merges_from_ranks(ranks), list(special_tokens), Layout(pattern, ignore_merges=True))
+        tok._merge_by_ranks(ranks)
+        return tok
+
+    @classmethod
+    def from_rank_descriptor(cls, path: str | os.PathLike) -> Tokenizer:
+        """`from_ranks` on what a TOML descriptor names (see `lmkit.tokenizer.ranks`)."""
+        return cls.from_ranks(*read_descriptor(path))
+
+    def _merge_by_ranks(self, ranks: dict[bytes, int]) -> None:
+        """Rank every pair of tokens whose concatenation is a token by that token's rank (tiktoken's rule).
+
+        The pair table then holds every split of every token into two tokens; ranks are ids here, so a
+        merge of rank r makes id r. Merging all the lowest pairs of many pre-tokens at once (`BatchMerger`)
+        is exact only in merge order, so each pre-token is merged on its own.
+        """
+        self._ranks = {}
+        for token, rank in ranks.items():
+            for i in range(1, len(token)):
+                left, right = ranks.get(token[:i]), ranks.get(token[i:])
+                if left is not None and right is not None:
+                    self._ranks[(left, right)] = rank
+        self._products = list(range(max(ranks.values()) + 1))
+        self._batch_merger = None
 
     @classmethod
     def load_any(cls, paths: list[str | os.PathLike]) -> Tokenizer:
