@@ -14,12 +14,13 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from lmkit.fileio import atomic_write
+from lmkit.model.config import INT64_MAX
 
 CLI_REFERENCE = "cli-reference.md"
 CONFIG_REFERENCE = "config-reference.md"
@@ -142,6 +143,8 @@ _TOML_TYPES = {int: "integer", float: "float", bool: "boolean", str: "string", P
 def _type_name(annotation: Any) -> str:
     """A field's type as it is written in TOML."""
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # a type with its checks attached (lmkit.model.config.Int64)
+        return _type_name(args[0])
     if origin is Literal:
         return " or ".join(json.dumps(arg) for arg in args)
     if origin in (Union, types.UnionType):
@@ -174,7 +177,8 @@ def _constraints(field: FieldInfo) -> list[str]:
     words = []
     for item in field.metadata:
         for attribute, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            if getattr(item, attribute, None) is not None:
+            bound = getattr(item, attribute, None)
+            if bound is not None and not (attribute == "le" and bound == INT64_MAX):  # every integer's: not news
                 words.append(f"{symbol} {getattr(item, attribute)}")
         if getattr(item, "pattern", None):
             words.append(f"matches `{item.pattern}`")

@@ -16,7 +16,9 @@ class InputError(ValueError):
 
 
 class DiskFull(OSError):
-    """A write failed for want of space (or quota); the message names the file, which was left as it was."""
+    """A write failed for want of space (or quota); the message names the file and what became of it."""
+
+    reason: str = "No space left on device"  # the system's words for the errno behind it
 
 
 def validation_error_message(err: ValidationError) -> str:

@@ -77,28 +77,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
     remove_stale_temporaries(out.parent, out.name)  # left by a writer of `out` killed before it could
-    try:
+    with full_disk_reported(out, f"nothing was written and {out.name} is as it was"):
         fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(out), suffix=".tmp", dir=out.parent)
-    except OSError as err:
-        full = _disk_full(err, out)
-        if full is None:
+        _usual_permissions(tmp_name, 0o666)  # mkstemp makes it 0600
+        try:
+            with os.fdopen(fd, mode, encoding=encoding) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, out)
+            _sync_folder(out.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
             raise
-        raise full from None
-    _usual_permissions(tmp_name, 0o666)  # mkstemp makes it 0600
-    try:
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, out)
-        _sync_folder(out.parent)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        full = _disk_full(err, out)
-        if full is not None:
-            raise full from None
-        raise
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
@@ -138,14 +130,36 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _disk_full(err: BaseException, out: Path) -> DiskFull | None:
-    """A DiskFull for `out` if a full disk caused `err` (torch.save, say, wraps the OSError in its own error)."""
+@contextlib.contextmanager
+def full_disk_reported(out: str | os.PathLike, outcome: str = "nothing was written") -> Iterator[None]:
+    """Within it, a failure that a full disk caused becomes one DiskFull naming `out` and saying what became
+    of it (`outcome`); other failures pass through unchanged."""
+    try:
+        yield
+    except BaseException as err:
+        full = _disk_full(err, Path(out), outcome)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _disk_full(err: BaseException | None, out: Path, outcome: str) -> DiskFull | None:
+    """A DiskFull for `out` if a full disk caused `err`: an OSError with such an errno anywhere in its chain
+    (torch.save wraps it in its own error), or an error that only quotes the system's message for it (the
+    safetensors writer, written in Rust, does)."""
     while err is not None:
-        if isinstance(err, OSError) and err.errno in _FULL:
-            return DiskFull(
-                f"no space left on the device writing {out} ({os.strerror(err.errno)}); nothing was written "
-                f"and {out.name} is as it was: free some space and run again"
+        if isinstance(err, DiskFull):
+            reason = err.reason
+        elif isinstance(err, OSError) and err.errno in _FULL:
+            reason = os.strerror(err.errno)
+        else:
+            reason = next((os.strerror(code) for code in sorted(_FULL) if os.strerror(code) in str(err)), None)
+        if reason is not None:
+            full = DiskFull(
+                f"no space left on the device writing {out} ({reason}); {outcome}: free some space and run again"
             )
+            full.reason = reason
+            return full
         err = err.__cause__ or err.__context__
     return None
 

@@ -263,7 +263,7 @@ def test_cli_trains_and_writes_a_loadable_tokenizer(runner, tmp_path):
     assert facts["corpus bytes"] == corpus.stat().st_size
     assert facts["documents"] == corpus.read_text().count(EOT) + 1
     assert facts["longest tokens"][0] == " friend"
-    assert load_tokenizer(out) == (vocab, merges, [EOT])
+    assert load_tokenizer(out)[:3] == (vocab, merges, [EOT])
     assert "Merging" in result.stderr
 
 

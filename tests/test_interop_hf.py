@@ -422,6 +422,44 @@ def test_import_refuses_bad_folders(runner, llama_folder, tmp_path, damage, mess
     assert not out.exists() and not list(tmp_path.glob(".out.pt*"))
 
 
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        # transformers 5 writes rope_parameters; Llama 3.1 configs also carry rope_scaling: both are read.
+        (
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}},
+            "rope_scaling asks for RoPE scaling 'llama3'",
+        ),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling asks for RoPE scaling 'linear'"),
+        (
+            {"rope_theta": 500000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}},
+            "states rope_theta twice with different values (rope_theta = 500000, rope_parameters.rope_theta = 10000)",
+        ),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor is not 1"),
+        ({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}}, "partial_rotary_factor is not"),
+        ({"rope_theta": "10000"}, "rope_theta is not a number"),
+    ],
+    ids=["llama31-both-layouts", "linear", "theta-disagrees", "partial-top", "partial-nested", "theta-type"],
+)
+def test_import_reads_every_place_rope_is_stated(runner, llama_folder, tmp_path, edits, message):
+    edit_json(llama_folder / "config.json", **edits)
+    out = tmp_path / "out.pt"
+    assert_input_error(invoke(runner, "import", "hf", llama_folder, "--out", out), message)
+    assert not out.exists()
+
+
+def test_import_takes_rope_theta_stated_the_same_in_both_layouts(runner, llama_folder, tmp_path):
+    edit_json(
+        llama_folder / "config.json",
+        rope_theta=250000.0, rope_parameters={"rope_type": "default", "rope_theta": 250000},
+        rope_scaling=None,
+    )
+    out = tmp_path / "out.pt"
+    assert invoke(runner, "import", "hf", llama_folder, "--out", out).exit_code == 0
+    assert read_checkpoint(out)["config"]["model"]["rope_theta"] == 250000.0
+
+
 def test_import_refuses_missing_folders_hub_ids_and_existing_outputs(runner, llama_folder, tmp_path, monkeypatch):
     out = tmp_path / "out.pt"
     assert_input_error(invoke(runner, "import", "hf", tmp_path / "absent", "--out", out), "does not exist")

@@ -460,6 +460,36 @@ def test_a_full_disk_stops_tokenizer_training_with_one_line_and_no_partial_file(
     assert (out / "tokenizer.json").read_text() == "an earlier tokenizer"
 
 
+def test_a_full_disk_in_the_safetensors_writer_is_the_same_one_line(runner, tmp_path, monkeypatch):
+    """safetensors' writer (Rust) reports a full disk only in its message; export says it as every writer does."""
+    from safetensors import SafetensorError
+
+    config = write_tiny_run(tmp_path, train_table(tmp_path / "run", steps=1))
+    assert runner.invoke(app, ["train", "--quiet", "--config", str(config)]).exit_code == 0
+
+    def no_room(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", no_room)
+    out = tmp_path / "hf"
+    result = runner.invoke(app, ["export", "hf", str(tmp_path / "run" / "last.pt"), "--out", str(out)])
+    assert_disk_full_error(result, out)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith((".hf", "hf"))]  # no staging left
+
+
+def test_a_full_disk_while_appending_metrics_is_one_error(tmp_path):
+    from lmkit.errors import DiskFull
+    from lmkit.training.metrics import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path) as log:
+        log.write("train", step=1, loss=2.0)
+        log._file = _FillingFile(log._file, [0])
+        with pytest.raises(DiskFull, match=f"writing {path} .*the events before it are kept"):
+            log.write("train", step=2, loss=1.5)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1]
+
+
 def _can_mount_tmpfs() -> bool:
     if not shutil.which("unshare"):
         return False
@@ -493,16 +523,24 @@ cp {out}/last.pt {out}/best.pt {tmp_path}
 {lmkit} train --quiet --resume {out}/last.pt --until-step 4
 echo "run=$?"; cmp {out}/last.pt {tmp_path}/last.pt && cmp {out}/best.pt {tmp_path}/best.pt && echo "checkpoints kept"
 ls -A {out}
+{lmkit} export hf {tmp_path}/last.pt --out {out}/hf
+echo "export=$?"
+{lmkit} export hf {tmp_path}/last.pt --out {tmp_path}/hf >/dev/null
+{lmkit} import hf {tmp_path}/hf --out {out}/imported.pt
+echo "import=$?"
+ls -A {out}
 """
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
     report = done.stdout.splitlines()
     assert report[report.index("encode=1") + 1] == "tokenizer=1"  # `ls` found nothing after the failed encoding
     assert "tokenizer=1" in report and "tokenizer kept" in report
     assert "run=1" in report and "checkpoints kept" in report
-    listing = report[report.index("checkpoints kept") + 1 :]
+    listing = report[report.index("checkpoints kept") + 1 : report.index("export=1")]
     assert sorted(listing) == ["best.pt", "config.toml", "filler", "last.pt", "metrics.jsonl"]  # no temporaries
+    assert "import=1" in report and report[report.index("import=1") + 1 :] == listing  # nothing left by either
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 3 and all("no space left on the device writing" in line for line in errors), done.stderr
+    assert len(errors) == 5 and all("no space left on the device writing" in line for line in errors), done.stderr
+    assert f"writing {out / 'hf'} " in errors[3] and f"writing {out / 'imported.pt'} " in errors[4]
     assert "Traceback" not in done.stderr
 
 

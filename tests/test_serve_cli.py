@@ -94,3 +94,53 @@ def test_without_the_serve_extra_the_message_says_what_to_install(runner, checkp
     monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` now raises ImportError
     monkeypatch.delitem(sys.modules, "lmkit.serve.app")
     assert_input_error(runner.invoke(app, ["serve", str(checkpoint)]), 'pip install "lmkit[serve]"')
+
+
+@pytest.mark.slow
+def test_sigterm_ends_open_streams_within_the_shutdown_timeout(tmp_path) -> None:
+    """A 5,000-token stream does not keep a stopping server alive: it ends with finish_reason "length" and
+    [DONE] once --shutdown-timeout has passed, a whole completion still waiting gets 503, and the exit is 0."""
+    import threading
+
+    model = random_model(context_length=8192, seed=3)
+    path = tmp_path / "long.pt"
+    config = {"model": model.config.model_dump(mode="json")}
+    write_checkpoint(model_state(model), None, 0, path, config=config, tokenizer_json=byte_tokenizer().to_json())
+    port = free_port()
+    command = [sys.executable, "-m", "lmkit", "serve", str(path), "--port", str(port), "--device", "cpu",
+               "--shutdown-timeout", "1"]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert server.poll() is None and time.monotonic() < deadline, "lmkit serve did not start"
+                time.sleep(0.1)
+        body = {"model": "long", "prompt": "To be", "max_tokens": 5000, "temperature": 0.0}  # greedy: never ends early
+        whole: list[httpx.Response] = []
+        post = lambda: whole.append(httpx.post(f"{base}/v1/completions", json=body, timeout=60))  # noqa: E731
+        waiter = threading.Thread(target=post)
+        lines, stopped_at = [], None
+        with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line.removeprefix("data: "))
+                if len(lines) >= 5 and stopped_at is None:  # both requests are decoding: ask the server to stop
+                    waiter.start()
+                    time.sleep(0.5)
+                    stopped_at = time.monotonic()
+                    server.terminate()
+        ended_after = time.monotonic() - stopped_at
+        waiter.join(timeout=30)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert lines[-1] == "[DONE]" and '"finish_reason": "length"' in lines[-2].replace('":"', '": "')
+    assert len(lines) < 5000 and ended_after < 15  # cut by the 1 s drain, not run to 5,000 tokens
+    assert whole and whole[0].status_code == 503 and "shutting down" in whole[0].json()["error"]["message"]

@@ -25,6 +25,12 @@ def serve(
     model_name: str | None = typer.Option(
         None, "--model-name", help="The model id clients send (default: the checkpoint's file name without .pt)."
     ),
+    shutdown_timeout: float = typer.Option(
+        10.0,
+        "--shutdown-timeout",
+        min=0,
+        help="On Ctrl-C or SIGTERM, seconds open requests get to finish; then streams end and others get 503.",
+    ),
     threads: int | None = threads_option(),
 ) -> None:
     """Serve a checkpoint over an OpenAI-compatible API (/v1/completions), with a playground page at /.
@@ -49,4 +55,5 @@ def serve(
             highlight=False,
         )
     err_console.print(f"serving {name!r} on http://{host}:{port}/ (playground) and http://{host}:{port}/v1")
-    run_server(create_app(model, tokenizer, name, max_batch=max_batch, api_key=api_key), host, port)
+    app = create_app(model, tokenizer, name, max_batch=max_batch, api_key=api_key, shutdown_timeout=shutdown_timeout)
+    run_server(app, host, port)

@@ -18,6 +18,10 @@ _CORPUS_HELP = (
 )
 _FORMAT_HELP = "Read every input as txt, jsonl or parquet (optionally .gz or .zst, e.g. jsonl.zst), whatever its name."
 _TEXT_FIELD_HELP = "The JSON field or Parquet column holding the text."
+_PATTERN_HELP = (
+    "How text is cut into pre-tokens before BPE: gpt2 (GPT-2's), gpt4 (cl100k_base: digits in groups of 3, "
+    "contractions in any case), o200k (o200k_base), llama3 (Llama 3's), or a regex of your own."
+)
 _SEPARATOR_HELP = (
     "Put between documents (records, rows, files): default the first special token; --separator '' for none."
 )
@@ -37,6 +41,7 @@ def train(
     input_format: str | None = typer.Option(None, "--format", help=_FORMAT_HELP),
     text_field: str = typer.Option("text", "--text-field", help=_TEXT_FIELD_HELP),
     separator: str | None = typer.Option(None, "--separator", help=_SEPARATOR_HELP, show_default=False),
+    pattern: str = typer.Option("gpt2", "--pattern", help=_PATTERN_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Train a byte-level BPE tokenizer on a text corpus and write it as one tokenizer.json file.
@@ -46,17 +51,25 @@ def train(
     Many files, JSON Lines or Parquet, compressed or not: documents are joined by the separator.
 
     Example: lmkit tokenizer train "shards/*.jsonl.zst" --vocab-size 32000 --special-token "<|endoftext|>"
+
+    Digits in groups of three and contractions in any case, as GPT-4's tokenizer cuts them:
+
+    Example: lmkit tokenizer train corpus.txt --vocab-size 32000 --pattern gpt4
     """
     from lmkit.fileio import check_output_path
-    from lmkit.tokenizer.formats import save_tokenizer
+    from lmkit.tokenizer.formats import Layout, save_tokenizer
+    from lmkit.tokenizer.pretokenize import check_pattern
     from lmkit.tokenizer.sources import find_corpus
     from lmkit.tokenizer.train import train_bpe_with_stats, training_summary
 
     check_output_path(out)
+    pattern = check_pattern(pattern)
     start = time.perf_counter()
     source = find_corpus(corpus, input_format=input_format, text_field=text_field, separator=separator)
-    trained = train_bpe_with_stats(source, vocab_size, special_token, num_workers=workers, progress=True)
-    save_tokenizer(out, trained.vocab, trained.merges, trained.special_tokens)
+    trained = train_bpe_with_stats(
+        source, vocab_size, special_token, num_workers=workers, progress=True, pattern=pattern
+    )
+    save_tokenizer(out, trained.vocab, trained.merges, trained.special_tokens, Layout(pattern))
     facts = {"output": str(out), **training_summary(trained, time.perf_counter() - start)}
     if json_output:
         print_json(facts)

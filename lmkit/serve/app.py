@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from types import FrameType
 from typing import Any
 
 from lmkit.errors import InputError
@@ -40,6 +41,7 @@ from lmkit.serve.api import (
     server_sent_event,
     usage,
 )
+from lmkit.serve.drain import Drain, DrainExpired
 from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece, Ticket
 from lmkit.tokenizer import Tokenizer
 
@@ -56,11 +58,14 @@ def playground_page() -> str:
 class _Completions:
     """Serves POST /v1/completions for one model through one engine."""
 
-    def __init__(self, engine: BatchEngine, model_name: str, max_request_bytes: int) -> None:
+    def __init__(self, engine: BatchEngine, model_name: str, max_request_bytes: int, drain: Drain) -> None:
         self.engine, self.model_name, self.max_request_bytes = engine, model_name, max_request_bytes
+        self.drain = drain
         self.context_length = engine.model.config.context_length
 
     async def __call__(self, request: Request) -> Any:
+        if self.drain.begun:
+            raise _shutting_down()
         params = parse_completion_request(await self._read_body(request))
         if params.model != self.model_name:
             raise APIError(
@@ -147,7 +152,10 @@ class _Completions:
         finished: dict[int, Finished] = {}
         try:
             while len(finished) < len(sequences):
-                event = await queue.get()
+                try:
+                    event = await self.drain.get(queue)
+                except DrainExpired:
+                    raise _shutting_down() from None
                 if event is None:
                     return Response(status_code=499)  # the client hung up: nobody reads this
                 if isinstance(event, Failed):
@@ -171,9 +179,14 @@ class _Completions:
             if params.echo:
                 echoed = [choice(index, self._echo(params, index)) for index in range(len(sequences))]
                 yield server_sent_event(completion(ident, self.model_name, echoed, None))
-            left, completion_tokens = len(sequences), 0
-            while left:
-                event = await queue.get()
+            unfinished, completion_tokens = set(range(len(sequences))), 0
+            while unfinished:
+                try:
+                    event = await self.drain.get(queue)
+                except DrainExpired:  # the server is stopping: what each choice has so far is its answer
+                    for index in sorted(unfinished):
+                        yield server_sent_event(completion(ident, self.model_name, [choice(index, "", "length")], None))
+                    break
                 if isinstance(event, Failed):
                     error = APIError(500, f"generation failed: {event.message}", kind="server_error")
                     yield server_sent_event(error.body())
@@ -182,7 +195,8 @@ class _Completions:
                     piece = choice(event.index, event.text)
                 else:
                     piece = choice(event.index, "", event.finish_reason)
-                    left, completion_tokens = left - 1, completion_tokens + len(event.ids)
+                    unfinished.discard(event.index)
+                    completion_tokens += len(event.ids)
                 yield server_sent_event(completion(ident, self.model_name, [piece], None))
             if params.stream_options is not None and params.stream_options.include_usage:
                 yield server_sent_event(completion(ident, self.model_name, [], usage(prompt_tokens, completion_tokens)))
@@ -199,6 +213,10 @@ async def _cancel_on_hang_up(request: Request, ticket: Ticket, queue: asyncio.Qu
     queue.put_nowait(None)
 
 
+def _shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down; send the request again later", kind="server_error")
+
+
 def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
@@ -211,12 +229,14 @@ def create_app(
     max_batch: int = 8,
     api_key: str | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    shutdown_timeout: float = 10.0,
 ) -> FastAPI:
     """The ASGI app serving `model` as `model_name`; its engine starts and stops with the app's lifespan.
 
     With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise).
     """
     engine = BatchEngine(model, tokenizer, max_batch=max_batch)
+    drain = Drain(shutdown_timeout)
     created = int(time.time())
 
     @asynccontextmanager
@@ -280,14 +300,30 @@ def create_app(
         return model_card()
 
     app.post("/v1/completions", dependencies=[Depends(require_key)], response_model=None)(
-        _Completions(engine, model_name, max_request_bytes).__call__
+        _Completions(engine, model_name, max_request_bytes, drain).__call__
     )
+    app.state.drain = drain
     return app
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on Ctrl-C or SIGTERM also starts the app's bounded drain (lmkit.serve.drain)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.config.app.state.drain.begin()
+        super().handle_exit(sig, frame)
+        # uvicorn (0.29+) raises the stop signal again once it has shut down, which would end the process as
+        # killed by it; the server stopped as asked, so the command ends normally (exit 0) instead.
+        getattr(self, "_captured_signals", []).clear()
+
+
 def run_server(app: FastAPI, host: str, port: int) -> None:
-    """Serve `app` with uvicorn until Ctrl-C."""
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    """Serve `app` (from create_app) with uvicorn until Ctrl-C or SIGTERM, then stop within the app's shutdown
+    timeout (plus a moment to close connections) and return."""
+    drain: Drain = app.state.drain
+    # uvicorn's own limit is the backstop: past it, it cancels whatever still runs.
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=drain.seconds + 2)
+    _DrainingServer(config).run()
 
 
 def loopback(host: str) -> bool:

@@ -48,7 +48,9 @@ def _finder(special_tokens: tuple[str, ...]) -> SpecialTokenFinder:
     return SpecialTokenFinder(special_tokens)
 
 
-def _count_chunk(offset: int, chunk: bytes, special_tokens: tuple[str, ...], into: Counter[str]) -> tuple[int, bool]:
+def _count_chunk(
+    offset: int, chunk: bytes, special_tokens: tuple[str, ...], pattern: str, into: Counter[str]
+) -> tuple[int, bool]:
     """Add the pre-tokens of one chunk to `into`.
 
     Returns the number of special tokens in the chunk and whether text follows the last of them.
@@ -58,7 +60,7 @@ def _count_chunk(offset: int, chunk: bytes, special_tokens: tuple[str, ...], int
         if is_special:
             specials += 1
         else:
-            into.update(split_pretokens(piece))
+            into.update(split_pretokens(piece, pattern))
         ends_in_text = not is_special
     return specials, ends_in_text
 
@@ -74,8 +76,8 @@ def _start_worker(barrier, parent_pid: int) -> None:
     _hand_over_barrier = barrier
 
 
-def _count_in_worker(offset: int, chunk: bytes, special_tokens: tuple[str, ...]) -> tuple[int, bool]:
-    return _count_chunk(offset, chunk, special_tokens, _worker_total)
+def _count_in_worker(offset: int, chunk: bytes, special_tokens: tuple[str, ...], pattern: str) -> tuple[int, bool]:
+    return _count_chunk(offset, chunk, special_tokens, pattern, _worker_total)
 
 
 def _hand_over(_: int) -> Counter[str]:
@@ -95,19 +97,25 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def _count_here(
-    chunks: Iterator[tuple[int, bytes]], tokens: tuple[str, ...], total: Counter[str], bar
+    chunks: Iterator[tuple[int, bytes]], tokens: tuple[str, ...], pattern: str, total: Counter[str], bar
 ) -> tuple[int, bool]:
     """Count chunk after chunk in this process; returns (special tokens, whether text follows the last)."""
     specials, ends_in_text = 0, False
     for offset, chunk in chunks:
-        specials_here, ends_in_text = _count_chunk(offset, chunk, tokens, total)
+        specials_here, ends_in_text = _count_chunk(offset, chunk, tokens, pattern, total)
         specials += specials_here
         bar.advance(len(chunk))
     return specials, ends_in_text
 
 
 def _count_in_pool(
-    pool, workers: int, chunks: Iterator[tuple[int, bytes]], tokens: tuple[str, ...], total: Counter[str], bar
+    pool,
+    workers: int,
+    chunks: Iterator[tuple[int, bytes]],
+    tokens: tuple[str, ...],
+    pattern: str,
+    total: Counter[str],
+    bar,
 ) -> tuple[int, bool]:
     """Count the chunks in the pool's workers, at most two per worker in flight, then sum their totals."""
     specials, ends_in_text = 0, False
@@ -121,7 +129,7 @@ def _count_in_pool(
         bar.advance(length)
 
     for offset, chunk in chunks:
-        pending.append((len(chunk), pool.apply_async(_count_in_worker, (offset, chunk, tokens))))
+        pending.append((len(chunk), pool.apply_async(_count_in_worker, (offset, chunk, tokens, pattern))))
         while pending and (len(pending) > 2 * workers or pending[0][1].ready()):
             collect_oldest()
     while pending:
@@ -139,8 +147,11 @@ def count_pretokens(
     progress: bool = False,
     chunk_bytes: int | None = None,
     parallel_min_bytes: int | None = None,
+    pattern: str = "gpt2",
 ) -> PretokenCounts:
     """Count every pre-token of a UTF-8 corpus (special tokens split the text and are not counted).
+
+    `pattern` is a stored pattern (`check_pattern`): a preset name or a regex.
 
     `corpus` is a Corpus (`lmkit.tokenizer.sources`) or what `find_corpus` takes; paths found here get the
     first special token as the separator between documents. It is read in chunks of about `chunk_bytes`
@@ -167,11 +178,11 @@ def count_pretokens(
             source, chunk_bar = stack.enter_context(open(plain_file, "rb")), bar
         else:  # the stream advances the bar by the bytes it reads from disk
             source, chunk_bar = open_corpus(corpus, bar), ProgressBar(None, None)
-        chunks = iter_chunks(source, tokens, chunk_bytes or CHUNK_BYTES)
+        chunks = iter_chunks(source, tokens, chunk_bytes or CHUNK_BYTES, pattern)
         if parallel:
-            specials, ends_in_text = _count_in_pool(pool, workers, chunks, tokens, total, chunk_bar)
+            specials, ends_in_text = _count_in_pool(pool, workers, chunks, tokens, pattern, total, chunk_bar)
         else:
-            specials, ends_in_text = _count_here(chunks, tokens, total, chunk_bar)
+            specials, ends_in_text = _count_here(chunks, tokens, pattern, total, chunk_bar)
         corpus_bytes = size if plain_file is not None else source.bytes_read
     check_not_empty(corpus, corpus_bytes)
     return PretokenCounts(total, corpus_bytes, specials + int(ends_in_text))

@@ -259,7 +259,7 @@ def encoded_chunks(
             pool = _ChunkWorkers(workers, tokenizer, corpus)
             stack.callback(pool.close)
         source = stack.enter_context(open(corpus, "rb"))
-        chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
+        chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes, tokenizer.pattern)
         yield _encoded_chunks(chunks, tokenizer, pool, 2 * workers)
 
 
@@ -310,7 +310,7 @@ def encode_file(
             source, chunk_bar = stack.enter_context(open(plain_file, "rb")), bar
         else:  # the stream advances the bar by the bytes it reads from disk
             source, chunk_bar = open_corpus(corpus, bar), ProgressBar(None, None)
-        chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes)
+        chunks = iter_chunks(source, tokenizer.special_tokens, chunk_bytes, tokenizer.pattern)
         # Two chunks in flight per worker keep every worker busy while the oldest result is written.
         for chunk_size, ids in _encoded_chunks(chunks, tokenizer, pool, 2 * workers):
             sink.write(ids)

@@ -1,5 +1,7 @@
 """GPT-2 pre-tokenization for encoding, about twice as fast and exactly equal to `PRETOKEN_RE.findall`.
 
+Other patterns go to `regex` (`pattern_findall`).
+
 The standard `re` module matches about twice as fast as `regex` but has no `\\p{...}` classes, so here the
 classes are spelled out as the characters that `regex` puts in them. `re` keeps a class in a lookup table
 only while it holds no character above U+FFFF (beyond that it scans a list of ranges), so the pattern is
@@ -15,7 +17,7 @@ from collections.abc import Callable
 
 import regex
 
-from lmkit.tokenizer.pretokenize import PRETOKEN_RE
+from lmkit.tokenizer.pretokenize import PRETOKEN_RE, pattern_findall
 
 _BEYOND_BMP_RE = re.compile("[\U00010000-\U0010ffff]")
 
@@ -48,15 +50,19 @@ def _may_hold_beyond_bmp(text: str) -> bool:
     return _BEYOND_BMP_RE.search(text) is not None
 
 
-def pretoken_finder(text: str) -> Callable[[str], list[str]]:
-    """The fastest exact `findall` of GPT-2 pre-tokens for `text` and for any part of it."""
+def pretoken_finder(text: str, pattern: str = "gpt2") -> Callable[[str], list[str]]:
+    """The fastest exact `findall` of the pre-tokens of `pattern` for `text` and for any part of it."""
+    if pattern != "gpt2":
+        return pattern_findall(pattern)
     if _may_hold_beyond_bmp(text):
         return split_pretokens  # which decides for each part
     return bmp_pretoken_re().findall
 
 
-def split_pretokens(text: str) -> list[str]:
-    """The GPT-2 pre-tokens of a text without special tokens, exactly as `PRETOKEN_RE.findall` gives them."""
+def split_pretokens(text: str, pattern: str = "gpt2") -> list[str]:
+    """The pre-tokens of a text without special tokens (for GPT-2, exactly as `PRETOKEN_RE.findall` gives them)."""
+    if pattern != "gpt2":
+        return pattern_findall(pattern)(text)
     if _may_hold_beyond_bmp(text):
         return PRETOKEN_RE.findall(text)
     return bmp_pretoken_re().findall(text)

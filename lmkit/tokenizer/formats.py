@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, parse_json
+from lmkit.tokenizer.pretokenize import check_pattern, hf_regex
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -65,8 +67,47 @@ def special_token_ids(vocab: Vocab, special_tokens: list[str]) -> dict[str, int]
     return {t: by_bytes[t.encode("utf-8")] for t in special_tokens}
 
 
-def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
-    """The tokenizer as a HuggingFace `tokenizer.json` object (byte-level BPE, GPT-2 pre-tokenizer).
+@dataclass(frozen=True)
+class Layout:
+    """How a tokenizer.json cuts text before BPE, and what its post-processor adds.
+
+    `pattern`: a preset name or a regex (see `check_pattern`). `ignore_merges`: a pre-token that is itself
+    in the vocabulary is one token, whatever the merges say. `bos_token`: the token the post-processor puts
+    before each text (lmkit's `encode` adds none, like `tokenizers` with `add_special_tokens=False`).
+    """
+
+    pattern: str = "gpt2"
+    ignore_merges: bool = False
+    bos_token: str | None = None
+
+
+def _pre_tokenizer(pattern: str) -> dict:
+    """GPT-2's ByteLevel with its own regex, or a Split on the pattern before a ByteLevel without one."""
+    if pattern == "gpt2":
+        return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    split = {"type": "Split", "pattern": {"Regex": hf_regex(pattern)}, "behavior": "Isolated", "invert": False}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    return {"type": "Sequence", "pretokenizers": [split, byte_level]}
+
+
+def _post_processor(bos_token: str | None, bos_id: int | None) -> dict | None:
+    if bos_token is None:
+        return None
+    return {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos_token, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [
+            {"SpecialToken": {"id": bos_token, "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": bos_token, "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        "special_tokens": {bos_token: {"id": bos_token, "ids": [bos_id], "tokens": [bos_token]}},
+    }
+
+
+def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str], layout: Layout = Layout()) -> dict:
+    """The tokenizer as a HuggingFace `tokenizer.json` object (byte-level BPE, pre-tokenizer per `layout`).
 
     Special tokens go in `added_tokens`, and in the model vocab under their own text: `tokenizers` looks
     an added token up there by its content and would otherwise give it a new id. Where two ids share the
@@ -81,6 +122,7 @@ def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
             model_vocab.setdefault(token_to_str(vocab[token_id]), token_id)
     model_vocab.update(specials)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    bos_id = specials.get(layout.bos_token) if layout.bos_token is not None else None
     return {
         "version": "1.0",
         "truncation": None,
@@ -98,8 +140,8 @@ def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
             for content, token_id in specials.items()
         ],
         "normalizer": None,
-        "pre_tokenizer": byte_level,
-        "post_processor": None,
+        "pre_tokenizer": _pre_tokenizer(layout.pattern),
+        "post_processor": _post_processor(layout.bos_token, bos_id),
         "decoder": byte_level,
         "model": {
             "type": "BPE",
@@ -109,7 +151,7 @@ def to_hf_json(vocab: Vocab, merges: Merges, special_tokens: list[str]) -> dict:
             "end_of_word_suffix": None,
             "fuse_unk": False,
             "byte_fallback": False,
-            "ignore_merges": False,
+            "ignore_merges": layout.ignore_merges,
             "vocab": model_vocab,
             "merges": [[token_to_str(a), token_to_str(b)] for a, b in merges],
         },
@@ -166,6 +208,73 @@ def _merge_pair(entry: object) -> tuple[str, str] | None:
     return None
 
 
+def _refuse(source: str, part: str) -> InputError:
+    return InputError(f"{source}: {part} is not supported; lmkit would give other ids than Hugging Face tokenizers")
+
+
+def _read_pattern(pre: object, source: str) -> str:
+    """The pattern of a pre_tokenizer: GPT-2's ByteLevel, or Sequence[Split(Regex, Isolated), ByteLevel(no regex)]."""
+    if not isinstance(pre, dict):
+        raise _refuse(source, f"pre_tokenizer {_clip(pre)}")
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise _refuse(source, f"pre_tokenizer {_clip(pre)}")
+    *splits, last = steps or [{}]
+    if last.get("type") != "ByteLevel" or last.get("add_prefix_space", False):
+        raise _refuse(source, f"a pre_tokenizer ending in {_clip(last.get('type'))} (not a plain ByteLevel)")
+    if last.get("use_regex", True):
+        if splits:
+            raise _refuse(source, "a Split before a ByteLevel pre-tokenizer that also splits (use_regex)")
+        return "gpt2"
+    split = splits[0] if len(splits) == 1 else {}
+    regex_text = split.get("pattern", {}).get("Regex") if isinstance(split.get("pattern"), dict) else None
+    if split.get("type") != "Split" or split.get("behavior") != "Isolated" or split.get("invert") or not regex_text:
+        raise _refuse(source, f"pre_tokenizer {_clip(pre, 160)} (lmkit reads one Split(Regex, Isolated) + ByteLevel)")
+    try:
+        return check_pattern(regex_text)
+    except InputError as err:
+        raise InputError(f"{source}: {err}") from None
+
+
+def _read_bos(post: object, source: str) -> str | None:
+    """The token a post_processor puts before each text (None if it adds nothing); refuse anything else."""
+    if post is None:
+        return None
+    steps = post.get("processors") if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    bos = None
+    for step in steps if isinstance(steps, list) else [steps]:
+        kind = step.get("type") if isinstance(step, dict) else None
+        if kind == "ByteLevel":
+            continue  # it only adjusts offsets
+        if kind != "TemplateProcessing" or not isinstance(step.get("single"), list):
+            raise _refuse(source, f"post_processor {_clip(kind)}")
+        added = [item["SpecialToken"].get("id") for item in step["single"] if "SpecialToken" in item]
+        if len(step["single"]) != len(added) + 1 or (added and "SpecialToken" not in step["single"][0]):
+            raise _refuse(source, f"a post_processor adding {_clip(added)} after the text")
+        if len(added) > 1:
+            raise _refuse(source, f"a post_processor adding {_clip(added)}")
+        bos = added[0] if added else bos
+    return bos
+
+
+def hf_layout(obj: dict, source: str = "tokenizer file") -> Layout:
+    """The `Layout` of a parsed tokenizer.json; InputError naming the first part lmkit cannot reproduce exactly."""
+    normalizer = obj.get("normalizer")
+    if normalizer is not None:
+        raise _refuse(
+            source, f"the normalizer {_clip(normalizer.get('type') if isinstance(normalizer, dict) else normalizer)}"
+        )
+    model = obj["model"]
+    for key in ("byte_fallback", "dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise _refuse(source, f"model.{key} = {_clip(model[key])}")
+    return Layout(
+        pattern=_read_pattern(obj.get("pre_tokenizer"), source),
+        ignore_merges=bool(model.get("ignore_merges")),
+        bos_token=_read_bos(obj.get("post_processor"), source),
+    )
+
+
 def from_hf_json(obj: object, source: str = "tokenizer file") -> tuple[Vocab, Merges, list[str]]:
     """Read `(vocab, merges, special_tokens)` from a parsed `tokenizer.json`; InputError if it is not one."""
     model = obj.get("model") if isinstance(obj, dict) else None
@@ -173,6 +282,7 @@ def from_hf_json(obj: object, source: str = "tokenizer file") -> tuple[Vocab, Me
         raise InputError(f"{source} is not a byte-level BPE tokenizer.json (no BPE model with a vocab)")
     if obj.get("version") != "1.0":
         raise InputError(f"{source} has tokenizer.json version {obj.get('version')!r}; only '1.0' is supported")
+    hf_layout(obj, source)
     added_tokens = obj.get("added_tokens") or []
     if not isinstance(added_tokens, list):
         raise InputError(f"{source}: added_tokens is not a list")
@@ -214,16 +324,19 @@ def _read_json(path: str | os.PathLike, what: str) -> object:
         raise InputError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
     return parse_json(path.read_bytes(), f"{what} {path}")
 
-def save_tokenizer(path: str | os.PathLike, vocab: Vocab, merges: Merges, special_tokens: list[str]) -> None:
+def save_tokenizer(
+    path: str | os.PathLike, vocab: Vocab, merges: Merges, special_tokens: list[str], layout: Layout = Layout()
+) -> None:
     """Write the tokenizer as one `tokenizer.json` file, atomically."""
-    text = json.dumps(to_hf_json(vocab, merges, special_tokens), ensure_ascii=False, indent=1)
+    text = json.dumps(to_hf_json(vocab, merges, special_tokens, layout), ensure_ascii=False, indent=1)
     with atomic_write(path, "w") as handle:
         handle.write(text)
 
 
-def load_tokenizer(path: str | os.PathLike) -> tuple[Vocab, Merges, list[str]]:
-    """Read `(vocab, merges, special_tokens)` from a `tokenizer.json` file."""
-    return from_hf_json(_read_json(path, "tokenizer file"), source=str(path))
+def load_tokenizer(path: str | os.PathLike) -> tuple[Vocab, Merges, list[str], Layout]:
+    """Read `(vocab, merges, special_tokens, layout)` from a `tokenizer.json` file."""
+    obj = _read_json(path, "tokenizer file")
+    return (*from_hf_json(obj, source=str(path)), hf_layout(obj, str(path)))
 
 
 def read_gpt2_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> tuple[Vocab, Merges]:

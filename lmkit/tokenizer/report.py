@@ -14,7 +14,7 @@ from lmkit.tokenizer.train import display_token
 
 
 def describe_tokenizer(tokenizer: Tokenizer, top: int = 10) -> dict[str, object]:
-    """Vocabulary size, merges, special tokens and the `top` longest tokens (by bytes)."""
+    """Vocabulary size, merges, special tokens, the pre-token pattern and the `top` longest tokens (by bytes)."""
     specials = set(tokenizer.special_ids.values())
     ordinary = [token for token_id, token in tokenizer.vocab.items() if token_id not in specials]
     longest = sorted(ordinary, key=len, reverse=True)[:top]
@@ -22,6 +22,7 @@ def describe_tokenizer(tokenizer: Tokenizer, top: int = 10) -> dict[str, object]
         "vocab size": len(tokenizer.vocab),
         "merges": len(tokenizer.merges),
         "special tokens": list(tokenizer.special_tokens),
+        "pattern": tokenizer.pattern,
         "longest tokens": [display_token(t) for t in longest],
     }
 

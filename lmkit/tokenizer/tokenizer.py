@@ -1,11 +1,13 @@
 """`Tokenizer`: byte-level BPE encoding and decoding with a vocabulary, merges and special tokens.
 
-Encoding splits the text on special tokens, cuts the rest into GPT-2 pre-tokens, and turns each pre-token
-into ids by repeatedly merging its adjacent pair of lowest merge rank. Most pre-tokens repeat, so the ids of
-each pre-token are cached; a pre-token seen for the first time is merged with a rank lookup per adjacent
-pair, never a scan of the merge list. The pre-tokens a text brings for the first time are merged together,
-vectorized (`batch_merge.py`), when there are many of them. The cache holds ids packed as machine integers
-(uint16 or uint32, like the `.npy` files), so the ids of a whole text are one `bytes.join` of cached values.
+Encoding splits the text on special tokens, cuts the rest into pre-tokens (GPT-2's pattern, another preset or
+a regex: see `lmkit.tokenizer.pretokenize`), and turns each pre-token into ids by repeatedly merging its
+adjacent pair of lowest merge rank (with `ignore_merges`, a pre-token in the vocabulary is one token).
+Most pre-tokens repeat, so the ids of each pre-token are cached; a pre-token seen for the first time is
+merged with a rank lookup per adjacent pair, never a scan of the merge list. The pre-tokens a text brings
+for the first time are merged together, vectorized (`batch_merge.py`), when there are many of them. The
+cache holds ids packed as machine integers (uint16 or uint32, like the `.npy` files), so the ids of a whole
+text are one `bytes.join` of cached values.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from lmkit.fileio import parse_json
 from lmkit.tokenizer.batch_merge import BatchMerger, in_creation_order
 from lmkit.tokenizer.fast_pretokenize import pretoken_finder
 from lmkit.tokenizer.formats import (
+    Layout,
     Merges,
     Vocab,
     from_hf_json,
+    hf_layout,
     load_tokenizer,
     read_gpt2_files,
     save_tokenizer,
     to_hf_json,
 )
-from lmkit.tokenizer.pretokenize import SpecialTokenFinder, check_special_tokens, iter_chunks
+from lmkit.tokenizer.pretokenize import SpecialTokenFinder, check_pattern, check_special_tokens, iter_chunks
+from lmkit.tokenizer.ranks import RANKS_SUFFIX, merges_from_ranks, read_descriptor
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_VOCAB_FILE, GPT2_MERGES_FILE = "vocab.json", "merges.txt"
@@ -50,13 +55,21 @@ class Tokenizer:
 
     `vocab` maps ids to bytes, `merges` lists pairs of bytes in rank order. A merge whose halves or
     product are not in the vocabulary is ignored; a special token not in the vocabulary is appended
-    with the next free id. Where two ids share the same bytes, the lower one is used.
+    with the next free id. Where two ids share the same bytes, the lower one is used. `layout` gives the
+    pre-token pattern, `ignore_merges` and the BOS token a tokenizer.json post-processor adds (see `Layout`).
     """
 
-    def __init__(self, vocab: Vocab, merges: Merges, special_tokens: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, vocab: Vocab, merges: Merges, special_tokens: Iterable[str] | None = None, layout: Layout = Layout()
+    ) -> None:
         self.vocab: Vocab = dict(vocab)
         self.special_tokens: list[str] = check_special_tokens(special_tokens)
+        self.layout = Layout(check_pattern(layout.pattern), layout.ignore_merges, layout.bos_token)
+        if layout.bos_token is not None and layout.bos_token not in self.special_tokens:
+            raise InputError(f"the BOS token {layout.bos_token!r} is not one of the special tokens")
         token_ids = self._index_tokens()
+        # With ignore_merges, a pre-token that is a token is looked up whole, before any merging.
+        self._whole_ids = token_ids if layout.ignore_merges else {}
         self.special_ids: dict[str, int] = {t: token_ids[t.encode("utf-8")] for t in self.special_tokens}
         self.merges: Merges = []
         self._ranks: dict[tuple[int, int], int] = {}  # (id, id) -> rank of the merge of that pair
@@ -106,6 +119,11 @@ class Tokenizer:
         return token_ids
 
     @property
+    def pattern(self) -> str:
+        """The pre-token pattern: a preset name (gpt2, gpt4, o200k, llama3) or a regex."""
+        return self.layout.pattern
+
+    @property
     def vocab_size(self) -> int:
         """One more than the largest id: the number of rows an embedding table needs."""
         return max(self.vocab) + 1
@@ -122,8 +140,9 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike, merges_path: str | os.PathLike | None = None) -> Tokenizer:
         """Load a tokenizer from any of the forms a user has at hand.
 
-        `path` is a `tokenizer.json` file, or a folder holding one or GPT-2's `vocab.json` + `merges.txt`;
-        or, with `merges_path`, a GPT-2 `vocab.json`. GPT-2 files mark no special tokens: tokens spelled
+        `path` is a `tokenizer.json` file, or a folder holding one or GPT-2's `vocab.json` + `merges.txt`,
+        or a `.toml` descriptor of a tiktoken rank file (`lmkit.tokenizer.ranks`); or, with `merges_path`, a
+        GPT-2 `vocab.json`. GPT-2 files mark no special tokens: tokens spelled
         `<|...|>` (GPT-2's `<|endoftext|>`) are taken as special, as GPT-2's own tokenizer takes them.
         """
         path = Path(path)
@@ -137,6 +156,14 @@ class Tokenizer:
                 "give a tokenizer file or its folder"
             )
         if merges_path is None:
+            if path.suffix.lower() == ".toml":
+                return cls.from_rank_descriptor(path)
+            if path.suffix.lower() == RANKS_SUFFIX:
+                raise InputError(
+                    f"{path} is a tiktoken rank file, which names no pattern or special tokens: give a .toml file "
+                    f'holding ranks = "{path.name}", pattern = "gpt4" (or gpt2, o200k, llama3, a regex) and a '
+                    "[special_tokens] table of token = id"
+                )
             if path.name in (GPT2_VOCAB_FILE, GPT2_MERGES_FILE):
                 raise InputError(
                     f"{path} is half of a GPT-2 tokenizer; give both files (--tokenizer {GPT2_VOCAB_FILE} "
@@ -146,6 +173,41 @@ class Tokenizer:
         vocab, merges = read_gpt2_files(path, merges_path)
         special = [token.decode() for token in vocab.values() if _GPT2_SPECIAL.fullmatch(token)]
         return cls(vocab, merges, special)
+
+    @classmethod
+    def from_ranks(cls, ranks: dict[bytes, int], pattern: str, special_tokens: dict[str, int]) -> Tokenizer:
+        """A tokenizer from tiktoken's `token -> rank` table, merging by tiktoken's rule (ids are the ranks).
+
+        tiktoken merges the adjacent pair whose concatenation has the lowest rank, and takes a pre-token
+        that is itself a token whole; this gives its ids on any rank table, BPE-trained or not. `save` writes
+        a merge list made from the ranks (`merges_from_ranks`), which Hugging Face `tokenizers` follows.
+        """
+        vocab = {rank: token for token, rank in ranks.items()}
+        vocab.update({token_id: token.encode("utf-8") for token, token_id in special_tokens.items()})
+        tok = cls(vocab, merges_from_ranks(ranks), list(special_tokens), Layout(pattern, ignore_merges=True))
+        tok._merge_by_ranks(ranks)
+        return tok
+
+    @classmethod
+    def from_rank_descriptor(cls, path: str | os.PathLike) -> Tokenizer:
+        """`from_ranks` on what a TOML descriptor names (see `lmkit.tokenizer.ranks`)."""
+        return cls.from_ranks(*read_descriptor(path))
+
+    def _merge_by_ranks(self, ranks: dict[bytes, int]) -> None:
+        """Rank every pair of tokens whose concatenation is a token by that token's rank (tiktoken's rule).
+
+        The pair table then holds every split of every token into two tokens; ranks are ids here, so a
+        merge of rank r makes id r. Merging all the lowest pairs of many pre-tokens at once (`BatchMerger`)
+        is exact only in merge order, so each pre-token is merged on its own.
+        """
+        self._ranks = {}
+        for token, rank in ranks.items():
+            for i in range(1, len(token)):
+                left, right = ranks.get(token[:i]), ranks.get(token[i:])
+                if left is not None and right is not None:
+                    self._ranks[(left, right)] = rank
+        self._products = list(range(max(ranks.values()) + 1))
+        self._batch_merger = None
 
     @classmethod
     def load_any(cls, paths: list[str | os.PathLike]) -> Tokenizer:
@@ -166,16 +228,17 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as one HuggingFace-layout `tokenizer.json` file, atomically."""
-        save_tokenizer(path, self.vocab, self.merges, self.special_tokens)
+        save_tokenizer(path, self.vocab, self.merges, self.special_tokens, self.layout)
 
     def to_json(self) -> str:
         """The tokenizer as `tokenizer.json` text (what `save` writes), e.g. to embed in a checkpoint."""
-        return json.dumps(to_hf_json(self.vocab, self.merges, self.special_tokens), ensure_ascii=False)
+        return json.dumps(to_hf_json(self.vocab, self.merges, self.special_tokens, self.layout), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
         """Rebuild a tokenizer from `to_json` text."""
-        return cls(*from_hf_json(parse_json(text, "the tokenizer JSON"), source="tokenizer JSON"))
+        obj = parse_json(text, "the tokenizer JSON")
+        return cls(*from_hf_json(obj, source="tokenizer JSON"), hf_layout(obj, "tokenizer JSON"))
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`; each special token becomes its one id."""
@@ -191,7 +254,7 @@ class Tokenizer:
         The text is buffered up to a boundary that no pre-token crosses (see `iter_chunks`), so the ids
         are exactly those of `encode` on the whole text.
         """
-        for _, chunk in iter_chunks(_Utf8Stream(texts), self.special_tokens, chunk_bytes):
+        for _, chunk in iter_chunks(_Utf8Stream(texts), self.special_tokens, chunk_bytes, self.pattern):
             yield from array(self._typecode, self._encode_packed(chunk.decode("utf-8")))
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -210,7 +273,7 @@ class Tokenizer:
 
     def _pretokens(self, text: str) -> list[str]:
         """The pre-tokens of `text`, with each special token as one piece of its own."""
-        findall = pretoken_finder(text)
+        findall = pretoken_finder(text, self.pattern)
         if self._special_finder is None:
             return findall(text)
         pieces: list[str] = []
@@ -243,6 +306,11 @@ class Tokenizer:
 
     def _merge_packed(self, pieces: list[str]) -> list[bytes]:
         """The packed ids of each pre-token, merged together when they are many (the same ids either way)."""
+        if self._whole_ids:
+            return self._merge_packed_whole_first(pieces)
+        return self._merge_packed_by_merges(pieces)
+
+    def _merge_packed_by_merges(self, pieces: list[str]) -> list[bytes]:
         merger = self._batch_merger if len(pieces) >= _BATCH_MIN else None
         if merger is None:
             return [self._pack(self._merge_pretoken(piece)) for piece in pieces]
@@ -250,6 +318,13 @@ class Tokenizer:
         data = ids.astype(self.dtype).tobytes()
         ends = (np.cumsum(lengths) * self.dtype.itemsize).tolist()
         return list(map(data.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+    def _merge_packed_whole_first(self, pieces: list[str]) -> list[bytes]:
+        """`_merge_packed` for `ignore_merges`: a pre-token in the vocabulary is its one id."""
+        whole = [self._whole_ids.get(piece.encode("utf-8")) for piece in pieces]
+        rest = [piece for piece, token_id in zip(pieces, whole, strict=True) if token_id is None]
+        merged = iter(self._merge_packed_by_merges(rest) if rest else [])
+        return [next(merged) if token_id is None else self._pack([token_id]) for token_id in whole]
 
     def _merge_pretoken(self, piece: str) -> list[int]:
         """BPE on one pre-token: merge the leftmost adjacent pair of lowest rank until no pair has a rank.

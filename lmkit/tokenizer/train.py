@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from lmkit.errors import InputError
 from lmkit.progress import progress_bar
 from lmkit.tokenizer.counting import count_pretokens
-from lmkit.tokenizer.pretokenize import check_special_tokens
+from lmkit.tokenizer.pretokenize import check_pattern, check_special_tokens
 from lmkit.tokenizer.sources import Corpus
 
 Vocab = dict[int, bytes]
@@ -64,6 +64,7 @@ class TrainedBpe:
     corpus_bytes: int
     documents: int
     distinct_pretokens: int
+    pattern: str = "gpt2"
 
 
 def _byte_pairs(words: list[bytes], freqs: list[int], shift: int) -> tuple[dict[int, int], dict[int, list[int]]]:
@@ -289,8 +290,10 @@ def train_bpe_with_stats(
     *,
     num_workers: int | None = None,
     progress: bool = False,
+    pattern: str = "gpt2",
 ) -> TrainedBpe:
     """Train a byte-level BPE tokenizer and return it with facts about the corpus (see `train_bpe`)."""
+    pattern = check_pattern(pattern)
     specials = check_special_tokens(special_tokens)
     smallest = 256 + len(specials)
     if vocab_size < smallest:
@@ -300,7 +303,7 @@ def train_bpe_with_stats(
         )
     if num_workers is not None and num_workers < 1:
         raise InputError(f"workers must be at least 1, got {num_workers}")
-    counted = count_pretokens(input_path, specials, num_workers=num_workers, progress=progress)
+    counted = count_pretokens(input_path, specials, num_workers=num_workers, progress=progress, pattern=pattern)
     word_counts = {w.encode("utf-8"): c for w, c in counted.counts.items()}
     merges = learn_merges(word_counts, vocab_size - smallest, progress=progress)
     return TrainedBpe(
@@ -310,6 +313,7 @@ def train_bpe_with_stats(
         corpus_bytes=counted.corpus_bytes,
         documents=counted.documents,
         distinct_pretokens=len(word_counts),
+        pattern=pattern,
     )
 
 
@@ -338,6 +342,7 @@ def training_summary(trained: TrainedBpe, seconds: float, longest: int = 5) -> d
         "documents": trained.documents,
         "distinct pre-tokens": trained.distinct_pretokens,
         "special tokens": trained.special_tokens,
+        "pattern": trained.pattern,
         "vocab size": len(trained.vocab),
         "merges": len(trained.merges),
         "wall time (s)": round(seconds, 3),
@@ -354,6 +359,7 @@ def train_bpe(
     *,
     num_workers: int | None = None,
     progress: bool = False,
+    pattern: str = "gpt2",
 ) -> tuple[Vocab, Merges]:
     """Train a byte-level BPE tokenizer on a UTF-8 corpus: a text file, or files, folders and globs of text,
     JSON Lines or Parquet, plain or compressed (see `lmkit.tokenizer.sources.find_corpus`; their documents are
@@ -361,8 +367,11 @@ def train_bpe(
 
     Returns `(vocab, merges)`: vocab maps ids to bytes (special tokens first, in the order given, then the
     256 bytes, then one token per merge); merges are the merged pairs in order of creation. Ties between
-    equally frequent pairs go to the lexicographically greatest `(bytes_a, bytes_b)`. Raises InputError for
-    a missing, empty or non-UTF-8 corpus, an empty special token, or a vocab size below 256 + specials.
+    equally frequent pairs go to the lexicographically greatest `(bytes_a, bytes_b)`. `pattern` splits the text
+    into pre-tokens: a preset (gpt2, gpt4, o200k, llama3) or a regex. Raises InputError for a missing, empty
+    or non-UTF-8 corpus, an empty special token, a bad pattern, or a vocab size below 256 + specials.
     """
-    trained = train_bpe_with_stats(input_path, vocab_size, special_tokens, num_workers=num_workers, progress=progress)
+    trained = train_bpe_with_stats(
+        input_path, vocab_size, special_tokens, num_workers=num_workers, progress=progress, pattern=pattern
+    )
     return trained.vocab, trained.merges

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from lmkit.training.config import RunConfig
 
-from lmkit.fileio import atomic_write
+from lmkit.fileio import atomic_write, full_disk_reported
 
 # finished: all the configured steps; stopped: --until-step; interrupted: Ctrl-C or a termination signal;
 # diverged: a NaN or infinite loss; crashed: any other failure.
@@ -76,8 +76,9 @@ class MetricsLog:
 
     def write(self, event: str, **fields: object) -> None:
         """Append one event line."""
-        self._file.write(json.dumps({"event": event, **fields}) + "\n")
-        self._file.flush()
+        with full_disk_reported(self._file.name, "the events before it are kept"):
+            self._file.write(json.dumps({"event": event, **fields}) + "\n")
+            self._file.flush()
         if event not in _BOOKKEEPING:
             for sink in self._sinks:
                 sink.log(event, fields)

@@ -91,14 +91,47 @@ def tokenizer_config(special_tokens: list[str], special_ids: dict[str, int], con
 
 
 def _rope_theta(raw: dict[str, Any], source: str) -> float:
-    """rope_theta from config.json in either layout, refusing RoPE scalings lmkit does not implement."""
-    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    if not isinstance(params, dict):
-        raise InputError(f"{source}: rope_parameters is not an object")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise InputError(f"{source}: RoPE scaling {rope_type!r} is not supported; lmkit implements plain RoPE only")
-    return float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    """rope_theta from config.json, reading every place a layout can state RoPE's parameters: the top-level
+    `rope_theta` and `partial_rotary_factor`, transformers 5's `rope_parameters` and 4's `rope_scaling`.
+
+    Refused: a RoPE scaling other than plain RoPE in any of them (lmkit's logits would differ from the
+    model's), a partial rotary factor other than 1, and a value two places state differently.
+    """
+    tables = {}
+    for key in ("rope_parameters", "rope_scaling"):
+        table = raw.get(key)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise InputError(f"{source}: {key} is not an object")
+        rope_type = table.get("rope_type", table.get("type", "default"))
+        if rope_type != "default":
+            raise InputError(
+                f"{source}: {key} asks for RoPE scaling {rope_type!r}; lmkit implements plain RoPE only, "
+                "so the imported model's outputs would differ"
+            )
+        tables[key] = table
+    theta = _stated_once(raw, tables, "rope_theta", source, default=10000.0)
+    if _stated_once(raw, tables, "partial_rotary_factor", source, default=1.0) != 1.0:
+        raise InputError(f"{source}: partial_rotary_factor is not 1; lmkit rotates every dimension of a head")
+    return theta
+
+
+def _stated_once(raw: dict[str, Any], tables: dict[str, dict], field: str, source: str, default: float) -> float:
+    """The value of `field` wherever config.json states it (top level or a RoPE table), which must be a number
+    and the same everywhere; `default` where it is stated nowhere."""
+    stated = {field: raw.get(field), **{f"{key}.{field}": table.get(field) for key, table in tables.items()}}
+    values = {}
+    for where, value in stated.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{source}: {where} is not a number")
+        values[where] = float(value)
+    if len(set(values.values())) > 1:
+        places = ", ".join(f"{where} = {value:g}" for where, value in values.items())
+        raise InputError(f"{source} states {field} twice with different values ({places}); which one is meant?")
+    return next(iter(values.values()), default)
 
 
 def model_config_from_hf(raw: dict[str, Any], source: str, context_length: int | None = None) -> ModelConfig:

@@ -17,7 +17,7 @@ import torch
 
 from lmkit.checkpoint import END_OF_TEXT, load_inference_checkpoint, parameter_count, write_checkpoint
 from lmkit.errors import InputError
-from lmkit.fileio import check_output_path, read_json, temporary_folder, write_json
+from lmkit.fileio import check_output_path, full_disk_reported, read_json, temporary_folder, write_json
 from lmkit.interop.hf.config import (
     check_exportable,
     hf_config,
@@ -136,18 +136,19 @@ def export_hf(
     special_ids = special_token_ids(vocab, special_tokens)
     eos_id = special_ids.get(END_OF_TEXT)
     state = to_hf_state(stored.state_dict, config, DTYPES[dtype])
-    staging = temporary_folder(out)
-    try:
-        files = write_weights(staging, state, max_shard_bytes, progress)
-        write_json(staging / "config.json", hf_config(config, eos_id, dtype))
-        write_json(staging / "generation_config.json", {"bos_token_id": None, "eos_token_id": eos_id})
-        write_json(staging / "tokenizer.json", tokenizer_obj)
-        write_json(
-            staging / "tokenizer_config.json", tokenizer_config(special_tokens, special_ids, config.context_length)
-        )
-        _move_into_place(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with full_disk_reported(out):
+        staging = temporary_folder(out)
+        try:
+            files = write_weights(staging, state, max_shard_bytes, progress)
+            write_json(staging / "config.json", hf_config(config, eos_id, dtype))
+            write_json(staging / "generation_config.json", {"bos_token_id": None, "eos_token_id": eos_id})
+            write_json(staging / "tokenizer.json", tokenizer_obj)
+            write_json(
+                staging / "tokenizer_config.json", tokenizer_config(special_tokens, special_ids, config.context_length)
+            )
+            _move_into_place(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return {
         "checkpoint": str(checkpoint),
         "out": str(out),
