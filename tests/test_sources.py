@@ -5,8 +5,10 @@ concatenated by hand, with the separator between them, into one .txt file; and b
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +309,28 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch) -> 
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(InputError, match=r'pip install "lmkit\[parquet\]"'):
         count_pretokens(tmp_path / "docs.parquet", [EOT])
+
+
+@pytest.mark.parametrize("command", ["train", "encode"])
+def test_pipes_devices_and_unreadable_files_are_refused(command, runner, tok_dir: Path, monkeypatch) -> None:
+    d = tok_dir
+    bad = lambda corpus: _bad(runner, d, command, corpus)  # noqa: E731
+    os.mkfifo(d / "pipe.txt")
+    assert f"corpus {d / 'pipe.txt'} is not a regular file" in bad([str(d / "pipe.txt")])
+    assert "corpus /dev/zero is not a regular file" in bad(["/dev/zero"])
+    (d / "folder").mkdir()
+    (d / "folder" / "a.txt").write_text("hello")
+    os.mkfifo(d / "folder" / "b.txt")
+    assert f"corpus {d / 'folder' / 'b.txt'} is not a regular file" in bad([str(d / "folder")])
+    (d / "folder" / "b.txt").unlink()
+    (d / "folder" / "secret.txt").write_text("hidden from this user")
+    real_open = open
+
+    def without_permission(path, *args, **kwargs):  # as for a user without the right to read it (not root)
+        if Path(path).name == "secret.txt":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("lmkit.tokenizer.sources.open", without_permission, raising=False)
+    assert f"cannot read {d / 'folder' / 'secret.txt'}: Permission denied" in bad([str(d / "folder" / "secret.txt")])
+    assert f"cannot read {d / 'folder' / 'secret.txt'}: Permission denied" in bad([str(d / "folder")])

@@ -112,8 +112,12 @@ def _classify(path: Path) -> tuple[str | None, str | None]:
 
 
 def _input_file(path: Path, forced: tuple[str, str | None] | None, in_folder: bool) -> InputFile | None:
-    """The input for `path`; None for a file in a folder whose extension says nothing (skipped)."""
+    """The input for `path`; None for a file in a folder whose extension says nothing (skipped). InputError
+    for what is not a readable regular file."""
     fmt, compression = _classify(path)
+    if in_folder and fmt is None and forced is None:
+        return None
+    _check_readable_file(path)
     if forced is not None:
         return InputFile(path, forced[0], forced[1] or compression)
     if fmt is None:
@@ -121,6 +125,20 @@ def _input_file(path: Path, forced: tuple[str, str | None] | None, in_folder: bo
             return None
         fmt = "txt"  # a file named on the command line is text unless its name says otherwise
     return InputFile(path, fmt, compression)
+
+
+def _check_readable_file(path: Path) -> None:
+    """InputError unless `path` is a regular file this process can open: a FIFO or a device (`/dev/zero`)
+    would be read forever, and an unreadable file would fail halfway through a long job."""
+    if not path.is_file():
+        raise InputError(
+            f"corpus {path} is not a regular file (a pipe or a device?); give a file, or - for standard input"
+        )
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
 
 
 def _folder_files(folder: Path, forced: tuple[str, str | None] | None) -> list[InputFile]:

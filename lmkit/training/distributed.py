@@ -31,7 +31,7 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
@@ -156,14 +156,7 @@ class Distributed:
         if not self.enabled:
             return torch.compile(model) if compile else model
         if parallel == "fsdp":
-            mesh = init_device_mesh(device.type, (self.world_size,))
-            policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-            for block in model.layers:
-                if compile:
-                    block.compile()
-                fully_shard(block, mesh=mesh, mp_policy=policy)
-            fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
-            return model
+            return shard_model(model, init_device_mesh(device.type, (self.world_size,)), compute_dtype, compile)
         # The only buffers are the RoPE tables, alike on every rank: broadcasting them before every forward
         # would be wasted traffic and, under torch.compile, a graph break. (torch 2.13 renamed the switch.)
         no_buffer_sync = (
@@ -197,6 +190,20 @@ class Distributed:
         value = torch.tensor(number, device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return int(value.item())
+
+
+def shard_model(
+    model: nn.Module, mesh: DeviceMesh, compute_dtype: torch.dtype | None = None, compile: bool = False
+) -> nn.Module:
+    """`model` (a TransformerLM) sharded in place over `mesh` by FSDP2, one unit per block and one for the rest,
+    as `Distributed.wrap` does for train.parallel = "fsdp" (see there)."""
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for block in model.layers:
+        if compile:
+            block.compile()
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    return model
 
 
 @contextlib.contextmanager
