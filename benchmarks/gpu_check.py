@@ -8,7 +8,7 @@ Five checks, each printing one line (figures, or FAIL with what went wrong):
 1. train: `lmkit train` at the TinyStories shape (vocab 10000, context 256, d_model 512, 4 layers, 16 heads,
    d_ff 1344; batch 32) with train.dtype "auto" (bfloat16 on a GPU with it) and torch.compile, on random
    tokens: the median tokens/s and MFU of the logged steps after the first few (compilation, warm-up).
-2. fsdp: the model sharded by FSDP2 (lmkit's shard_model, with its mixed-precision policy) on a one-process
+2. fsdp: the model sharded by FSDP2 (lmkit's shard_model: blocks compiled, its mixed-precision policy) on a one-process
    group over this device, trained with Muon (its sharded path) for 2k steps; and again for k steps, its
    whole state gathered into a checkpoint file, rebuilt, sharded and resumed for k more: the losses of the
    resumed steps must match the unbroken run's.
@@ -100,7 +100,7 @@ def check_train(config: Path, warmup: int) -> str:
 
 
 def _sharded_training(
-    shape: dict[str, int], device: torch.device, steps: int, resume_after: int | None, folder: Path
+    shape: dict[str, int], device: torch.device, steps: int, resume_after: int | None, folder: Path, compile: bool
 ) -> list[float]:
     """Losses of `steps` steps of a TinyStories-like model sharded by FSDP2 and trained with Muon; with
     `resume_after`, the run is checkpointed there (whole tensors), rebuilt from the file and resumed."""
@@ -118,7 +118,7 @@ def _sharded_training(
         model = TransformerLM(config).to(device)
         if state is not None:
             model.load_state_dict(state["model"])
-        model = shard_model(model, init_device_mesh(device.type, (1,)), dtype)
+        model = shard_model(model, init_device_mesh(device.type, (1,)), dtype, compile)
         optimizer = build_optimizer(model, OptimConfig(name="muon", lr=1e-3, muon_lr=0.02))
         if state is not None:
             optimizer.load_state_dict(shard_like_parameters(state["optimizer"], optimizer))
@@ -141,15 +141,15 @@ def _sharded_training(
     return losses
 
 
-def check_fsdp(shape: dict[str, int], device: torch.device, folder: Path) -> str:
+def check_fsdp(shape: dict[str, int], device: torch.device, folder: Path, compile: bool) -> str:
     """FSDP2 on a one-process group: the resumed run's losses against the unbroken run's."""
     import torch.distributed as dist
 
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     try:
-        unbroken = _sharded_training(shape, device, 6, None, folder)
-        resumed = _sharded_training(shape, device, 6, 3, folder)
+        unbroken = _sharded_training(shape, device, 6, None, folder, compile)
+        resumed = _sharded_training(shape, device, 6, 3, folder, compile)
     finally:
         dist.destroy_process_group()
     gap = max(abs(a - b) for a, b in zip(unbroken, resumed, strict=True))
@@ -241,7 +241,7 @@ def main() -> int:
         checkpoint = folder / "run" / "last.pt"
         checks: list[tuple[str, Callable[[], str]]] = [
             ("train", lambda: check_train(config, warmup)),
-            ("fsdp", lambda: check_fsdp(shape, device, folder)),
+            ("fsdp", lambda: check_fsdp(shape, device, folder, not args.no_compile)),
             ("generate", lambda: check_generate(checkpoint, args.device, new_tokens)),
             ("serve", lambda: check_serve(checkpoint, args.device)),
             ("hf", lambda: check_hf(checkpoint, args.device, folder)),

@@ -274,14 +274,16 @@ def load_model_and_tokenizer(
     """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer stored in a checkpoint
     written by `lmkit train`.
 
-    `dtype` "auto" holds the model in bfloat16 on a CUDA GPU with native bfloat16 (TF32 for what stays
-    float32) and in float32 elsewhere; see lmkit.device.resolve_inference_dtype. Keep float32 to score
+    `dtype` "auto" holds the model in bfloat16 on a CUDA GPU with native bfloat16 and in float32 elsewhere,
+    and lets float32 matmuls use TF32 on CUDA (see lmkit.device.resolve_inference_dtype); a named "float32"
+    stays exact. Keep float32 to score
     text under autocast (as `lmkit eval` does). InputError for a missing or invalid checkpoint, weights
     that do not fit its model config, or a dtype the device cannot run.
     """
     target = resolve_device(device, "--device")
     weights_dtype = resolve_inference_dtype(dtype, target)
-    use_tf32(target)
+    if dtype == "auto":  # a named float32 stays exact float32
+        use_tf32(target)
     stored = load_inference_checkpoint(checkpoint)  # checks the weights against the config before any build
     tokenizer = Tokenizer.from_json(stored.tokenizer_json)
     model = TransformerLM(stored.model_config)

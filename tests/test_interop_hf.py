@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import tokenizers
 import torch
 from helpers import SHAKESPEARE, assert_input_error
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ from lmkit.cli.app import app
 from lmkit.generate import load_model_and_tokenizer
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer, train_bpe
+from lmkit.tokenizer.formats import Layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -354,11 +356,13 @@ def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-def llama3_style_merges(path: Path) -> None:
-    """Llama 3's tokenizer.json takes a whole word from the vocabulary before any merge (ignore_merges)."""
-    obj = json.loads(path.read_text())
-    obj["model"]["ignore_merges"] = True
-    path.write_text(json.dumps(obj))
+def eos_appended(path: Path) -> None:
+    """A post-processor that puts the end-of-text token after every text: lmkit's encode never would."""
+    hf_tok = tokenizers.Tokenizer.from_file(str(path))
+    hf_tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"$A {EOT}", special_tokens=[(EOT, hf_tok.token_to_id(EOT))]
+    )
+    hf_tok.save(str(path))
 
 
 def edit_weights(path: Path, edit) -> None:
@@ -396,9 +400,9 @@ def edit_weights(path: Path, edit) -> None:
         (lambda src: (src / "tokenizer.json").unlink(), "has no tokenizer.json"),
         (
             lambda src: edit_json(src / "tokenizer.json", normalizer={"type": "NFC"}),
-            "is not a GPT-2-style byte-level BPE",
+            "the normalizer 'NFC' is not supported",
         ),
-        (lambda src: llama3_style_merges(src / "tokenizer.json"), "is not a GPT-2-style byte-level BPE"),
+        (lambda src: eos_appended(src / "tokenizer.json"), "a post_processor adding ['<|endoftext|>'] after the text"),
     ],
     ids=[
         "not-llama",
@@ -412,7 +416,7 @@ def edit_weights(path: Path, edit) -> None:
         "no-weights",
         "no-tokenizer",
         "tokenizer",
-        "tokenizer-ignore-merges",
+        "tokenizer-appends-eos",
     ],
 )
 def test_import_refuses_bad_folders(runner, llama_folder, tmp_path, damage, message):
@@ -427,8 +431,10 @@ def test_import_refuses_bad_folders(runner, llama_folder, tmp_path, damage, mess
     [
         # transformers 5 writes rope_parameters; Llama 3.1 configs also carry rope_scaling: both are read.
         (
-            {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}},
+            {
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+                "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192},
+            },
             "rope_scaling asks for RoPE scaling 'llama3'",
         ),
         ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling asks for RoPE scaling 'linear'"),
@@ -452,7 +458,8 @@ def test_import_reads_every_place_rope_is_stated(runner, llama_folder, tmp_path,
 def test_import_takes_rope_theta_stated_the_same_in_both_layouts(runner, llama_folder, tmp_path):
     edit_json(
         llama_folder / "config.json",
-        rope_theta=250000.0, rope_parameters={"rope_type": "default", "rope_theta": 250000},
+        rope_theta=250000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 250000},
         rope_scaling=None,
     )
     out = tmp_path / "out.pt"
@@ -470,3 +477,57 @@ def test_import_refuses_missing_folders_hub_ids_and_existing_outputs(runner, lla
     assert out.read_bytes() == b"keep"
     assert invoke(runner, "import", "hf", llama_folder, "--out", out, "--force").exit_code == 0
     assert read_checkpoint(out)["config"]["model"]["num_kv_heads"] == 2
+
+
+BOS = "<|begin_of_text|>"
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer(tmp_path_factory) -> Tokenizer:
+    """A tokenizer laid out as Llama 3's: its pattern, ignore_merges and a BOS the post-processor adds."""
+    corpus = tmp_path_factory.mktemp("corpus3") / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes()[:20_000] + b" 2024 12345 DON'T\r\n")
+    vocab, merges = train_bpe(corpus, 319, [EOT, BOS], num_workers=1, pattern="llama3")
+    return Tokenizer(vocab, merges, [EOT, BOS], Layout("llama3", ignore_merges=True, bos_token=BOS))
+
+
+LLAMA3_TEXTS = ["In 2024, the 12345 cats DON'T sleep.\r\nHello  world\n", "To be, or not", "", "x" + EOT + "y"]
+
+
+def test_a_llama3_style_folder_imports_with_its_ids_and_logits(runner, llama3_tokenizer, tmp_path):
+    llama = random_llama(tied=False, seed=6)
+    src = save_llama(llama, llama3_tokenizer, tmp_path / "src")
+    auto = AutoTokenizer.from_pretrained(src)
+    result = invoke(runner, "import", "hf", src, "--out", tmp_path / "imported.pt", "--json")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["tokenizer pattern"] == "llama3" and facts["bos token"] == BOS
+    model, tok = load_model_and_tokenizer(tmp_path / "imported.pt", device="cpu")
+    for text in LLAMA3_TEXTS:
+        assert tok.encode(text) == auto(text, add_special_tokens=False)["input_ids"]
+        assert auto(text)["input_ids"] == [tok.special_ids[BOS], *tok.encode(text)]
+    ids = random_ids(320)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), llama(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_a_folder_that_transformers_re_saved_imports(runner, tokenizer, tmp_path):
+    model = random_model(ModelConfig(**SHAPE))
+    exported = export(runner, save_lmkit(model, tokenizer, tmp_path / "ckpt.pt"), tmp_path / "hf")
+    resaved = tmp_path / "resaved"
+    AutoTokenizer.from_pretrained(exported).save_pretrained(resaved)
+    AutoModelForCausalLM.from_pretrained(exported).save_pretrained(resaved)
+    assert json.loads((resaved / "tokenizer.json").read_text())["post_processor"] is not None
+    result = invoke(runner, "import", "hf", resaved, "--out", tmp_path / "back.pt")
+    assert result.exit_code == 0, result.output
+    _, tok = load_model_and_tokenizer(tmp_path / "back.pt", device="cpu")
+    assert tok.encode("To be, or not" + EOT) == tokenizer.encode("To be, or not" + EOT)
+
+
+def test_a_folder_without_a_tokenizer_takes_one_from_the_option(runner, llama_folder, tokenizer, tmp_path):
+    (llama_folder / "tokenizer.json").unlink()
+    tokenizer.save(tmp_path / "elsewhere.json")
+    out = tmp_path / "out.pt"
+    result = invoke(runner, "import", "hf", llama_folder, "--out", out, "--tokenizer", tmp_path / "elsewhere.json")
+    assert result.exit_code == 0, result.output
+    assert load_model_and_tokenizer(out, device="cpu")[1].encode("To be") == tokenizer.encode("To be")

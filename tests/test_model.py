@@ -24,6 +24,7 @@ from lmkit.model import (
     silu,
     softmax,
 )
+from lmkit.model.layers import fused_rms_norm, rms_norm
 from lmkit.model.names import parameter_shapes, split_block_name
 
 SMALL = dict(vocab_size=97, context_length=32, d_model=32, num_layers=2, num_heads=4)
@@ -80,6 +81,15 @@ def test_rmsnorm_computes_in_float32_and_returns_input_dtype():
     expected = (x32 / torch.sqrt((x32 * x32).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torchs_fused_rmsnorm_gives_the_written_out_formulas_numbers(dtype):
+    weight = torch.randn(64, generator=torch.Generator().manual_seed(2)).to(dtype)
+    x = (torch.randn(4, 7, 64, generator=torch.Generator().manual_seed(3)) * 30).to(dtype)
+    fused, written = fused_rms_norm(x, weight, 1e-5), rms_norm(x, weight, 1e-5)
+    assert fused.dtype == written.dtype == dtype
+    torch.testing.assert_close(fused, written, rtol=1e-6, atol=1e-6)
 
 
 def test_silu_formula():

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from functools import cache
 from pathlib import Path
 
 import pytest
+import regex
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 import tokenizers
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from lmkit.cli.app import app
 from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.formats import Layout
 from lmkit.tokenizer.pretokenize import iter_chunks, pattern_findall
 from lmkit.tokenizer.train import train_bpe
@@ -60,6 +63,10 @@ PIECES = [
     " world",
     "ÉCOLE",
     "camelCaseWord",
+    "Tom'ſ",
+    "X'K",
+    "\x1c\x85\u2028\xa0",
+    "'İLL",
 ]
 # Unassigned code points are left out: regex engines built on different Unicode versions class them apart.
 CHARS = st.characters(exclude_categories=("Cs", "Cn"))
@@ -136,6 +143,26 @@ def _tiktoken_encoding(tiktoken_name: str, pattern: str) -> tiktoken.Encoding:
 def test_llama3_pretokens_equal_the_published_split(text):
     split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_HF), "isolated")
     assert pattern_findall("llama3")(text) == [piece for piece, _ in split.pre_tokenize_str(text)]
+
+
+@pytest.mark.parametrize("pattern", PRESETS)
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(TEXTS, st.text()))
+def test_the_fast_pretokens_equal_the_regex_module(pattern, text):
+    from lmkit.tokenizer.pretokenize import PRESETS as LMKIT
+
+    assert split_pretokens(text, pattern) == regex.findall(LMKIT[pattern], text)
+
+
+@pytest.mark.parametrize("pattern", ["gpt4", "o200k", "llama3"])
+def test_the_fast_pretokens_on_every_character(pattern):
+    from lmkit.tokenizer.pretokenize import PRESETS as LMKIT
+
+    rng = random.Random(0)
+    sample = [chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF]
+    rng.shuffle(sample)
+    text = "".join(c + rng.choice(["", " ", "a", "A", "1", "  ", "\n", "'s", "'S", "\r\n"]) for c in sample)
+    assert split_pretokens(text, pattern) == regex.findall(LMKIT[pattern], text)
 
 
 def test_the_issue_example_cuts_digits_in_threes():

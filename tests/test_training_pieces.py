@@ -45,6 +45,33 @@ def test_cross_entropy_matches_torch_value_and_gradient(scale):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
+def _loss_and_grad(logits, targets):
+    logits = logits.detach().requires_grad_()
+    loss = cross_entropy(logits, targets)
+    return loss, torch.autograd.grad(loss, logits)[0]
+
+
+def test_cross_entropy_in_chunks_of_rows_is_bitwise_the_whole(monkeypatch):
+    import lmkit.training.loss
+
+    gen = torch.Generator().manual_seed(4)
+    logits, targets = torch.randn(3, 5, 40, generator=gen) * 5, torch.randint(0, 40, (3, 5), generator=gen)
+    whole = _loss_and_grad(logits, targets)
+    monkeypatch.setattr(lmkit.training.loss, "CHUNK_NUMBERS", 2 * 40 + 7)  # chunks of 2 rows, the last of 1
+    chunked = _loss_and_grad(logits, targets)
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+
+
+def test_cross_entropy_of_bfloat16_logits_computes_in_float32_and_returns_a_bfloat16_gradient():
+    gen = torch.Generator().manual_seed(5)
+    logits = (torch.randn(2, 6, 40, generator=gen) * 5).to(torch.bfloat16)
+    targets = torch.randint(0, 40, (2, 6), generator=gen)
+    loss, grad = _loss_and_grad(logits, targets)
+    exact_loss, exact_grad = _loss_and_grad(logits.float(), targets)
+    assert loss.dtype == torch.float32 and torch.equal(loss, exact_loss)
+    assert grad.dtype == torch.bfloat16 and torch.equal(grad, exact_grad.to(torch.bfloat16))
+
+
 def test_cross_entropy_of_huge_logits_is_exact_where_softmax_saturates():
     logits = torch.tensor([[1e4, 0.0, -1e4], [0.0, 1e4, 1e4]])
     loss = cross_entropy(logits, torch.tensor([1, 2]))

@@ -104,8 +104,8 @@ def threads_option() -> Any:
 
 
 TOKENIZER_HELP = (
-    "A tokenizer.json, or a folder holding it or GPT-2's vocab.json + merges.txt; "
-    "or give --tokenizer twice: vocab.json and merges.txt."
+    "A tokenizer.json, or a folder holding it or GPT-2's vocab.json + merges.txt, or a .toml naming a tiktoken "
+    "rank file; or give --tokenizer twice: vocab.json and merges.txt."
 )
 
 

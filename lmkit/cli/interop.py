@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import print_json, print_table
+from lmkit.cli.common import TOKENIZER_HELP, print_json, print_table
 
 export_app = typer.Typer(no_args_is_help=True, help="Write a checkpoint in another ecosystem's format.")
 import_app = typer.Typer(no_args_is_help=True, help="Read a model from another ecosystem into an lmkit checkpoint.")
@@ -47,6 +47,9 @@ def import_hf(
         None, "--context-length", min=1, help="Use this context instead of max_position_embeddings."
     ),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    tokenizer: list[Path] = typer.Option(
+        [], "--tokenizer", help=f"Use this tokenizer instead of the folder's tokenizer.json. {TOKENIZER_HELP}"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print what was read as one JSON object."),
 ) -> None:
     """Import a local Hugging Face Llama folder as an lmkit checkpoint (generate, ckpt info, train.init_from).
@@ -56,10 +59,14 @@ def import_hf(
     Example:
 
         lmkit import hf ./my-llama --out my-llama.pt --context-length 2048
+
+    Llama 3 style tokenizers (its pattern, ignore_merges, a BOS post-processor) are read as they are published.
     """
     from lmkit.interop.hf import import_hf as run_import
 
-    facts = run_import(folder, out, force=force, context_length=context_length, progress=True)
+    facts = run_import(
+        folder, out, force=force, context_length=context_length, progress=True, tokenizer=tokenizer or None
+    )
     if as_json:
         print_json(facts)
     else:

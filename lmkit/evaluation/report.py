@@ -38,11 +38,12 @@ def evaluation_report(
     """The checkpoint, device and dtype, then under "data" the figures of `evaluate` on `data` and under
     "choices" those of `evaluate_choices` on the questions in `choices` (each when given).
 
-    `dtype` "auto" autocasts to bfloat16 on a GPU that supports it, as training does; `workers` defaults to
+    `dtype` "auto" autocasts to bfloat16 on a GPU with native bfloat16 and keeps float32 elsewhere (as
+    generation does: lmkit.device.resolve_inference_dtype); `workers` defaults to
     default_workers. InputError for bad input of any kind, before the model is loaded where it can be.
     """
     from lmkit.checkpoint import load_model_and_tokenizer
-    from lmkit.device import resolve_autocast_dtype
+    from lmkit.device import resolve_inference_dtype
 
     if data is None and choices is None:
         raise InputError("nothing to evaluate: give a DATA file (text or .npy) or --choices FILE.jsonl")
@@ -51,7 +52,8 @@ def evaluation_report(
     questions = read_questions(choices) if choices is not None else None
     model, tokenizer = load_model_and_tokenizer(checkpoint, device)
     model_device = model.lm_head.weight.device
-    autocast_dtype = resolve_autocast_dtype(dtype, model_device)
+    compute_dtype = resolve_inference_dtype(dtype, model_device)
+    autocast_dtype = None if compute_dtype == torch.float32 else compute_dtype
     report: dict[str, object] = {
         "checkpoint": str(checkpoint),
         "device": str(model_device),

@@ -77,11 +77,24 @@ class Embedding(nn.Module):
         return f"num_embeddings={self.weight.shape[0]}, embedding_dim={self.weight.shape[1]}"
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x²) + eps) · weight over the last dimension, in float32, returned in x's dtype."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
+
+
+def fused_rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """`rms_norm` by torch's F.rms_norm (one kernel on GPUs)."""
+    return F.rms_norm(x.float(), weight.shape, weight.float(), eps).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x²) + eps) · g over the last dimension; g starts at ones.
 
-    Computed in float32 and returned in the input's dtype, so bf16 activations keep an exact norm.
-    (The formula below measured faster on CPU than torch's own F.rms_norm, and gives the same numbers.)
+    Computed in float32 and returned in the input's dtype, so bf16 activations keep an exact norm. On a CPU
+    the formula is written out (it measured faster there than torch's F.rms_norm); on GPUs F.rms_norm's one
+    fused kernel replaces its five elementwise passes. Both give the same numbers (tested).
     """
 
     def __init__(
@@ -97,9 +110,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., d_model) -> (..., d_model), same dtype as x."""
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        norm = rms_norm if x.device.type == "cpu" else fused_rms_norm
+        return norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

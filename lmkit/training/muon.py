@@ -115,8 +115,9 @@ class Muon(AdamW):
     def _step_group(self, group: dict, keep: torch.Tensor | None) -> None:
         """One group's update (AdamW.step calls it for each group): Muon groups by Muon, the others by AdamW.
 
-        A Muon group's matrices are orthogonalised in stacks of one shape (a batched product each). Under
-        FSDP the stacks are shared out: each rank orthogonalises every world_size-th matrix of a shape,
+        A Muon group's matrices are orthogonalised in stacks of one shape (a batched product each; a tall
+        matrix joins the stack of its transpose's shape). Under FSDP the stacks are shared out: each rank
+        orthogonalises every world_size-th matrix of a stack,
         and each result is scattered from that rank into the shards, so the optimizer's work shrinks with
         more GPUs instead of every rank repeating all of it.
         """
@@ -127,7 +128,7 @@ class Muon(AdamW):
         updates = [self._nesterov(param, group, keep) for param in params]
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, param in enumerate(params):
-            by_shape.setdefault(tuple(param.shape), []).append(index)
+            by_shape.setdefault(tuple(sorted(param.shape)), []).append(index)
         on = 1.0 if keep is None else keep
         for indices in by_shape.values():
             orthogonalised = _orthogonalise([updates[i] for i in indices], group["eps"])
@@ -151,12 +152,11 @@ class Muon(AdamW):
 
 
 def _orthogonalise(updates: list[Tensor], eps: float) -> list[Tensor]:
-    """newton_schulz of each of `updates` (same shape), as one stack; sharded ones (FSDP) shared out over the
-    ranks, each result returned as the shard of it that this rank holds."""
+    """newton_schulz of each of `updates` (one shape, or its transpose), as one stack; sharded ones (FSDP)
+    shared out over the ranks, each result returned as the shard of it that this rank holds."""
     if not isinstance(updates[0], DTensor):
-        return list(newton_schulz(torch.stack(updates), eps=eps).unbind())
-    first = updates[0]
-    mesh, placements = first.device_mesh, first.placements
+        return _newton_schulz_stack(updates, eps)
+    mesh = updates[0].device_mesh
     world, rank = mesh.size(), mesh.get_local_rank()
     # Every rank must join every gather; only the owner of a matrix (index % world) keeps it whole.
     mine = []
@@ -164,7 +164,7 @@ def _orthogonalise(updates: list[Tensor], eps: float) -> list[Tensor]:
         gathered = update.full_tensor()
         if index % world == rank:
             mine.append(gathered)
-    done = list(newton_schulz(torch.stack(mine), eps=eps).unbind()) if mine else []
+    done = _newton_schulz_stack(mine, eps) if mine else []
     results = []
     for index, update in enumerate(updates):
         owner = index % world
@@ -173,8 +173,17 @@ def _orthogonalise(updates: list[Tensor], eps: float) -> list[Tensor]:
             if owner == rank
             else torch.empty(update.shape, dtype=update.dtype, device=update.device)
         )
-        results.append(distribute_tensor(source, mesh, placements, src_data_rank=owner))
+        results.append(distribute_tensor(source, mesh, update.placements, src_data_rank=owner))
     return results
+
+
+def _newton_schulz_stack(matrices: list[Tensor], eps: float) -> list[Tensor]:
+    """newton_schulz of each matrix, all in one batched stack: tall ones enter transposed (as newton_schulz
+    would turn them anyway) and come back in their own orientation."""
+    tall = [matrix.shape[0] > matrix.shape[1] for matrix in matrices]
+    wide = torch.stack([matrix.mT if flip else matrix for matrix, flip in zip(matrices, tall, strict=True)])
+    done = newton_schulz(wide, eps=eps).unbind()
+    return [result.mT if flip else result for result, flip in zip(done, tall, strict=True)]
 
 
 def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,7 +9,7 @@ from pydantic import ValidationError
 from lmkit.checkpoint import END_OF_TEXT
 from lmkit.errors import InputError, validation_error_message
 from lmkit.model.config import ModelConfig
-from lmkit.tokenizer.formats import from_hf_json, to_hf_json
+from lmkit.tokenizer.tokenizer import Tokenizer
 
 # ModelConfig settings HF Llama has no way to express: (field, the value Llama needs, what Llama does).
 # One more unsupported switch is one more row.
@@ -179,29 +177,11 @@ def model_config_from_hf(raw: dict[str, Any], source: str, context_length: int |
         raise InputError(f"{source}: {validation_error_message(err)}") from None
 
 
-def lmkit_tokenizer_json(obj: dict[str, Any], path: Path, vocab_size: int) -> str:
-    """An HF tokenizer.json (`obj`, read from `path`) re-written in lmkit's layout; InputError if lmkit cannot
-    encode like it."""
-    pre, model = obj.get("pre_tokenizer") or {}, obj.get("model") or {}
-    gpt2_style = (
-        model.get("type") == "BPE"
-        and not model.get("byte_fallback")
-        and obj.get("normalizer") is None
-        and not model.get("ignore_merges")
-        and model.get("continuing_subword_prefix") is None
-        and model.get("end_of_word_suffix") is None
-        and pre.get("type") == "ByteLevel"
-        and pre.get("use_regex", True)
-        and not pre.get("add_prefix_space", False)
-        and (obj.get("post_processor") or {}).get("type") in (None, "ByteLevel")
-    )
-    if not gpt2_style:
+def lmkit_tokenizer_json(tokenizer: Tokenizer, source: str, vocab_size: int) -> str:
+    """A tokenizer read from an HF folder (or given beside it) as the tokenizer.json text a checkpoint stores;
+    InputError if it holds ids beyond config.json's vocab_size."""
+    if tokenizer.vocab_size > vocab_size:
         raise InputError(
-            f"{path} is not a GPT-2-style byte-level BPE (ByteLevel pre-tokenizer with the GPT-2 pattern, no "
-            "normalizer, no added BOS): lmkit's tokenizer would give other ids. Import needs a tokenizer lmkit "
-            "can represent"
+            f"{source} has ids up to {tokenizer.vocab_size - 1}, but config.json's vocab_size is {vocab_size}"
         )
-    vocab, merges, special_tokens = from_hf_json(obj, source=str(path))
-    if max(vocab) >= vocab_size:
-        raise InputError(f"{path} has ids up to {max(vocab)}, but config.json's vocab_size is {vocab_size}")
-    return json.dumps(to_hf_json(vocab, merges, special_tokens), ensure_ascii=False)
+    return tokenizer.to_json()

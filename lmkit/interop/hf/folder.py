@@ -29,11 +29,13 @@ from lmkit.interop.hf.tensors import expected_hf_shapes, from_hf_state, is_ignor
 from lmkit.model.config import ModelConfig
 from lmkit.progress import progress_bar
 from lmkit.tokenizer.formats import from_hf_json, special_token_ids
+from lmkit.tokenizer.tokenizer import Tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default ("5GB")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def shard(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str, torch.Tensor]]:
     """Tensors in order, cut into consecutive groups of at most max_shard_bytes (a bigger tensor alone)."""
@@ -256,12 +258,14 @@ def import_hf(
     force: bool = False,
     context_length: int | None = None,
     progress: bool = False,
+    tokenizer: list[str | os.PathLike] | None = None,
 ) -> dict[str, object]:
     """Read a local Hugging Face Llama folder into an lmkit checkpoint (float32 weights); return what was read.
 
     The checkpoint holds the model, its config and the tokenizer, so `lmkit generate`, `lmkit ckpt info` and
     `train.init_from` (fine-tuning) take it. `context_length` overrides max_position_embeddings (a smaller
-    one keeps RoPE tables and the KV cache small). InputError, before anything is written, for a missing
+    one keeps RoPE tables and the KV cache small). `tokenizer` (what `Tokenizer.load_any` takes) replaces the
+    folder's tokenizer.json, e.g. for a folder without one. InputError, before anything is written, for a missing
     folder, a Hub id, a non-Llama config, a missing or misshapen tensor, a tokenizer lmkit cannot represent,
     or an existing `out` (unless `force`). `progress` draws a bar on stderr.
     """
@@ -273,10 +277,9 @@ def import_hf(
     config = model_config_from_hf(
         _read_json_file(src / "config.json", "config"), str(src / "config.json"), context_length
     )
-    tokenizer_path = src / "tokenizer.json"
-    tokenizer_json = lmkit_tokenizer_json(
-        _read_json_file(tokenizer_path, "tokenizer file"), tokenizer_path, config.vocab_size
-    )
+    tok = _source_tokenizer(src, tokenizer)
+    source = " + ".join(map(str, tokenizer)) if tokenizer else str(src / "tokenizer.json")
+    tokenizer_json = lmkit_tokenizer_json(tok, source, config.vocab_size)
     state = from_hf_state(read_hf_weights(src, config, progress), config)
     if config.tie_embeddings:
         state["token_embeddings.weight"] = state["lm_head.weight"]  # one tensor under both names, as the model has
@@ -290,4 +293,23 @@ def import_hf(
         tokenizer_json=tokenizer_json,
         imported_from=str(src),
     )
-    return {"source": str(src), "out": str(out), "model": config.model_dump(), "parameters": parameter_count(state)}
+    return {
+        "source": str(src),
+        "out": str(out),
+        "model": config.model_dump(),
+        "parameters": parameter_count(state),
+        "tokenizer pattern": tok.pattern,
+        "bos token": tok.layout.bos_token or "none",
+    }
+
+
+def _source_tokenizer(src: Path, paths: list[str | os.PathLike] | None) -> Tokenizer:
+    """The tokenizer given with --tokenizer, else the folder's tokenizer.json; InputError if neither is there."""
+    if paths:
+        return Tokenizer.load_any(paths)
+    if not (src / "tokenizer.json").is_file():
+        raise InputError(
+            f"{src} has no tokenizer.json; give the tokenizer with --tokenizer PATH (a tokenizer.json, GPT-2's "
+            "vocab.json + merges.txt, or a .toml naming a tiktoken rank file)"
+        )
+    return Tokenizer.load(src / "tokenizer.json")
