@@ -79,7 +79,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     remove_stale_temporaries(out.parent, out.name)  # left by a writer of `out` killed before it could
     with full_disk_reported(out, f"nothing was written and {out.name} is as it was"):
         fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(out), suffix=".tmp", dir=out.parent)
-        _usual_permissions(tmp_name, 0o666)  # mkstemp makes it 0600
+        usual_permissions(tmp_name, 0o666)  # mkstemp makes it 0600
         try:
             with os.fdopen(fd, mode, encoding=encoding) as handle:
                 yield handle
@@ -104,11 +104,11 @@ def temporary_folder(out: str | os.PathLike) -> Path:
     permissions a plain mkdir would give."""
     out = Path(out)
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    _usual_permissions(folder, 0o777)  # mkdtemp makes it 0700
+    usual_permissions(folder, 0o777)  # mkdtemp makes it 0700
     return folder
 
 
-def _usual_permissions(path: str | os.PathLike, mode: int) -> None:
+def usual_permissions(path: str | os.PathLike, mode: int) -> None:
     """Give `path` the permissions a plain open() or mkdir would: `mode` less the process's umask."""
     umask = os.umask(0)
     os.umask(umask)

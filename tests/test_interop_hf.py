@@ -160,6 +160,8 @@ def test_sharded_bfloat16_export(runner, tokenizer, tmp_path):
     index = json.loads((sharded / hf.INDEX_FILE).read_text())
     assert len(facts["weight_files"]) > 2 and not (sharded / hf.WEIGHTS_FILE).exists()
     assert set(index["weight_map"].values()) == set(facts["weight_files"]) - {hf.INDEX_FILE}
+    for written in [*folder.iterdir(), *sharded.iterdir()]:  # the safetensors writer alone would make 0600
+        assert written.stat().st_mode & 0o777 == 0o666 & ~current_umask(), written.name
     ids = random_ids(config.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(load_hf(sharded)(ids).logits, model(ids), atol=1e-4, rtol=0)

@@ -17,7 +17,14 @@ import torch
 
 from lmkit.checkpoint import END_OF_TEXT, load_inference_checkpoint, parameter_count, write_checkpoint
 from lmkit.errors import InputError
-from lmkit.fileio import check_output_path, full_disk_reported, read_json, temporary_folder, write_json
+from lmkit.fileio import (
+    check_output_path,
+    full_disk_reported,
+    read_json,
+    temporary_folder,
+    usual_permissions,
+    write_json,
+)
 from lmkit.interop.hf.config import (
     check_exportable,
     hf_config,
@@ -70,6 +77,7 @@ def write_weights(
     with progress_bar("Writing weights", total=total, unit="MB", scale=1e6, enabled=progress) as bar:
         for name, part in zip(names, shards, strict=True):
             save_file(part, folder / name, metadata={"format": "pt"})
+            usual_permissions(folder / name, 0o666)  # the safetensors writer makes it 0600, unlike every other file
             bar.advance(_nbytes(part.values()))
     if len(shards) == 1:
         return names
