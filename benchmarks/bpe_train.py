@@ -5,7 +5,7 @@ For each we print the wall time and the peak memory of the process and all its c
 sum of their resident sets, sampled every 10 ms), then the ratios. Also checked: memory on the corpus
 concatenated ten times, and the in-process time of a small corpus.
 
-    bash /work/shared/bench/build_corpus.sh /tmp/bench/corpus.txt
+    python benchmarks/build_corpus.py /tmp/bench/corpus.txt
     python benchmarks/bpe_train.py /tmp/bench/corpus.txt [--vocab-size 10000] [--workers 2] [--rounds 2]
 """
 

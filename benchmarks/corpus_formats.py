@@ -11,7 +11,7 @@ processes involved (main process and workers) is printed beside it: it measures 
 Training runs whole processes (`lmkit tokenizer train`, as `bpe_train.py` does); encoding runs `encode_file`
 (what `lmkit tokenizer encode` runs) with the GPT-2 vocabulary and a fresh tokenizer each time.
 
-    bash /work/shared/bench/build_corpus.sh /tmp/bench/corpus.txt
+    python benchmarks/build_corpus.py /tmp/bench/corpus.txt
     python benchmarks/corpus_formats.py /tmp/bench/corpus.txt [--files 2000] [--workers 2] [--rounds 2]
 """
 

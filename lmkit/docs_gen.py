@@ -54,10 +54,12 @@ def _shown(text: str) -> str:
         return text
 
 
-def _help_markdown(text: str) -> str:
-    """A command's docstring as Markdown: lines indented by 4 spaces are examples (code blocks), kept verbatim."""
+def _help_markdown(text: str, markup: bool = True) -> str:
+    """A docstring as Markdown: lines indented by 4 spaces are examples (code blocks), kept verbatim. `markup`:
+    it is a command's help, which the terminal shows through rich markup (a config's docstring is not)."""
+    text = inspect.cleandoc(text)
     lines = []
-    for line in _shown(inspect.cleandoc(text)).splitlines():
+    for line in (_shown(text) if markup else text).splitlines():
         lines.append(line if line.startswith("    ") else _escape(line))
     return "\n".join(lines)
 
@@ -194,7 +196,7 @@ def _field_row(name: str, field: FieldInfo) -> tuple[str, ...]:
 
 
 def _model_doc(model: type[BaseModel]) -> str:
-    return _help_markdown(model.__doc__ or "")
+    return _help_markdown(model.__doc__ or "", markup=False)
 
 
 def config_reference() -> str:

@@ -90,7 +90,7 @@ def test_a_run_of_one_byte_merges_left_to_right():
 
 
 def test_ties_go_to_the_lexicographically_greatest_pair():
-    # DESIGN.md's example: (o, w) beats (l, o) at equal counts.
+    # At equal counts the lexicographically greater pair wins: (o, w) beats (l, o).
     assert learn_merges({b"low": 1}, 10) == [(b"o", b"w"), (b"l", b"ow")]
     # (c,d), (a,b), (' ',c) all occur once: (c,d) first, then (a,b) beats (' ', cd) since b"a" > b" ".
     assert learn_merges({b"ab": 1, b" cd": 1}, 10) == [(b"c", b"d"), (b"a", b"b"), (b" ", b"cd")]

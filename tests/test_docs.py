@@ -1,5 +1,6 @@
 """The generated reference pages: up to date with the code, and covering every command, option and config key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,11 @@ def test_cli_reference_covers_commands_options_and_examples() -> None:
     for heading in ("## lmkit train", "## lmkit quickstart", "### lmkit tokenizer encode", "### lmkit ckpt info"):
         assert f"\n{heading}\n" in text
     section = text.split("### lmkit tokenizer encode\n")[1].split("\n### ")[0]
-    for option in ("`--tokenizer <list[Path]>`", "`--val-fraction <float>`", "`--workers <int>`", "`--json`"):
+    for option in ("`--tokenizer <path>`", "`--val-fraction <float>`", "`--workers <int>`", "`--json`"):
         assert option in section
+    # Placeholders in words, none on flags: not the Python type names typer writes (<list[str]>, <bool>).
+    assert not re.search(r"<(str|bool|list\[\w+\])>", text)
+    assert "`corpus... <text>`" in section
     quickstart = text.split("## lmkit quickstart\n")[1].split("\n## ")[0]
     assert "    lmkit quickstart --out runs/quickstart" in quickstart  # the docstring's example, as a code block
     assert "\\[default: 300; x&gt;=1\\]" in quickstart
@@ -45,8 +49,19 @@ def test_config_reference_lists_every_key_of_every_table() -> None:
 
 def test_config_reference_gives_type_default_and_meaning() -> None:
     text = config_reference()
+    assert "\\[data\\]: the encoded token arrays" in text  # not ": the encoded ...", the table name eaten as markup
     assert "| `lr` | float | `0.0003` | peak learning rate (&gt; 0) |" in text
     batch = "sequences per micro-batch (the global batch, split over processes under torchrun) (&gt; 0)"
     assert f"| `batch_size` | integer | required | {batch} |" in text
     assert '| `dtype` | "auto" or "float32" or "bfloat16" or "float16" | `"auto"` |' in text
     assert "| `grad_clip` | float (or omitted) | `1.0` |" in text
+
+
+def test_terminal_help_shows_placeholders_in_words() -> None:
+    from typer.testing import CliRunner
+
+    from lmkit.cli.app import app
+
+    shown = CliRunner().invoke(app, ["tokenizer", "train", "--help"], env={"COLUMNS": "120"}).stdout
+    assert "<text>" in shown and "<int>" in shown
+    assert not re.search(r"<(str|bool|list\[\w+\])>", shown), shown

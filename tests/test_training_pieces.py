@@ -112,7 +112,7 @@ def test_adamw_agrees_with_torch_after_1000_steps(foreach):
 
 
 def test_adamw_follows_the_design_formula_step_by_step():
-    """Three steps of DESIGN.md's AdamW written out by hand (decay applied after the Adam update)."""
+    """Three steps of AdamW written out by hand (decay applied after the Adam update)."""
     lr, (b1, b2), eps, decay = 0.1, (0.8, 0.9), 1e-3, 0.5
     param = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     optimizer = AdamW([param], lr=lr, betas=(b1, b2), eps=eps, weight_decay=decay)

@@ -58,6 +58,35 @@ def _report_usage_error(err: UsageError) -> None:
     raise typer.Exit(EXIT_INPUT_ERROR)
 
 
+# The placeholders recent typer writes in --help as Python type names, and the words shown instead.
+_PLAIN_PLACEHOLDERS = {"<str>": "<text>", "<list[str]>": "<text>", "<list[Path]>": "<path>", "<list[int]>": "<int>"}
+
+
+def _plain_placeholders(command: Any) -> None:
+    """Give `command` and its subcommands placeholders in words (`--set <text>`, not `<list[str]>`) and none for
+    flags (not `<bool>`, --help included). Older typer releases, without `display_type`, write TEXT, PATH, INTEGER."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        plain = _PLAIN_PLACEHOLDERS.get(param.display_type(None)) if hasattr(param, "display_type") else None
+        if plain is not None and param.param_type_name == "option":
+            param.metavar = plain
+        elif plain is not None:  # an argument's metavar would replace its name: replace only the type shown
+            param.display_type = lambda ctx, plain=plain: plain
+    make_help_option = command.get_help_option  # --help is made when help is asked for: a flag like the others
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for subcommand in getattr(command, "commands", {}).values():
+        _plain_placeholders(subcommand)
+
+
 class _LmkitGroup(TyperGroup):
     """Runs a command and turns what it raises into one line on stderr and an exit status.
 
@@ -65,6 +94,10 @@ class _LmkitGroup(TyperGroup):
     the command has cleaned up (see lmkit.interrupts); a closed stdout pipe ends the command quietly with 0.
     With LMKIT_DEBUG=1 the exception propagates with its traceback.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_placeholders(self)
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -98,7 +98,7 @@ class ModelConfig(BaseModel):
 _GPT2 = dict(vocab_size=50257, context_length=1024)
 
 PRESETS: dict[str, ModelConfig] = {
-    # The GPT-2 family's shapes (d_ff = 4 d_model) built as lmkit models, and the curriculum's TinyStories LM.
+    # The GPT-2 family's shapes (d_ff = 4 d_model) built as lmkit models, and a 17M-parameter TinyStories LM.
     "gpt2-small": ModelConfig(**_GPT2, d_model=768, num_layers=12, num_heads=12, d_ff=3072),
     "gpt2-medium": ModelConfig(**_GPT2, d_model=1024, num_layers=24, num_heads=16, d_ff=4096),
     "gpt2-large": ModelConfig(**_GPT2, d_model=1280, num_layers=36, num_heads=20, d_ff=5120),

@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 
 
 class AdamW(torch.optim.Optimizer):
-    """Adam with decoupled weight decay (Loshchilov & Hutter), step for step as in DESIGN.md.
+    """Adam with decoupled weight decay (Loshchilov & Hutter), computed exactly as follows.
 
     For every parameter with a gradient, at its step t (counted from 1):
     `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`, `a_t = lr sqrt(1-b2^t) / (1-b1^t)`,
