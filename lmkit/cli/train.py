@@ -18,8 +18,8 @@ def train(
     resume: Path = typer.Option(
         None,
         "--resume",
-        help="Continue exactly from this checkpoint (e.g. last.pt); one holding weights only (lmkit import hf) "
-        "starts a new run from them.",
+        help="Continue exactly from this checkpoint (last.pt, or a run folder: its last.pt); one holding weights "
+        "only (lmkit import hf) starts a new run from them.",
     ),
     until_step: int = typer.Option(
         None, "--until-step", help="Stop after this step with a checkpoint, to resume later."

@@ -570,7 +570,8 @@ def resolve_run(
     overrides applied) and the checkpoint to resume from (None for a fresh run)."""
     if config_path is None and resume is None:
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
-    checkpoint = read_checkpoint(resume) if resume is not None else None
+    # A run folder given to --resume means where it stopped, not its best step.
+    checkpoint = read_checkpoint(resume, folder_means=("last.pt",)) if resume is not None else None
     if checkpoint is not None and "rng" not in checkpoint:
         # Weights without run state (from `lmkit import hf`, say): a new run starts from them, as with init_from.
         if config_path is None:
