@@ -31,10 +31,10 @@ class _AmountColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         scale, unit = task.fields["scale"], task.fields["unit"]
-        done = task.completed / scale
+        done, since_start = task.completed / scale, (task.completed - task.fields["first"]) / scale
         total = "?" if task.total is None else f"{task.total / scale:,.{task.fields['digits']}f}"
         elapsed = task.finished_time if task.finished else task.elapsed
-        rate = f"{done / elapsed:,.1f} {unit}/s" if elapsed and task.completed else ""
+        rate = f"{since_start / elapsed:,.1f} {unit}/s" if elapsed and since_start else ""
         return Text(f"{done:,.{task.fields['digits']}f}/{total} {unit} {rate}", style="progress.download")
 
 
@@ -49,6 +49,11 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.advance(self._task_id, amount)
 
+    def print(self, text: str) -> None:
+        """A line above the bar, which stays in the terminal's scrollback as the bar moves on."""
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False, markup=False)
+
     def update(self, description: str | None = None, **fields: object) -> None:
         """Change the description (e.g. to show the current loss)."""
         if self._progress is not None:
@@ -58,9 +63,10 @@ class ProgressBar:
 
 @contextlib.contextmanager
 def progress_bar(
-    description: str, total: float | None, unit: str, *, scale: float = 1.0, enabled: bool = True
+    description: str, total: float | None, unit: str, *, scale: float = 1.0, start: float = 0, enabled: bool = True
 ) -> Iterator[ProgressBar]:
-    """Show a bar while the block runs. Amounts are given in raw units and shown divided by `scale`.
+    """Show a bar while the block runs. Amounts are given in raw units and shown divided by `scale`; the bar
+    starts at `start` of `total` (a resumed job), and its rate and ETA count only what is done from there.
 
     For bytes shown as MB: `progress_bar("Encoding", total=n_bytes, unit="MB", scale=1e6)`.
     With `enabled=False` nothing is drawn and `advance` costs nothing.
@@ -81,5 +87,7 @@ def progress_bar(
         transient=False,
     )
     with progress:
-        task_id = progress.add_task(description, total=total, unit=unit, scale=scale, digits=digits)
+        task_id = progress.add_task(
+            description, total=total, completed=start, unit=unit, scale=scale, digits=digits, first=start
+        )
         yield ProgressBar(progress, task_id)

@@ -131,7 +131,9 @@ def test_a_run_folder_means_its_best_checkpoint(runner, checkpoint, tmp_path):
     args = ("--prompt", "ROMEO:", "--seed", 3, "-n", 12)
     from_folder = run_json(runner, checkpoint.parent, *args)["generations"]
     assert from_folder == run_json(runner, checkpoint.parent / "best.pt", *args)["generations"]
-    assert_input_error(run(runner, tmp_path, "-p", "a"), f"run folder {tmp_path} holds no checkpoint (best.pt or last.pt)")
+    assert_input_error(
+        run(runner, tmp_path, "-p", "a"), f"run folder {tmp_path} holds no checkpoint (best.pt or last.pt)"
+    )
 
 
 def test_a_folder_stands_for_best_pt_then_last_pt_unless_told_otherwise(tmp_path):

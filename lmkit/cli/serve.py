@@ -11,7 +11,9 @@ from lmkit.errors import InputError
 
 
 def serve(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by lmkit train (runs/x/best.pt), or its run folder (runs/x: its best.pt)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint written by lmkit train (runs/x/best.pt), or a run folder (its best.pt)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),

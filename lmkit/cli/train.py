@@ -68,6 +68,12 @@ def train(
     status = exit_status(result.stop_signal) if result.interrupted and result.step < result.total_steps else 0
     if not Distributed.from_env().is_main:  # under torchrun rank 0 alone reports
         raise typer.Exit(status)
+    if result.steps_run == 0 and result.step == result.total_steps:
+        err_console.print(
+            f"nothing to do: the run ended at step {result.step}; to train on, raise its length (--set train.steps=N)",
+            highlight=False,
+        )
+        return
     print_table(
         "Training",
         {

@@ -99,6 +99,7 @@ class TrainResult:
     mfu: float | None = None  # model FLOPs utilisation of the last logged interval (None without a known peak)
     threads: int = 1  # CPU threads torch used (lmkit.threads)
     stop_signal: int | None = None  # the signal that interrupted it (signal.SIGINT or signal.SIGTERM)
+    steps_run: int = 0  # steps trained by this call (0 when a finished run was resumed)
 
 
 def _read_tokenizer(config: RunConfig) -> str:
@@ -337,6 +338,9 @@ class Trainer:
         metrics.jsonl gets a "start" line (with this process's id) and, however the run ends, an "end" line
         saying how: finished, stopped (--until-step), interrupted, diverged or crashed.
         """
+        self._started = time.perf_counter()
+        if self.step >= self.total_steps:  # a finished run, resumed: nothing to write, nothing to train
+            return self._result(self.step)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
             return self._run(until_step, show_progress, sinks)
@@ -348,7 +352,7 @@ class Trainer:
             with atomic_write(self.out_dir / CONFIG_FILE, "w") as handle:
                 handle.write(to_toml(self.config))
         last_step = min(self.total_steps, until_step or self.total_steps)
-        self._started = time.perf_counter()
+        first_step, self._started = self.step, time.perf_counter()
         log = MetricsLog(self.out_dir / METRICS_FILE, self.step or None, built) if main else _NoMetrics()
         with (
             log as metrics,
@@ -366,6 +370,9 @@ class Trainer:
             # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank
             # may leave before rank 0 has written the last checkpoint, nor while signals are still deferred.
             self.dist.barrier()
+        return self._result(first_step, stop.is_set(), stop.signum)
+
+    def _result(self, first_step: int, interrupted: bool = False, stop_signal: int | None = None) -> TrainResult:
         return TrainResult(
             step=self.step,
             total_steps=self.total_steps,
@@ -376,11 +383,12 @@ class Trainer:
             elapsed_s=self._elapsed(),
             tokens_per_s=self.tokens_per_s,
             checkpoint=self.out_dir / LAST_CHECKPOINT,
-            interrupted=stop.is_set(),
+            interrupted=interrupted,
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
             mfu=self.mfu,
             threads=self.threads.count,
-            stop_signal=stop.signum,
+            stop_signal=stop_signal,
+            steps_run=self.step - first_step,
         )
 
     def _train_one(self, metrics: MetricsLog, console: TrainingConsole) -> None:
@@ -473,9 +481,11 @@ class Trainer:
             self.val_loss = self.evaluate()
             val_bpb = bits_per_byte(self.val_loss, self.val_bytes_per_token)
             metrics.write("eval", **facts, val_loss=self.val_loss, val_bpb=val_bpb)
-            console.evaluated(self.step, self.val_loss)
-            if self.best_val_loss is None or self.val_loss < self.best_val_loss:
+            improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
+            if improved:
                 self.best_val_loss = self.val_loss
+            console.evaluated(self.step, self.val_loss, val_bpb, self.best_val_loss)
+            if improved:
                 self.save(BEST_CHECKPOINT, elapsed)
         if self.step % train.ckpt_every == 0 or done:
             self.save(LAST_CHECKPOINT, elapsed)
