@@ -149,6 +149,13 @@ class TrainConfig(BaseModel):
     eval_batches: Int64 = Field(default=20, gt=0, description="fixed validation batches per evaluation")
     log_every: Int64 = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
     ckpt_every: Int64 = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
+    sample_every: Int64 | None = Field(
+        default=None, gt=0, description="steps between samples of the model's text, shown and kept in samples.jsonl"
+    )
+    sample_prompt: str = Field(
+        default="<|endoftext|>", min_length=1, description="text each sample continues (default: a new document)"
+    )
+    sample_tokens: Int64 = Field(default=64, ge=1, le=10_000, description="new tokens per sample, at most")
     out_dir: Path = Field(
         default=Path("runs/lmkit"), strict=False, description="run folder: checkpoints, metrics, config"
     )  # not strict: TOML gives a string

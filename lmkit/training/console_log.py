@@ -88,6 +88,14 @@ class TrainingConsole:
         elif self.mode == "lines":
             print(line, file=sys.stderr, flush=True)
 
+    def sampled(self, step: int, prompt: str, text: str) -> None:
+        """After a sample: the prompt and its continuation under a header line (above the bar on a terminal)."""
+        block = f"step {step}/{self.last_step} | sample\n{prompt}{text}"
+        if self._bar is not None:
+            self._bar.print(block)
+        elif self.mode == "lines":
+            print(block, file=sys.stderr, flush=True)
+
     def _eta(self, step: int) -> float | None:
         done = step - self.first_step
         if done <= 0:

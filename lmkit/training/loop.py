@@ -46,6 +46,7 @@ from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
 from lmkit.threads import apply_threads
+from lmkit.tokenizer import Tokenizer
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
@@ -63,6 +64,7 @@ from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
 from lmkit.training.preflight import check_resources, check_run, check_same_model
 from lmkit.training.runlock import run_folder
+from lmkit.training.samples import record_sample, training_sample
 from lmkit.training.schedule import get_lr_cosine_schedule
 from lmkit.training.signals import StopRequest, stop_on_signals
 from lmkit.training.state import restore_rng, rng_state
@@ -190,6 +192,7 @@ class Trainer:
         self.grad_norm: float | None = None
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
+        self._tokenizer: Tokenizer | None = None  # built at the first sample
         self._started = time.perf_counter()
 
     def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
@@ -487,8 +490,20 @@ class Trainer:
             console.evaluated(self.step, self.val_loss, val_bpb, self.best_val_loss)
             if improved:
                 self.save(BEST_CHECKPOINT, elapsed)
+        if train.sample_every is not None and (self.step % train.sample_every == 0 or done):
+            self._sample(console)
         if self.step % train.ckpt_every == 0 or done:
             self.save(LAST_CHECKPOINT, elapsed)
+
+    def _sample(self, console: TrainingConsole) -> None:
+        """A sample of the model's text, shown and (by the first process) kept in the run folder."""
+        train = self.config.train
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.from_json(self.tokenizer_json)
+        text = training_sample(self.model, self._tokenizer, train.sample_prompt, train.sample_tokens, train.seed)
+        if self.dist.is_main:
+            record_sample(self.out_dir, self.step, train.sample_prompt, text)
+        console.sampled(self.step, train.sample_prompt, text)
 
 
 class _NoMetrics:
