@@ -3,8 +3,8 @@ shown with the run's other lines and appended to samples.jsonl in the run folder
 learning to write and read back afterwards.
 
 Sampling draws from its own generator, seeded with the run's seed at every sample (so samples differ only as
-the model does), and leaves the run's random state alone: a run with samples trains exactly as one without. Every process samples (a sharded model needs
-all of them for a forward pass); only the first writes.
+the model does), and leaves the run's random state alone: a run with samples trains exactly as one without.
+Every process samples (a sharded model needs all of them for a forward pass); only the first writes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def training_sample(model: TransformerLM, tokenizer: Tokenizer, prompt: str, tok
     training mode."""
     model.eval()
     try:
-        return generate(model, tokenizer, prompt, max_new_tokens=tokens, temperature=SAMPLE_TEMPERATURE, seed=seed).text
+        options = {"max_new_tokens": tokens, "temperature": SAMPLE_TEMPERATURE, "seed": seed}
+        return generate(model, tokenizer, prompt, **options).text
     finally:
         model.train()
 
