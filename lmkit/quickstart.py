@@ -31,6 +31,7 @@ from lmkit.checkpoint import LAST_CHECKPOINT, METRICS_FILE
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, check_folder_can_be_made
 from lmkit.interrupts import Interrupted
+from lmkit.threads import usable_cpus
 
 if TYPE_CHECKING:
     import numpy as np
@@ -161,7 +162,7 @@ def _encode_splits(data_dir: Path, tokenizer_path: Path, progress: bool) -> dict
     from lmkit.tokenizer.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(tokenizer_path)
-    workers = os.cpu_count() or 1
+    workers = usable_cpus()
     facts: dict[str, Any] = {}
     for split in ("train", "val"):
         summary = encode_file(

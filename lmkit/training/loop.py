@@ -152,7 +152,7 @@ class Trainer:
         check_run(config, checkpoint, resume_name)
         self.threads = apply_threads(config.train.threads)
         self.dist = Distributed.from_env()
-        self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
+        self.row_share = self.dist.row_share(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
         check_resources(config, self.dist, self.device, self.autocast_dtype)
@@ -270,7 +270,7 @@ class Trainer:
     def _draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         train = self.config.train
         context = self.config.model.context_length
-        return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.rows)
+        return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.row_share)
 
     def read(self) -> None:
         """Wait for the device and take the last step's loss and gradient norm (`train_loss`, `grad_norm`);
@@ -295,7 +295,7 @@ class Trainer:
         self.model.eval()
         total = torch.zeros((), device=self.device)
         for window in self.val_batches:
-            inputs, targets = to_device(window[self.rows], self.device)
+            inputs, targets = to_device(window[self.row_share], self.device)
             with autocast(self.device, self.autocast_dtype):
                 total += cross_entropy(self.forward(inputs), targets)
         self.model.train()
