@@ -92,7 +92,7 @@ def test_compare_labels_the_time_as_it_shows_it(runner, tmp_path):
 def test_the_progress_rate_is_the_average_not_the_last_burst():
     clock = [0.0]
     progress = Progress(_AmountColumn(), get_time=lambda: clock[0], auto_refresh=False)
-    task = progress.add_task("Encoding", total=100e6, unit="MB", scale=1e6, digits=1)
+    task = progress.add_task("Encoding", total=100e6, unit="MB", scale=1e6, digits=1, first=0)
     for second in range(1, 11):  # 1 MB a second for 10 s, then the other 90 MB collected at once
         clock[0] = float(second)
         progress.advance(task, 1e6)
@@ -101,6 +101,12 @@ def test_the_progress_rate_is_the_average_not_the_last_burst():
     rendered = _AmountColumn().render(progress.tasks[0]).plain
     assert "100.0/100.0 MB" in rendered
     assert re.search(r" ([\d,.]+) MB/s", rendered)[1] == f"{100 / 10.01:,.1f}"
+    # A resumed job: the rate counts what was done since it started, not the amount it started from.
+    resumed = progress.add_task("Training", total=300, completed=200, unit="steps", scale=1, digits=0, first=200)
+    clock[0] = 20.01
+    progress.advance(resumed, 50)
+    rendered = _AmountColumn().render(progress.tasks[1]).plain
+    assert "250/300 steps" in rendered and re.search(r" ([\d,.]+) steps/s", rendered)[1] == f"{50 / 10:,.1f}"
 
 
 # --- generate -----------------------------------------------------------------------------------------------
