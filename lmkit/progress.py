@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.text import Text
 
 _stderr = Console(stderr=True)
+WIDE_TERMINAL = 110  # columns from which a bar also shows its rate and the elapsed time
 
 
 class _AmountColumn(ProgressColumn):
@@ -34,8 +35,8 @@ class _AmountColumn(ProgressColumn):
         done, since_start = task.completed / scale, (task.completed - task.fields["first"]) / scale
         total = "?" if task.total is None else f"{task.total / scale:,.{task.fields['digits']}f}"
         elapsed = task.finished_time if task.finished else task.elapsed
-        rate = f"{since_start / elapsed:,.1f} {unit}/s" if elapsed and since_start else ""
-        return Text(f"{done:,.{task.fields['digits']}f}/{total} {unit} {rate}", style="progress.download")
+        rate = f" {since_start / elapsed:,.1f} {unit}/s" if task.fields["rate"] and elapsed and since_start else ""
+        return Text(f"{done:,.{task.fields['digits']}f}/{total} {unit}{rate}", style="progress.download")
 
 
 class ProgressBar:
@@ -75,19 +76,14 @@ def progress_bar(
         yield ProgressBar(None, None)
         return
     digits = 1 if scale != 1.0 else 0
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        _AmountColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=_stderr,
-        transient=False,
-    )
+    # On a narrow terminal (80 columns) the bar shortens and the rate and elapsed time go, so that the amount
+    # done and the ETA stay whole on one line.
+    wide = _stderr.width >= WIDE_TERMINAL
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=40 if wide else 10), TaskProgressColumn()]
+    columns += [_AmountColumn(), *([TimeElapsedColumn()] if wide else []), TextColumn("ETA"), TimeRemainingColumn()]
+    progress = Progress(*columns, console=_stderr, transient=False)
     with progress:
         task_id = progress.add_task(
-            description, total=total, completed=start, unit=unit, scale=scale, digits=digits, first=start
+            description, total=total, completed=start, unit=unit, scale=scale, digits=digits, first=start, rate=wide
         )
         yield ProgressBar(progress, task_id)

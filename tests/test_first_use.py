@@ -92,7 +92,7 @@ def test_compare_labels_the_time_as_it_shows_it(runner, tmp_path):
 def test_the_progress_rate_is_the_average_not_the_last_burst():
     clock = [0.0]
     progress = Progress(_AmountColumn(), get_time=lambda: clock[0], auto_refresh=False)
-    task = progress.add_task("Encoding", total=100e6, unit="MB", scale=1e6, digits=1, first=0)
+    task = progress.add_task("Encoding", total=100e6, unit="MB", scale=1e6, digits=1, first=0, rate=True)
     for second in range(1, 11):  # 1 MB a second for 10 s, then the other 90 MB collected at once
         clock[0] = float(second)
         progress.advance(task, 1e6)
@@ -102,7 +102,8 @@ def test_the_progress_rate_is_the_average_not_the_last_burst():
     assert "100.0/100.0 MB" in rendered
     assert re.search(r" ([\d,.]+) MB/s", rendered)[1] == f"{100 / 10.01:,.1f}"
     # A resumed job: the rate counts what was done since it started, not the amount it started from.
-    resumed = progress.add_task("Training", total=300, completed=200, unit="steps", scale=1, digits=0, first=200)
+    fields = {"unit": "steps", "scale": 1, "digits": 0, "first": 200, "rate": True}
+    resumed = progress.add_task("Training", total=300, completed=200, **fields)
     clock[0] = 20.01
     progress.advance(resumed, 50)
     rendered = _AmountColumn().render(progress.tasks[1]).plain

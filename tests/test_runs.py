@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -74,6 +75,24 @@ def zoo(tmp_path: Path) -> Path:
     make_run(runs / "group" / "nan", [train_line(1, 5.0), train_line(2, NAN)], age_s=5)
     make_run(runs / "group" / "blowup", [train_line(1, 5.0), train_line(2, 2.0), train_line(3, 9.0)])
     return runs
+
+
+def test_the_list_fits_80_columns_leaving_out_columns_before_cutting_names(runner, zoo):
+    long_name = "sweep-of-the-learning-rate/optim.lr=1e-3-with-a-long-suffix"
+    (zoo / long_name).parent.mkdir()
+    shutil.copytree(zoo / "done", zoo / long_name)
+    for columns, whole in ((80, ["group/blowup", "quickstart"]), (60, ["group/blowup"])):
+        shutil.copytree(zoo / "done", zoo / "quickstart", dirs_exist_ok=True)
+        lines = runner.invoke(app, ["runs", "list", str(zoo)], env={"COLUMNS": str(columns)}).stdout.splitlines()
+        assert max(map(len, lines)) <= columns
+        header = next(number for number, line in enumerate(lines) if line.startswith("run "))
+        rows = [line.split() for line in lines[header + 2 :]]
+        assert len(rows) == 7 and all(row[-1] in {"finished", "running", "crashed", "diverged"} for row in rows)
+        names = [row[0] for row in rows]
+        assert all(name in names for name in whole) and any(name.endswith("…") for name in names)
+        assert "shape" not in lines[header] and "status" in lines[header] and "steps" in lines[header]
+    wide = runner.invoke(app, ["runs", "list", str(zoo)], env={"COLUMNS": "200"}).stdout
+    assert long_name in wide and "shape" in wide and "tokens" in wide
 
 
 # --- status ---------------------------------------------------------------------------------------------

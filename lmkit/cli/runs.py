@@ -69,7 +69,8 @@ def list_command(
         columns.insert(6, "best bpb")
         for row, s in zip(rows, summaries, strict=True):
             row.insert(6, run_value(s["best_val_bpb"]))
-    print_rows(f"Runs in {directory}", columns, rows)
+    # On a narrow terminal the run names stay whole as long as leaving out the less needed columns allows.
+    print_rows(f"Runs in {directory}", columns, rows, drop_first=("shape", "tokens", "time", "params"))
 
 
 @app.command()

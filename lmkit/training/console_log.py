@@ -66,10 +66,11 @@ class TrainingConsole:
         """After every step: move the bar (on a terminal). `loss` is the last one read (None before the first
         read): the loop reads it from the device at log intervals only."""
         if self._bar is not None:
-            shown = "" if loss is None else f" loss {loss:.3f}"
+            # The step is the bar's amount (step/total); the description stays short enough for 80 columns.
+            shown = "" if loss is None else f"loss {loss:.3f} "
             rate = f" {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
             self._bar.advance(1)
-            self._bar.update(description=f"step {step}{shown} lr {lr:.2e}{rate}")
+            self._bar.update(description=f"{shown}lr {lr:.1e}{rate}")
 
     def logged(self, step: int, loss: float, lr: float, tokens_per_s: float | None) -> None:
         """At a log interval: one plain line (off a terminal)."""
