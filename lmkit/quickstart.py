@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmkit.checkpoint import LAST_CHECKPOINT, METRICS_FILE
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write, check_folder_can_be_made
 from lmkit.interrupts import Interrupted
@@ -148,6 +147,8 @@ def _check_inputs(out_dir: Path, vocab_size: int, steps: int | None, minutes: fl
             f"--vocab-size {vocab_size} is too small: it must be at least {smallest} "
             f"(256 bytes + {len(SPECIAL_TOKENS)} special token)"
         )
+    from lmkit.checkpoint import LAST_CHECKPOINT
+
     if (out_dir / LAST_CHECKPOINT).exists():
         raise InputError(
             f"{out_dir} already holds a quickstart run; give another folder with --out, or delete this one"
@@ -409,6 +410,7 @@ def _run(
     report: Report | None,
 ) -> QuickstartResult:
     """The quickstart's stages, once its inputs are checked (see run_quickstart)."""
+    from lmkit.checkpoint import METRICS_FILE
     from lmkit.training.config import to_toml
     from lmkit.training.loop import train_from_files
 
