@@ -4,6 +4,8 @@ greedy output, the size of best.pt, the inspect table, and the prompt in generat
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,11 @@ def test_docs_refer_only_to_sections_that_exist():
     for page in DOCS.glob("*.md"):
         for name in re.findall(r'see "([^"]+)" (?:below|above)', page.read_text()):
             assert any(heading.startswith(name) for heading in headings), f'{page.name} refers to missing "{name}"'
+
+
+def test_the_cli_starts_without_torch_until_a_command_needs_it():
+    """`lmkit --help` and the tokenizer commands start in a fraction of a second: torch (seconds to import)
+    is imported by the commands that run a model, not by the entry point."""
+    probe = "import sys, lmkit.cli.app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
