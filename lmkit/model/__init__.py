@@ -6,11 +6,13 @@ from lmkit.model.attention import (
     scaled_dot_product_attention,
 )
 from lmkit.model.config import ModelConfig
+from lmkit.model.documents import Documents
 from lmkit.model.layers import Embedding, Linear, RMSNorm, SwiGLU, silu, softmax
 from lmkit.model.transformer import TransformerBlock, TransformerLM
 
 __all__ = [
     "ModelConfig",
+    "Documents",
     "TransformerLM",
     "TransformerBlock",
     "MultiHeadSelfAttention",

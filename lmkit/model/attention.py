@@ -42,6 +42,11 @@ class RotaryPositionalEmbedding(nn.Module):
             return rotate(x, self.tables(0, x.shape[-2]))
         return rotate(x, (self.cos[token_positions], self.sin[token_positions]))
 
+    def tables_at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The (cos, sin) rows of each row's own `positions` (B, T), shaped (B, 1, T, d_k) to rotate queries and
+        keys of shape (B, H, T, d_k): for documents whose positions restart (lmkit.model.documents)."""
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
     def tables(self, start: int, length: int) -> tuple[Tensor, Tensor]:
         """The (cos, sin) rows for positions start … start+length-1, each (length, d_k): what `rotate` takes.
 
@@ -185,13 +190,15 @@ class MultiHeadSelfAttention(nn.Module):
         kv_cache: KVCache | None = None,
         layer_index: int = 0,
         rope_tables: tuple[Tensor, Tensor] | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model).
 
         With a kv_cache, x holds the tokens at positions kv_cache.length onwards; their keys and values
         are stored in the cache under `layer_index` and the queries attend to every cached position.
         `rope_tables`: RoPE's (cos, sin) rows for x's positions, as the model looks them up once for all
-        layers; without them this module looks them up itself.
+        layers; without them this module looks them up itself. `attn_mask` (B, 1, T, T) bool replaces the
+        causal mask (True: may attend), as for documents packed in a row (lmkit.model.documents).
         """
         start = 0 if kv_cache is None else kv_cache.length
         # Three products, not one with the weights concatenated: concatenating copies the three matrices on
@@ -206,11 +213,12 @@ class MultiHeadSelfAttention(nn.Module):
             q, k = rotate(q, tables), rotate(k, tables)
         if kv_cache is not None:
             k, v = kv_cache.store(layer_index, k, v)
-        out = self._attend(q, k, v)
+        out = self._attend(q, k, v, attn_mask)
         return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention of the queries, the last q.shape[-2] positions, over all keys.
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Causal attention of the queries, the last q.shape[-2] positions, over all keys (or attention as
+        `attn_mask` allows).
 
         With grouped-query attention the fused path lets SDPA map query heads to their key/value head
         (enable_gqa) instead of copying the keys and values (and so the KV cache) num_heads / num_kv_heads
@@ -220,8 +228,11 @@ class MultiHeadSelfAttention(nn.Module):
         if not self.fused:
             groups = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, q.device))
+            mask = causal_mask(num_queries, num_keys, q.device) if attn_mask is None else attn_mask
+            return scaled_dot_product_attention(q, k, v, mask)
         gqa = self.num_kv_heads != self.num_heads
+        if attn_mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
         if num_queries == num_keys:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         if num_queries == 1:  # one new token sees everything cached

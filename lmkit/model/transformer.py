@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from lmkit.model.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
 from lmkit.model.config import ModelConfig
+from lmkit.model.documents import Documents
 from lmkit.model.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
 
 
@@ -56,13 +57,14 @@ class TransformerBlock(nn.Module):
         kv_cache: KVCache | None = None,
         layer_index: int = 0,
         rope_tables: tuple[Tensor, Tensor] | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        """(batch, seq, d_model) -> (batch, seq, d_model); see MultiHeadSelfAttention for the cache and
-        the RoPE tables."""
+        """(batch, seq, d_model) -> (batch, seq, d_model); see MultiHeadSelfAttention for the cache, the RoPE
+        tables and the mask."""
         if self.post_norm:
-            z = self.ln1(x + self.attn(x, kv_cache, layer_index, rope_tables))
+            z = self.ln1(x + self.attn(x, kv_cache, layer_index, rope_tables, attn_mask))
             return self.ln2(z + self.ffn(z))
-        z = x + self.attn(self.ln1(x), kv_cache, layer_index, rope_tables)
+        z = x + self.attn(self.ln1(x), kv_cache, layer_index, rope_tables, attn_mask)
         return z + self.ffn(self.ln2(z))
 
 
@@ -101,12 +103,18 @@ class TransformerLM(nn.Module):
         if config.tie_embeddings:
             self.token_embeddings.weight = self.lm_head.weight
 
-    def forward(self, token_ids: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, token_ids: Tensor, kv_cache: KVCache | None = None, documents: Documents | None = None
+    ) -> Tensor:
         """(batch, seq) int64 token ids -> (batch, seq, vocab_size) unnormalised logits.
 
         With a kv_cache the ids are the tokens at positions kv_cache.length onwards; the cache is
-        advanced past them. Raises ValueError if the sequence would run past the context length.
+        advanced past them. With `documents` (lmkit.model.documents) each token attends only within its
+        document, whose positions start at 0. Raises ValueError if the sequence would run past the context
+        length.
         """
+        if documents is not None and kv_cache is not None:
+            raise ValueError("documents are for whole rows (training, scoring), not with a KV cache")
         seq_len = token_ids.shape[-1]
         start = 0 if kv_cache is None else kv_cache.length
         limit = self.config.context_length if kv_cache is None else kv_cache.max_len
@@ -119,8 +127,12 @@ class TransformerLM(nn.Module):
             raise ValueError(f"batch of {token_ids.shape[0]} does not match the KV cache's {kv_cache.batch_size}")
         x = self.token_embeddings(token_ids)
         rope_tables = None if self.rope is None else self.rope.tables(start, seq_len)
+        attn_mask = None
+        if documents is not None:
+            attn_mask = documents.mask
+            rope_tables = None if self.rope is None else self.rope.tables_at(documents.positions)
         for index, layer in enumerate(self.layers):
-            x = layer(x, kv_cache, index, rope_tables)
+            x = layer(x, kv_cache, index, rope_tables, attn_mask)
         if kv_cache is not None:
             kv_cache.length += seq_len
         return self.lm_head(self.ln_final(x))

@@ -133,6 +133,16 @@ class TrainConfig(BaseModel):
         "float32 on CPUs and MPS; float16: autocast with dynamic loss scaling",
     )
     compile: bool = Field(default=False, description="torch.compile the model")
+    batching: Literal["random", "documents"] = Field(
+        default="random",
+        description="random: windows drawn uniformly from the token stream; documents: rows that start at a "
+        "document, documents packed by best fit (see docs/training.md)",
+    )
+    document_mask: bool = Field(
+        default=False,
+        description="attention stays inside each document of a row and positions restart at each (training "
+        "and validation)",
+    )
     parallel: Literal["ddp", "fsdp"] = Field(
         default="ddp",
         description="under several processes: ddp keeps a whole model on each; fsdp shards parameters, "

@@ -45,6 +45,7 @@ from lmkit.device import autocast, resolve_autocast_dtype, resolve_device, use_t
 from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
+from lmkit.model.documents import Documents
 from lmkit.threads import apply_threads
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
@@ -62,6 +63,7 @@ from lmkit.training.metrics import MetricsLog, SinkFactory, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
+from lmkit.training.packing import DocumentPacker
 from lmkit.training.preflight import check_resources, check_run, check_same_model
 from lmkit.training.runlock import run_folder
 from lmkit.training.samples import record_sample, training_sample
@@ -130,6 +132,17 @@ def _val_bytes_per_token(tokenizer_json: str, val_batches: list[torch.Tensor], v
     targets = torch.cat([window[:, 1:] for window in val_batches]).numpy().ravel()
     lengths = token_byte_lengths(vocab, special_tokens, vocab_size)
     return count_bytes(targets, lengths, "validation data") / len(targets)
+
+
+def _separator_id(tokenizer_json: str) -> int:
+    """The id of the tokenizer's first special token, which ends each document; InputError without one."""
+    tokenizer = Tokenizer.from_json(tokenizer_json)
+    if not tokenizer.special_tokens:
+        raise InputError(
+            'train.batching = "documents" and train.document_mask need a tokenizer with a special token that '
+            "ends each document (<|endoftext|>); this one has none"
+        )
+    return tokenizer.special_ids[tokenizer.special_tokens[0]]
 
 
 def _load_initial_weights(config: RunConfig, model: TransformerLM) -> None:
@@ -207,6 +220,12 @@ class Trainer:
             val_tokens, self.config.train.batch_size, model.context_length, self.config.train.eval_batches
         )
         self.val_bytes_per_token = _val_bytes_per_token(self.tokenizer_json, self.val_batches, model.vocab_size)
+        train = self.config.train
+        documents = train.batching == "documents" or train.document_mask
+        self.separator_id = _separator_id(self.tokenizer_json) if documents else None
+        self.packer = None
+        if train.batching == "documents":
+            self.packer = DocumentPacker(self.train_tokens, self.separator_id, model.context_length)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         """Everything but the weights (loaded before sharding): optimizer state, generators, counters."""
@@ -241,7 +260,7 @@ class Trainer:
             inputs, targets = batch
             with gradient_sync(self.forward, sync=micro == train.grad_accum - 1):
                 with autocast(self.device, self.autocast_dtype):
-                    loss = cross_entropy(self.forward(inputs), targets)
+                    loss = cross_entropy(self._logits(inputs), targets)
                 # Drawn while the device works through the forward pass and the backward one.
                 self._batches_state = self.batch_rng.get_state()
                 batch = self._draw_batch()
@@ -269,8 +288,16 @@ class Trainer:
 
     def _draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         train = self.config.train
+        if self.packer is not None:  # every process draws the whole batch, so the generators stay in step
+            return to_device(self.packer.draw(train.batch_size, self.batch_rng)[self.row_share], self.device)
         context = self.config.model.context_length
         return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.row_share)
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's logits for `inputs`, its documents kept apart under train.document_mask."""
+        if not self.config.train.document_mask:
+            return self.forward(inputs)
+        return self.forward(inputs, documents=Documents.from_ids(inputs, self.separator_id))
 
     def read(self) -> None:
         """Wait for the device and take the last step's loss and gradient norm (`train_loss`, `grad_norm`);
@@ -297,7 +324,7 @@ class Trainer:
         for window in self.val_batches:
             inputs, targets = to_device(window[self.row_share], self.device)
             with autocast(self.device, self.autocast_dtype):
-                total += cross_entropy(self.forward(inputs), targets)
+                total += cross_entropy(self._logits(inputs), targets)
         self.model.train()
         return self.dist.mean(total).item() / len(self.val_batches)
 
@@ -478,6 +505,7 @@ class Trainer:
                 grad_norm=self.grad_norm,
                 tokens_per_s=self.tokens_per_s,
                 **({} if self.mfu is None else {"mfu": self.mfu}),
+                **({} if self.packer is None else {"dropped_fraction": self.packer.dropped_fraction}),
             )
             console.logged(self.step, self.train_loss, lr, self.tokens_per_s)
         if self.step % train.eval_every == 0 or done:
