@@ -113,13 +113,30 @@ def _is_zip(src: str | os.PathLike | IO[bytes]) -> bool:
         src.seek(start)
 
 
-def read_checkpoint(src: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
-    """Load an lmkit checkpoint onto the CPU with `weights_only=True`; InputError for anything else.
+def checkpoint_in(path: str | os.PathLike, folder_means: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
+    """`path` itself, or for a run folder the first of `folder_means` it holds (training writes best.pt and
+    last.pt there); InputError for a folder that holds none of them."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in folder_means:
+        if (path / name).is_file():
+            return path / name
+    raise InputError(f"run folder {path} holds no checkpoint ({' or '.join(folder_means)})")
+
+
+def read_checkpoint(
+    src: str | os.PathLike | IO[bytes], folder_means: tuple[str, ...] = ("best.pt", "last.pt")
+) -> dict[str, Any]:
+    """Load an lmkit checkpoint onto the CPU with `weights_only=True`; InputError for anything else. A run
+    folder stands for the first of `folder_means` it holds.
 
     Refused with one clear line: a missing file, a truncated or non-PyTorch file, a file holding pickled
     objects other than tensors and plain types (it could run code), a PyTorch file that lmkit did not
     write, and a checkpoint from a newer lmkit format.
     """
+    if isinstance(src, str | os.PathLike):
+        src = checkpoint_in(src, folder_means)
     name = _name(src)
     if isinstance(src, str | os.PathLike) and not Path(src).is_file():
         raise InputError(f"checkpoint {name} does not exist")

@@ -91,7 +91,7 @@ def busy_cores(look_s: float = 0.2) -> float:
     busy, total = after[0] - before[0], after[1] - before[1]
     if total <= 0:
         return load
-    return min(load, busy / total * (os.cpu_count() or 1))
+    return min(load, busy / total * (os.cpu_count() or 1))  # /proc/stat covers every CPU, not only ours
 
 
 def choose_threads(requested: int | None = None) -> ThreadChoice:

@@ -49,6 +49,11 @@ def test_an_error_caused_by_an_override_names_the_override_not_the_file(runner, 
     assert str(config) not in result.stderr
     result = runner.invoke(app, ["train", "--config", str(config), "--set", "train.log_evry=3"])
     assert_input_error(result, "--set train.log_evry=3: unknown key train.log_evry; did you mean train.log_every?")
+    # A key of another table is named with the table it belongs in.
+    result = runner.invoke(app, ["train", "--config", str(config), "--set", "train.warmup_steps=2"])
+    assert_input_error(
+        result, "--set train.warmup_steps=2: unknown key train.warmup_steps: warmup_steps belongs in [optim]"
+    )
     # An error of the file itself still names the file.
     config.write_text(config.read_text().replace("lr = 6e-3", "lr = -1"))
     assert_input_error(runner.invoke(app, ["train", "--config", str(config)]), f"{config}: optim.lr: Input should")

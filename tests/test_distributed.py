@@ -58,11 +58,11 @@ def test_a_broken_torchrun_environment_is_refused(changes, message):
 
 
 def test_each_rank_takes_its_own_contiguous_slice_of_the_global_batch():
-    rows = [list(range(12))[Distributed(rank, rank, 4).rows(12)] for rank in range(4)]
+    rows = [list(range(12))[Distributed(rank, rank, 4).row_share(12)] for rank in range(4)]
     assert rows == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
-    assert Distributed().rows(5) == slice(0, 5)
+    assert Distributed().row_share(5) == slice(0, 5)
     with pytest.raises(InputError, match="must split evenly over 4 processes"):
-        Distributed(0, 0, 4).rows(6)
+        Distributed(0, 0, 4).row_share(6)
 
 
 def test_device_per_process():

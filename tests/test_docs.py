@@ -29,7 +29,8 @@ def test_cli_reference_covers_commands_options_and_examples() -> None:
     assert "`corpus... <text>`" in section
     quickstart = text.split("## lmkit quickstart\n")[1].split("\n## ")[0]
     assert "    lmkit quickstart --out runs/quickstart" in quickstart  # the docstring's example, as a code block
-    assert "\\[default: 300; x&gt;=1\\]" in quickstart
+    assert "\\[default: runs/quickstart\\]" in quickstart
+    assert "(default: 300, or what fits --minutes).  \\[x&gt;=1\\]" in quickstart
 
 
 def test_cli_reference_escapes_what_markdown_would_swallow() -> None:

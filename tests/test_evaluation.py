@@ -1,6 +1,7 @@
 """`lmkit eval` and lmkit.evaluation: bits per byte by hand, two tokenizers over the same bytes, strided windows,
 multiple choice against a direct forward pass, val bpb in training logs and runs, and every bad input."""
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -136,6 +137,36 @@ def test_a_token_array_scores_like_its_text(tmp_path):
 
 
 # --- multiple choice ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_tokens", [False, True])
+def test_progress_moves_with_each_scored_batch(tmp_path, monkeypatch, as_tokens):
+    """The bar advances per batch (not once the data is used up), by bytes of text or by tokens scored."""
+    import lmkit.evaluation.perplexity as perplexity
+
+    advances: list[float] = []
+
+    class Bar:
+        def advance(self, amount: float) -> None:
+            advances.append(amount)
+
+        def update(self, **_: object) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def recording_bar(*_: object, **__: object):
+        yield Bar()
+
+    monkeypatch.setattr(perplexity, "progress_bar", recording_bar)
+    tokenizer, model = byte_tokenizer(), tiny_model(257, context=16)
+    data = tmp_path / ("t.npy" if as_tokens else "t.txt")
+    if as_tokens:
+        np.save(data, np.frombuffer(TEXT.encode(), dtype=np.uint8).astype(np.uint16))
+    else:
+        data.write_text(TEXT, encoding="utf-8")
+    result = evaluate(model, tokenizer, data, batch_size=2)
+    assert len(advances) >= math.ceil(result.tokens / 32) > 3 and max(advances) <= 2 * 16 * 4  # a batch at most
+    assert sum(advances) == (result.tokens if as_tokens else result.bytes)
 
 
 @pytest.fixture(scope="module")

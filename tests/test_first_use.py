@@ -4,6 +4,8 @@ greedy output, the size of best.pt, the inspect table, and the prompt in generat
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,7 +94,7 @@ def test_compare_labels_the_time_as_it_shows_it(runner, tmp_path):
 def test_the_progress_rate_is_the_average_not_the_last_burst():
     clock = [0.0]
     progress = Progress(_AmountColumn(), get_time=lambda: clock[0], auto_refresh=False)
-    task = progress.add_task("Encoding", total=100e6, unit="MB", scale=1e6, digits=1)
+    task = progress.add_task("Encoding", total=100e6, unit="MB", scale=1e6, digits=1, first=0, rate=True)
     for second in range(1, 11):  # 1 MB a second for 10 s, then the other 90 MB collected at once
         clock[0] = float(second)
         progress.advance(task, 1e6)
@@ -101,6 +103,13 @@ def test_the_progress_rate_is_the_average_not_the_last_burst():
     rendered = _AmountColumn().render(progress.tasks[0]).plain
     assert "100.0/100.0 MB" in rendered
     assert re.search(r" ([\d,.]+) MB/s", rendered)[1] == f"{100 / 10.01:,.1f}"
+    # A resumed job: the rate counts what was done since it started, not the amount it started from.
+    fields = {"unit": "steps", "scale": 1, "digits": 0, "first": 200, "rate": True}
+    resumed = progress.add_task("Training", total=300, completed=200, **fields)
+    clock[0] = 20.01
+    progress.advance(resumed, 50)
+    rendered = _AmountColumn().render(progress.tasks[1]).plain
+    assert "250/300 steps" in rendered and re.search(r" ([\d,.]+) steps/s", rendered)[1] == f"{50 / 10:,.1f}"
 
 
 # --- generate -----------------------------------------------------------------------------------------------
@@ -181,3 +190,11 @@ def test_docs_refer_only_to_sections_that_exist():
     for page in DOCS.glob("*.md"):
         for name in re.findall(r'see "([^"]+)" (?:below|above)', page.read_text()):
             assert any(heading.startswith(name) for heading in headings), f'{page.name} refers to missing "{name}"'
+
+
+def test_the_cli_starts_without_torch_until_a_command_needs_it():
+    """`lmkit --help` and the tokenizer commands start in a fraction of a second: torch (seconds to import)
+    is imported by the commands that run a model, not by the entry point."""
+    probe = "import sys, lmkit.cli.app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -10,7 +10,7 @@ from helpers import assert_input_error
 from typer.testing import CliRunner
 
 import lmkit
-from lmkit.checkpoint import save_checkpoint
+from lmkit.checkpoint import checkpoint_in, save_checkpoint
 from lmkit.cli.app import app
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
@@ -125,6 +125,24 @@ def test_missing_or_invalid_checkpoint(runner, tmp_path):
     config = ModelConfig(vocab_size=256, context_length=8, d_model=16, num_layers=1, num_heads=2)
     save_checkpoint(TransformerLM(config), None, 0, tmp_path / "bare.pt")
     assert_input_error(run(runner, tmp_path / "bare.pt", "-p", "a"), "no model config or tokenizer")
+
+
+def test_a_run_folder_means_its_best_checkpoint(runner, checkpoint, tmp_path):
+    args = ("--prompt", "ROMEO:", "--seed", 3, "-n", 12)
+    from_folder = run_json(runner, checkpoint.parent, *args)["generations"]
+    assert from_folder == run_json(runner, checkpoint.parent / "best.pt", *args)["generations"]
+    assert_input_error(
+        run(runner, tmp_path, "-p", "a"), f"run folder {tmp_path} holds no checkpoint (best.pt or last.pt)"
+    )
+
+
+def test_a_folder_stands_for_best_pt_then_last_pt_unless_told_otherwise(tmp_path):
+    (tmp_path / "last.pt").touch()
+    assert checkpoint_in(tmp_path) == tmp_path / "last.pt"
+    (tmp_path / "best.pt").touch()
+    assert checkpoint_in(tmp_path) == tmp_path / "best.pt"
+    assert checkpoint_in(tmp_path, folder_means=("last.pt",)) == tmp_path / "last.pt"
+    assert checkpoint_in(tmp_path / "best.pt") == tmp_path / "best.pt"
 
 
 def test_weights_that_do_not_fit_the_stored_config(runner, checkpoint, tmp_path):

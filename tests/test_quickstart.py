@@ -1,5 +1,6 @@
 """`lmkit quickstart`: the corpus split, the unigram baseline, bad input, and the whole path end to end."""
 
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -7,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import lmkit.quickstart
 from lmkit.checkpoint import read_checkpoint
 from lmkit.cli.app import app
-from lmkit.quickstart import BUNDLED_CORPUS, split_corpus, unigram_entropy
+from lmkit.quickstart import BUNDLED_CORPUS, split_corpus, steps_for_budget, unigram_entropy
 from lmkit.training.config import load_config
 
 # Measured: the end-to-end run below (40 steps at batch 16) reaches a validation loss of 5.639. The untrained
@@ -71,6 +73,9 @@ def test_refuses_an_out_path_that_is_a_file(runner, tmp_path: Path) -> None:
         (["--set", "train.stepz=5"], "did you mean train.steps?"),
         (["--set", "optim.lr=-1"], "optim.lr"),
         (["--vocab-size", "100"], "at least 257"),
+        (["--steps", "5", "--minutes", "2"], "give --steps or --minutes, not both"),
+        (["--minutes", "0"], "--minutes must be above 0 and at most a day (1440), got 0"),
+        (["--corpus", "/no/such/corpus.txt"], "corpus /no/such/corpus.txt does not exist"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(runner, tmp_path: Path, args: list[str], message: str) -> None:
@@ -107,3 +112,51 @@ def test_quickstart_learns_and_its_checkpoint_generates(runner, tmp_path: Path, 
     )
     assert generated.exit_code == 0, generated.output
     assert len(generated.stdout.strip()) > len("ROMEO:") + 10
+
+
+def test_steps_for_a_budget_fit_its_share_at_most_ten_passes_and_at_least_ten() -> None:
+    assert steps_for_budget(100.0, 0.5, 10**9, 4096) == math.floor(100.0 * 0.8 / 0.5)
+    assert steps_for_budget(100.0, 0.001, 40_960, 4096) == 100  # ten passes over 40,960 tokens
+    assert steps_for_budget(1.0, 0.5, 10**9, 4096) == 10
+
+
+def own_corpus(folder: Path) -> Path:
+    """A folder holding a text file and a JSONL file of documents (speeches of Tiny Shakespeare)."""
+    folder.mkdir()
+    speeches = BUNDLED_CORPUS.read_text(encoding="utf-8")[:120_000].split("\n\n")
+    (folder / "a.txt").write_text("\n\n".join(speeches[:200]), encoding="utf-8")
+    (folder / "b.jsonl").write_text("".join(json.dumps({"text": speech}) + "\n" for speech in speeches[200:]))
+    return folder
+
+
+@pytest.mark.slow
+def test_own_corpus_in_one_command_fits_the_budget_and_splits_at_a_document(
+    runner, tmp_path: Path, one_thread: None, monkeypatch
+) -> None:
+    monkeypatch.setattr(lmkit.quickstart, "seconds_per_step", lambda config: 1e-3)  # the budget allows anything
+    out, corpus = tmp_path / "qs", own_corpus(tmp_path / "mine")
+    settings = ["--set", "train.batch_size=32", "--set", "model.context_length=64", "--set", "model.d_model=64"]
+    result = runner.invoke(
+        app, ["quickstart", "--corpus", str(corpus), "--minutes", "5", "--out", str(out), "-q", *settings]
+    )
+    assert result.exit_code == 0, result.output
+
+    train, val = (np.load(out / "data" / f"{split}.npy") for split in ("train", "val"))
+    separator = json.loads((out / "tokenizer.json").read_text())["added_tokens"][0]["id"]
+    assert 0.05 <= len(val) / (len(train) + len(val)) <= 0.2 and train[-1] == separator  # a document boundary
+    assert not (out / "data" / "all.npy").exists()
+    config = load_config(out / "run.toml")
+    assert config.train.steps == 10 * len(train) // (32 * 64)  # ten passes: what the budget allowed
+    assert read_checkpoint(out / "last.pt")["iteration"] == config.train.steps
+    prompt = lmkit.quickstart.sample_prompt(out / "data", out / "tokenizer.json")
+    assert prompt and "4. sample" in result.stdout and prompt in result.stdout
+    assert "lmkit quickstart --corpus" not in result.stdout  # the next steps are for this run
+
+
+def test_a_corpus_too_small_leaves_nothing_behind(runner, tmp_path: Path) -> None:
+    (tmp_path / "tiny.txt").write_text("To be, or not to be, that is the question.\n")
+    out = tmp_path / "qs"
+    result = runner.invoke(app, ["quickstart", "--corpus", str(tmp_path / "tiny.txt"), "--out", str(out), "-q"])
+    assert result.exit_code == 2
+    assert "the corpus is too small" in _one_line(result.stderr) and "give more text" in _one_line(result.stderr)
+    assert not out.exists()

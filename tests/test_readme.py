@@ -3,10 +3,11 @@
 The table is parsed from README.md. Each example must have an entry in SMALL_DATA: the arguments appended to
 make it quick (a tiny model, two steps), or an Excluded reason (e.g. a server that runs until stopped). A row
 without an entry fails `test_every_readme_example_has_a_small_data_invocation`, so whoever adds a command to
-the README adds its small-data invocation here. The examples then run in order, in one folder prepared
-with the files they name (corpus.txt, gpt2/, the example config's data, run.toml), each after the ones before
-it (train writes the checkpoint that generate reads): in this process, through the CLI's entry point, or as
-a subprocess (`python -m lmkit ...`) where the command replaces its process (`--nproc` becomes torchrun).
+the README adds its small-data invocation here. The examples then run in order, one test case each, in one
+folder prepared with the files they name (corpus.txt, gpt2/, the example config's data, run.toml), each after
+the ones before it (train writes the checkpoint that generate reads): in this process, through the CLI's
+entry point, or as a subprocess (`python -m lmkit ...`) where the command replaces its process (`--nproc`
+becomes torchrun).
 """
 
 import json
@@ -180,21 +181,40 @@ def run_example(args: list[str], folder: Path, own_process: bool) -> tuple[int, 
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """The folder the examples run in, one after another (each may read what an earlier one wrote)."""
+    folder = tmp_path_factory.mktemp("readme")
+    prepare(folder)
+    return folder
+
+
+def _runnable_examples() -> list[str]:
+    return [example for example in readme_examples() if not isinstance(SMALL_DATA.get(example), Excluded)]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_every_readme_example_runs_as_written_on_small_data(tmp_path, monkeypatch):
-    prepare(tmp_path)
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.parametrize("example", _runnable_examples(), ids=lambda example: example[6:60])
+def test_the_readme_example_runs_as_written_on_small_data(example, workspace, monkeypatch):
+    """One case per example, in the README's order, so that one failure does not hide the others' results
+    (an example that needs an earlier one's output fails too when that one did)."""
+    small = SMALL_DATA.get(example)
+    if small is None:
+        pytest.fail(f"no small-data invocation for {example!r} (see test_every_readme_example_has_...)")
+    monkeypatch.chdir(workspace)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    for example in readme_examples():
-        small = SMALL_DATA[example]
-        if isinstance(small, Excluded):
-            continue
-        args = [*shlex.split(example)[1:], *small.extra]
-        status, stdout, stderr = run_example(args, tmp_path, small.own_process)
-        assert status == 0, f"{example}\n{stdout}\n{stderr}"
-        assert small.expect in stdout, f"{example}: {small.expect!r} not in\n{stdout}"
-        for written in small.writes:
-            assert (tmp_path / written).is_file(), f"{example} did not write {written}"
-    _, listed, _ = run_example(["runs", "list", "runs/", "--json"], tmp_path, own_process=False)
+    args = [*shlex.split(example)[1:], *small.extra]
+    status, stdout, stderr = run_example(args, workspace, small.own_process)
+    assert status == 0, f"{example}\n{stdout}\n{stderr}"
+    assert small.expect in stdout, f"{example}: {small.expect!r} not in\n{stdout}"
+    for written in small.writes:
+        assert (workspace / written).is_file(), f"{example} did not write {written}"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_run_the_readme_trains_and_resumes_ends_finished(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    _, listed, _ = run_example(["runs", "list", "runs/", "--json"], workspace, own_process=False)
     assert {run["name"]: run["status"] for run in json.loads(listed)["runs"]}["tinystories-cpu"] == "finished"

@@ -92,6 +92,12 @@ def children(pid: int) -> list[int]:
     return sorted(int(line) for line in found.split())
 
 
+def has_worked(pid: int, ticks: int = 5) -> bool:
+    """Whether `pid` has used `ticks` clock ticks of CPU time (user + system; 50 ms at the usual 100 Hz)."""
+    fields = _proc_stat(pid)
+    return fields is not None and int(fields[11]) + int(fields[12]) >= ticks
+
+
 def running(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
     if Path("/proc/self/stat").exists():
@@ -570,11 +576,12 @@ def start_with_workers(processes, command: str, corpus: Path, out: Path) -> tupl
     out.mkdir()
     proc = processes(*tokenizer_command(command, corpus, out))
     wait_for(lambda: len(children(proc.pid)) >= 2, what="two workers")
+    workers = children(proc.pid)
     if command == "encode":
         wait_for(lambda: any(path.stat().st_size > 1 << 20 for path in out.glob(".*.tmp")), what="output")
     else:
-        time.sleep(0.5)
-    return proc, children(proc.pid)
+        wait_for(lambda: all(map(has_worked, workers)), what="both workers counting")
+    return proc, workers
 
 
 @pytest.mark.slow

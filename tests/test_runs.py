@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -74,6 +75,24 @@ def zoo(tmp_path: Path) -> Path:
     make_run(runs / "group" / "nan", [train_line(1, 5.0), train_line(2, NAN)], age_s=5)
     make_run(runs / "group" / "blowup", [train_line(1, 5.0), train_line(2, 2.0), train_line(3, 9.0)])
     return runs
+
+
+def test_the_list_fits_80_columns_leaving_out_columns_before_cutting_names(runner, zoo):
+    long_name = "sweep-of-the-learning-rate/optim.lr=1e-3-with-a-long-suffix"
+    (zoo / long_name).parent.mkdir()
+    shutil.copytree(zoo / "done", zoo / long_name)
+    for columns, whole in ((80, ["group/blowup", "quickstart"]), (60, ["group/blowup"])):
+        shutil.copytree(zoo / "done", zoo / "quickstart", dirs_exist_ok=True)
+        lines = runner.invoke(app, ["runs", "list", str(zoo)], env={"COLUMNS": str(columns)}).stdout.splitlines()
+        assert max(map(len, lines)) <= columns
+        header = next(number for number, line in enumerate(lines) if line.startswith("run "))
+        rows = [line.split() for line in lines[header + 2 :]]
+        assert len(rows) == 7 and all(row[-1] in {"finished", "running", "crashed", "diverged"} for row in rows)
+        names = [row[0] for row in rows]
+        assert all(name in names for name in whole) and any(name.endswith("…") for name in names)
+        assert "shape" not in lines[header] and "status" in lines[header] and "steps" in lines[header]
+    wide = runner.invoke(app, ["runs", "list", str(zoo)], env={"COLUMNS": "200"}).stdout
+    assert long_name in wide and "shape" in wide and "tokens" in wide
 
 
 # --- status ---------------------------------------------------------------------------------------------
@@ -205,7 +224,7 @@ def test_compare_shows_only_the_fields_that_differ_and_the_metrics(runner, tmp_p
     result = runner.invoke(app, ["runs", "compare", str(a), str(b), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["runs"] == [str(a), str(b)]
+    assert report["runs"] == ["a", "b"]  # run names, not paths
     # out_dir always differs and is left out; min_lr follows lr (lr / 10).
     assert report["differences"] == {
         "model.d_model": [32, 64],
@@ -231,7 +250,8 @@ def test_compare_expands_a_folder_of_runs_and_needs_two(runner, tmp_path):
     result = runner.invoke(app, ["runs", "compare", str(tmp_path / "sweep"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["differences"]["optim.lr"] == [1e-2, 1e-3]  # sorted by folder name
+    assert report["differences"]["optim.lr"] == [1e-3, 1e-2]  # by the swept value, not the folders' names
+    assert report["runs"] == ["optim.lr=1e-3", "optim.lr=1e-2"]
     assert_input_error(
         runner.invoke(app, ["runs", "compare", str(tmp_path / "sweep" / "optim.lr=1e-3")]), "at least two runs"
     )
@@ -270,8 +290,8 @@ def plotted(tmp_path: Path) -> tuple[Path, Path]:
 def test_curves_hand_exactly_the_logged_points_to_the_plot(plotted, metric, x, good, bad):
     series = curves(load_runs(list(plotted)), metric, x)
     assert series == [
-        Series(label=str(plotted[0]), x=good[0], y=good[1], diverged=False),
-        Series(label=str(plotted[1]), x=bad[0], y=bad[1], diverged=True),
+        Series(label="good", x=good[0], y=good[1], diverged=False),
+        Series(label="bad", x=bad[0], y=bad[1], diverged=True),
     ]
 
 
@@ -307,6 +327,38 @@ def test_the_figure_marks_diverged_runs():
     assert axes.get_yscale() == "log" and axes.get_xlabel() == "step" and axes.get_ylabel() == "validation loss"
 
 
+def test_a_sweep_comes_in_the_order_of_its_values_and_same_names_fall_back_to_paths(tmp_path):
+    for lr in ("1e-1", "1e-3", "6e-3"):
+        make_run(tmp_path / "sweep" / f"optim.lr={lr}", finished_records(), lr=float(lr))
+    assert [run.name for run in load_runs([tmp_path / "sweep"])] == ["optim.lr=1e-3", "optim.lr=6e-3", "optim.lr=1e-1"]
+    make_run(tmp_path / "one" / "run", finished_records(), d_model=16)
+    make_run(tmp_path / "two" / "run", finished_records(), d_model=64)
+    runs = load_runs([tmp_path / "two" / "run", tmp_path / "one" / "run"])
+    assert [run.name for run in runs] == [str(tmp_path / "one" / "run"), str(tmp_path / "two" / "run")]
+
+
+def test_smoothing_is_a_debiased_moving_average(plotted):
+    [good, _] = curves(load_runs(list(plotted)), "train_loss", "steps", smooth=0.5)
+    losses, expected, average = [5.0, 4.0, 3.5, 3.0], [], 0.0
+    for number, loss in enumerate(losses, start=1):  # TensorBoard's rule, written out
+        average = 0.5 * average + 0.5 * loss
+        expected.append(average / (1 - 0.5**number))
+    assert good.y == pytest.approx(expected) and good.y[0] == 5.0 and good.x == [1, 2, 3, 4]
+    assert curves(load_runs(list(plotted)), "train_loss", "steps", smooth=0.0)[0].y == losses
+
+
+def test_the_figure_names_its_metric_marks_evaluations_and_labels_log_ticks_plainly():
+    series = [Series("optim.lr=1e-3", [100, 200, 300], [9.0, 5.5, 4.2], False)]
+    axes = make_figure(series, "val_loss", "steps", log_y=True).axes[0]
+    assert axes.get_title() == "validation loss against step"
+    assert axes.get_lines()[0].get_marker() == "o"
+    axes.figure.canvas.draw()
+    labels = [tick.get_text() for tick in axes.get_yticklabels(minor=True) if tick.get_text()]
+    assert "5" in labels and "4" in labels and not any("10^" in label or "times" in label for label in labels)
+    train = make_figure([Series("a", [1, 2, 3], [5.0, 4.0, 3.0], False)], "train_loss", "steps").axes[0]
+    assert train.get_lines()[0].get_marker() in (None, "None", "")
+
+
 def test_plot_without_matplotlib_says_how_to_install_it(runner, plotted, tmp_path, monkeypatch):
     for name in [name for name in sys.modules if name.startswith("matplotlib.")] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)  # what `import matplotlib` finds when it is not installed
@@ -337,4 +389,8 @@ def test_plot_bad_input(runner, plotted, tmp_path):
     assert_input_error(runner.invoke(app, ["runs", "plot", str(tmp_path / "empty"), "--out", out]), "no runs found")
     fresh = make_run(tmp_path / "fresh", [train_line(1, 5.0)])
     assert_input_error(runner.invoke(app, ["runs", "plot", str(fresh), "--out", out]), "have logged no val_loss yet")
+    message = "--smooth must be at least 0 and below 1 (0.9 averages about 10 points)"
+    for smooth in ("1", "-0.1"):
+        result = runner.invoke(app, ["runs", "plot", run, "--smooth", smooth, "--out", out])
+        assert_input_error(result, f"{message}, got {float(smooth)}")
     assert not (tmp_path / "c.png").exists()

@@ -7,6 +7,7 @@ it, as .ci/run does, and a missing browser is a failure there.
 
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -114,6 +115,15 @@ def test_a_prompt_typed_into_the_page_streams_the_text_into_it(tmp_path) -> None
                 "!document.getElementById('generate').disabled && document.getElementById('status').textContent"
             )
             assert str(status).startswith("stopped:"), status
+            # The seed the page drew is shown, and repeats the completion through the API.
+            seed = int(re.search(r", seed (\d+)$", str(status))[1])
+            body = {"model": "tiny", "prompt": "The", "max_tokens": 50, "temperature": 0.0, "seed": seed}
+            again = httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
+            assert again == page.evaluate("document.getElementById('completion').textContent")
+            # On a narrow screen the controls wrap, but Stop stays beside Generate.
+            page.call("Emulation.setDeviceMetricsOverride", width=360, height=800, deviceScaleFactor=1, mobile=False)
+            tops = page.evaluate("['generate', 'stop'].map((id) => document.getElementById(id).offsetTop)")
+            assert tops[0] == tops[1], tops
             assert page.evaluate("document.getElementById('echo').textContent") == "The"
             assert page.evaluate("document.getElementById('completion').textContent") == expected
             lengths = page.evaluate("window.lengths")

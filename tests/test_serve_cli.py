@@ -37,36 +37,51 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_lmkit_serve_serves_the_checkpoint_over_http(checkpoint) -> None:
-    port = free_port()
-    command = [sys.executable, "-m", "lmkit", "serve", str(checkpoint), "--port", str(port), "--device", "cpu"]
+def start_server(checkpoint: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`lmkit serve` in its own process on a free port, once it answers /health; its base URL. A port found
+    free can be taken by another process before the server binds it: then the server exits, and another
+    port is tried."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    for _ in range(3):
+        port = free_port()
+        command = [sys.executable, "-m", "lmkit", "serve", str(checkpoint), "--port", str(port), "--device", "cpu"]
+        server = subprocess.Popen(
+            [*command, *options], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline = time.monotonic() + 60
-        while True:
+        while server.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
+                    return server, f"http://127.0.0.1:{port}"
             except httpx.HTTPError:
-                assert server.poll() is None and time.monotonic() < deadline, "lmkit serve did not start"
+                assert time.monotonic() < deadline, "lmkit serve did not start"
                 time.sleep(0.1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        output, _ = server.communicate()
+        if "address already in use" not in output.lower():
+            raise AssertionError(f"lmkit serve exited before serving:\n{output}")
+    raise AssertionError("no free port found in three tries")
+
+
+def test_lmkit_serve_serves_the_checkpoint_over_http(checkpoint) -> None:
+    server, base = start_server(checkpoint)
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         assert [card.id for card in client.models.list().data] == ["best"]  # the checkpoint's name
         response = client.completions.create(model="best", prompt="To be", max_tokens=24, temperature=0.7, seed=9)
         model, tokenizer = load_model_and_tokenizer(checkpoint, "cpu")
         expected = generate(model, tokenizer, "To be", max_new_tokens=24, temperature=0.7, top_p=1.0, seed=9)
         assert response.choices[0].text == expected.text
-        assert "<title>lmkit playground</title>" in httpx.get(f"http://127.0.0.1:{port}/").text
+        assert "<title>lmkit playground</title>" in httpx.get(f"{base}/").text
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)
-    assert f"http://127.0.0.1:{port}/" in output
+    assert f"{base}/" in output
 
 
 def test_binding_beyond_this_machine_warns_without_an_api_key(runner, checkpoint, monkeypatch) -> None:
     served = []
-    monkeypatch.setattr(lmkit.serve.app, "run_server", lambda app, host, port: served.append((host, port)))
+    monkeypatch.setattr(lmkit.serve.app, "listening_socket", lambda host, port: served.append((host, port)))
+    monkeypatch.setattr(lmkit.serve.app, "run_server", lambda app, listening: None)
     result = runner.invoke(app, ["serve", str(checkpoint), "--host", "0.0.0.0", "--port", "9999", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert served == [("0.0.0.0", 9999)]
@@ -75,6 +90,18 @@ def test_binding_beyond_this_machine_warns_without_an_api_key(runner, checkpoint
     assert result.exit_code == 0 and "warning" not in result.stderr
     result = runner.invoke(app, ["serve", str(checkpoint), "--device", "cpu"])
     assert served[-1] == ("127.0.0.1", 8000) and "warning" not in result.stderr
+
+
+def test_a_port_in_use_is_one_line_before_the_model_is_loaded(runner, checkpoint, monkeypatch) -> None:
+    loaded = []
+    monkeypatch.setattr("lmkit.generate.load_model_and_tokenizer", lambda *args: loaded.append(args))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", str(checkpoint), "--port", str(port)])
+    assert_input_error(result, f"cannot listen on 127.0.0.1:{port}: address already in use; choose another --port")
+    assert loaded == []
 
 
 def test_bad_inputs_exit_2_with_one_line(runner, checkpoint, tmp_path) -> None:
@@ -106,21 +133,8 @@ def test_sigterm_ends_open_streams_within_the_shutdown_timeout(tmp_path) -> None
     path = tmp_path / "long.pt"
     config = {"model": model.config.model_dump(mode="json")}
     write_checkpoint(model_state(model), None, 0, path, config=config, tokenizer_json=byte_tokenizer().to_json())
-    port = free_port()
-    command = [sys.executable, "-m", "lmkit", "serve", str(path), "--port", str(port), "--device", "cpu",
-               "--shutdown-timeout", "1"]  # fmt: skip
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(path, "--shutdown-timeout", "1")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert server.poll() is None and time.monotonic() < deadline, "lmkit serve did not start"
-                time.sleep(0.1)
         body = {"model": "long", "prompt": "To be", "max_tokens": 5000, "temperature": 0.0}  # greedy: never ends early
         whole: list[httpx.Response] = []
         post = lambda: whole.append(httpx.post(f"{base}/v1/completions", json=body, timeout=60))  # noqa: E731

@@ -113,3 +113,14 @@ def test_bad_thread_counts(runner, tmp_path):
     assert_input_error(runner.invoke(app, ["train", "--config", str(config)]), "train.threads: Input should be")
     result = runner.invoke(app, ["generate", str(tmp_path / "x.pt"), "--threads", "0", "-p", "a"])
     assert result.exit_code == 2 and "--threads" in result.output
+
+
+def test_every_worker_count_follows_the_affinity_mask(monkeypatch, tmp_path):
+    """Pinned to one CPU of a 64-CPU machine (taskset, a batch scheduler), lmkit starts one worker, not 64."""
+    from lmkit.evaluation.report import encode_workers
+
+    monkeypatch.setattr(lmkit.threads, "_CGROUP_CPU_MAX", tmp_path / "none")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {5})
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert lmkit.threads.usable_cpus() == 1
+    assert encode_workers(torch.device("cuda")) == 1 and encode_workers(torch.device("cpu")) == 1

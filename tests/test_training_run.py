@@ -94,7 +94,8 @@ def test_resume_is_bitwise_identical_to_an_unbroken_run(runner, workdir, optim, 
     # A stale metrics line past the checkpoint (a crash after it) must not survive the resume.
     with (workdir / "broken" / "metrics.jsonl").open("a") as log:
         log.write(json.dumps({"event": "train", "step": 11, "loss": 99.0}) + "\n")
-    second = train(runner, "--resume", str(workdir / "broken" / "last.pt"))
+    # The run folder stands for its last.pt.
+    second = train(runner, "--resume", str(workdir / "broken"))
     assert second.exit_code == 0, second.output
 
     expected, resumed = metrics(workdir / "straight"), metrics(workdir / "broken")

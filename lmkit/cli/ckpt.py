@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True, help="Inspect checkpoints written by lmk
 
 @app.command()
 def info(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file (last.pt, best.pt)."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file (last.pt, best.pt), or a run folder (its best.pt)."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as one JSON object."),
 ) -> None:
     """Show what a checkpoint holds: model, step, losses, configs, tokenizer, version.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 # soft_wrap: an error is one line however narrow the terminal, so scripts can grep it.
@@ -80,16 +81,28 @@ def status_cell(status: str) -> str:
     return f"[{_STATUS_STYLE.get(status, 'default')}]{status}[/]"
 
 
-def print_rows(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """Print a table of runs, one row each."""
+def print_rows(title: str, columns: list[str], rows: list[list[str]], drop_first: Sequence[str] = ()) -> None:
+    """Print a table of runs, one row each, within the terminal's width: while it would be wider, the columns
+    named in `drop_first` are left out in that order; past that, the first column's names are cut short (...).
+    No cell wraps onto a second line."""
+    table_columns = zip(columns, *rows, strict=True)
+    widths = [max(Text.from_markup(cell).cell_len for cell in column) for column in table_columns]
+    kept = list(range(len(columns)))
+    needed = lambda: sum(widths[number] for number in kept) + 2 * (len(kept) - 1)  # noqa: E731
+    for name in drop_first:
+        if needed() <= console.width:
+            break
+        kept.remove(columns.index(name))
+    first_width = max(8, widths[0] - max(0, needed() - console.width))
     table = Table(
         title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
     )
-    for number, column in enumerate(columns):
-        # Only the first column (names, folders) folds: numbers and statuses stay whole on narrow terminals.
-        table.add_column(column, overflow="fold", no_wrap=number > 0)
+    for number in kept:
+        # Only the first column (names, folders) gives way: numbers and statuses stay whole.
+        width = first_width if number == 0 else widths[number]
+        table.add_column(columns[number], overflow="ellipsis", no_wrap=True, min_width=width, max_width=width)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[number] for number in kept))
     console.print(table)
 
 

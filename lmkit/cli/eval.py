@@ -10,7 +10,9 @@ from lmkit.cli.common import print_json, print_table, threads_option
 
 
 def eval_command(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by lmkit train (e.g. runs/x/best.pt)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint written by lmkit train (runs/x/best.pt), or a run folder (its best.pt)."
+    ),
     data: Path = typer.Argument(
         None, help="A UTF-8 text file (encoded with the checkpoint's tokenizer) or a .npy token array."
     ),

@@ -51,7 +51,9 @@ def _print_texts(results: list[Generation], show: bool) -> None:
 
 
 def generate(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by lmkit train (e.g. runs/x/best.pt)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint written by lmkit train (runs/x/best.pt), or a run folder (its best.pt)."
+    ),
     prompts: list[str] = typer.Option([], "--prompt", "-p", help="Text to continue (repeat for a batch)."),
     prompt_files: list[Path] = typer.Option(
         [], "--prompt-file", help="A UTF-8 file whose text is one prompt (repeatable; after the --prompt ones)."

@@ -14,7 +14,9 @@ import_app = typer.Typer(no_args_is_help=True, help="Read a model from another e
 
 @export_app.command(name="hf")
 def export_hf(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint from lmkit train (or lmkit import hf)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint from lmkit train (or lmkit import hf), or a run folder (its best.pt)."
+    ),
     out: Path = typer.Option(..., "--out", help="The folder to write (new, or empty; see --force)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights as float32, bfloat16 or float16."),
     max_shard_mb: int = typer.Option(5000, "--max-shard-mb", help="Split the weights into files of at most this."),

@@ -1,4 +1,5 @@
-"""`lmkit quickstart`: the whole path (tokenizer, encoding, training, sampling) on the bundled corpus."""
+"""`lmkit quickstart`: the whole path (tokenizer, encoding, training, sampling) on the bundled corpus or the
+user's own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import typer
 
 from lmkit.cli.common import console, print_table, threads_option
-from lmkit.quickstart import DEFAULT_STEPS, DEFAULT_VOCAB_SIZE
+from lmkit.quickstart import DEFAULT_STEPS
 
 
 def _say(text: str, **options: Any) -> None:
@@ -29,6 +30,11 @@ def _show(stage: str, facts: dict[str, Any]) -> None:
             f"validation tokens (the last tenth of the text)\n"
             f"   unigram baseline: {facts['unigram entropy (nats)']:.3f} nats, the entropy of the validation "
             "tokens (the best loss a model ignoring context can reach)"
+        )
+    elif stage == "budget":
+        _say(
+            f"   a step takes {facts['seconds per step']:.2f} s here: {facts['steps']:,} steps fit the "
+            f"{facts['minutes']:g}-minute budget"
         )
     elif stage == "config":
         _say(
@@ -72,21 +78,34 @@ def _print_curve(curve: list[dict[str, Any]]) -> None:
 
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="The run folder to create."),
-    steps: int = typer.Option(
-        DEFAULT_STEPS, "--steps", min=1, help="Training steps (fewer for a quicker, rougher model)."
+    corpus: list[str] = typer.Option(
+        [],
+        "--corpus",
+        help="Train on this text instead of Tiny Shakespeare: a file, folder or glob, in any format the tokenizer "
+        "reads (.txt, .jsonl, .parquet, also .gz/.zst); repeatable.",
     ),
-    vocab_size: int = typer.Option(DEFAULT_VOCAB_SIZE, "--vocab-size", help="Tokenizer vocabulary size."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help=f"Training steps (default: {DEFAULT_STEPS}, or what fits --minutes)."
+    ),
+    minutes: float | None = typer.Option(
+        None, "--minutes", help="A time budget: train for as many steps as fit (default for --corpus: 3)."
+    ),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", help="Tokenizer vocabulary size (default: 2000, or sized to --corpus)."
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a value of the run config, e.g. --set optim.lr=1e-3 (repeatable)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     threads: int | None = threads_option(),
 ) -> None:
-    """Train a small model on the bundled Tiny Shakespeare end to end, on a CPU, in a few minutes.
+    """Train a small model end to end on a CPU in a few minutes: on the bundled Tiny Shakespeare, or on your
+    own text with --corpus.
 
-    Example:
+    Examples:
 
         lmkit quickstart --out runs/quickstart
+        lmkit quickstart --corpus my-notes/ --minutes 10 --out runs/notes
 
     Trains a tokenizer, encodes a train/validation split, writes run.toml and trains from it as lmkit train does.
 
@@ -96,9 +115,16 @@ def quickstart(
 
     overrides = [*overrides, f"train.threads={threads}"] if threads is not None else overrides
     result = run_quickstart(
-        out, steps=steps, vocab_size=vocab_size, overrides=overrides, progress=not quiet, report=_show
+        out,
+        corpus=corpus,
+        steps=steps,
+        minutes=minutes,
+        vocab_size=vocab_size,
+        overrides=overrides,
+        progress=not quiet,
+        report=_show,
     )
     print_table("Time", {f"{stage} (s)": round(seconds, 1) for stage, seconds in result.seconds.items()})
     _say("[bold]Next[/bold]:")
-    for command in next_commands(result.out_dir):
+    for command in next_commands(result.out_dir, own_corpus=bool(corpus)):
         _say(f"  {command}", markup=False, highlight=False)

@@ -69,7 +69,8 @@ def list_command(
         columns.insert(6, "best bpb")
         for row, s in zip(rows, summaries, strict=True):
             row.insert(6, run_value(s["best_val_bpb"]))
-    print_rows(f"Runs in {directory}", columns, rows)
+    # On a narrow terminal the run names stay whole as long as leaving out the less needed columns allows.
+    print_rows(f"Runs in {directory}", columns, rows, drop_first=("shape", "tokens", "time", "params"))
 
 
 @app.command()
@@ -78,6 +79,9 @@ def plot(
     x: str = typer.Option("steps", "--x", help="The x axis: steps, tokens or time."),
     metric: str = typer.Option("val_loss", "--metric", help="val_loss, val_bpb, train_loss, lr or grad_norm."),
     log: bool = typer.Option(False, "--log", help="Logarithmic y axis."),
+    smooth: float = typer.Option(
+        0.0, "--smooth", help="Smooth the curves by an exponential moving average of this weight (0.9: ~10 points)."
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="The image to write (.png, .svg or .pdf); default: RUNS/METRIC-X.png."
     ),
@@ -89,12 +93,13 @@ def plot(
     Example:
 
         lmkit runs plot runs/lr-sweep --x tokens --metric val_loss --log --out lr-sweep.png
+        lmkit runs plot runs/lr-sweep --metric train_loss --smooth 0.9
     """
     from lmkit.tracking.plot import default_plot_path, plot_runs
 
     out = out if out is not None else default_plot_path(runs, metric, x)
     replaced = out.exists()
-    series = plot_runs(runs, metric, x, out, log)
+    series = plot_runs(runs, metric, x, out, log, smooth)
     count = f"{len(series)} run{'s' if len(series) != 1 else ''}"
     verb = "replaced" if replaced else "wrote"
     err_console.print(f"{verb} {out} ({count}, {metric} against {x})", highlight=False)

@@ -11,7 +11,9 @@ from lmkit.errors import InputError
 
 
 def serve(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint written by lmkit train (e.g. runs/x/best.pt)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint written by lmkit train (runs/x/best.pt), or a run folder (its best.pt)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
@@ -40,12 +42,13 @@ def serve(
         lmkit serve runs/tinystories/best.pt --port 8000
     """
     from lmkit.generate import load_model_and_tokenizer
-    from lmkit.serve.app import create_app, loopback, run_server
+    from lmkit.serve.app import create_app, listening_socket, loopback, run_server
     from lmkit.threads import apply_threads
 
     if api_key == "":
         raise InputError("--api-key is empty; give a key, or leave the option out")
     apply_threads(threads)
+    listening = listening_socket(host, port)  # a port in use is found before the model is loaded
     model, tokenizer = load_model_and_tokenizer(checkpoint, device, dtype)
     name = model_name or checkpoint.stem
     if not loopback(host) and api_key is None:
@@ -56,4 +59,4 @@ def serve(
         )
     err_console.print(f"serving {name!r} on http://{host}:{port}/ (playground) and http://{host}:{port}/v1")
     app = create_app(model, tokenizer, name, max_batch=max_batch, api_key=api_key, shutdown_timeout=shutdown_timeout)
-    run_server(app, host, port)
+    run_server(app, listening)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from lmkit.cli.common import TOKENIZER_HELP, print_json, print_table, tokenizer_option
+from lmkit.threads import usable_cpus
 
 app = typer.Typer(no_args_is_help=True, help="Train, apply and inspect byte-level BPE tokenizers.")
 
@@ -106,7 +107,6 @@ def encode(
 
     Example: lmkit tokenizer encode --text "Hello world" --tokenizer tokenizer.json --show
     """
-    import os
 
     from lmkit.errors import InputError
     from lmkit.tokenizer.tokenizer import Tokenizer
@@ -124,7 +124,7 @@ def encode(
     from lmkit.tokenizer.encode import encode_file
     from lmkit.tokenizer.sources import find_corpus
 
-    workers = workers if workers is not None else os.cpu_count() or 1
+    workers = workers if workers is not None else usable_cpus()
     source = find_corpus(corpus, input_format=input_format, text_field=text_field, separator=separator)
     summary = encode_file(source, tok, out, workers=workers, val_fraction=val_fraction)
     if json_output:

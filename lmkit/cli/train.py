@@ -18,8 +18,8 @@ def train(
     resume: Path = typer.Option(
         None,
         "--resume",
-        help="Continue exactly from this checkpoint (e.g. last.pt); one holding weights only (lmkit import hf) "
-        "starts a new run from them.",
+        help="Continue exactly from this checkpoint (last.pt, or a run folder: its last.pt); one holding weights "
+        "only (lmkit import hf) starts a new run from them.",
     ),
     until_step: int = typer.Option(
         None, "--until-step", help="Stop after this step with a checkpoint, to resume later."
@@ -68,6 +68,12 @@ def train(
     status = exit_status(result.stop_signal) if result.interrupted and result.step < result.total_steps else 0
     if not Distributed.from_env().is_main:  # under torchrun rank 0 alone reports
         raise typer.Exit(status)
+    if result.steps_run == 0 and result.step == result.total_steps:
+        err_console.print(
+            f"nothing to do: the run ended at step {result.step}; to train on, raise its length (--set train.steps=N)",
+            highlight=False,
+        )
+        return
     print_table(
         "Training",
         {

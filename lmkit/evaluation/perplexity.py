@@ -23,6 +23,7 @@ forward passes. The last window scores whatever is left.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -156,19 +157,19 @@ def is_token_array(path: str | os.PathLike) -> bool:
         return handle.read(len(NPY_MAGIC)) == NPY_MAGIC
 
 
-def _token_chunks(tokens: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def _token_chunks(tokens: np.ndarray) -> Iterator[np.ndarray]:
     for start in range(0, len(tokens), _NPY_CHUNK):
-        chunk = np.asarray(tokens[start : start + _NPY_CHUNK])
-        yield len(chunk), chunk
+        yield np.asarray(tokens[start : start + _NPY_CHUNK])
 
 
 @contextlib.contextmanager
 def _data_chunks(
     data: Path, tokenizer: Tokenizer, lengths: np.ndarray, max_ids: int | None, workers: int
-) -> Iterator[tuple[Iterator[tuple[int, np.ndarray]], int, str]]:
-    """The data as `(progress amount, ids)` chunks, with the progress total and unit (MB of text, M tokens).
-    A token array is cut to `max_ids` and its ids are checked against `lengths` (see count_bytes) first;
-    a text is encoded by `workers` processes."""
+) -> Iterator[tuple[Iterator[np.ndarray], int, str]]:
+    """The data as chunks of ids, with the progress total and unit: MB of text (progress counts the bytes
+    scored), or M tokens for a token array (progress counts the tokens scored). A token array is cut to
+    `max_ids` and its ids are checked against `lengths` (see count_bytes) first; a text is encoded by
+    `workers` processes."""
     from lmkit.tokenizer.encode import CHUNK_BYTES, encoded_chunks
     from lmkit.tokenizer.pretokenize import corpus_size
 
@@ -180,14 +181,14 @@ def _data_chunks(
         tokens = load_tokens(data, "data")[:max_ids]
         if len(tokens) == 0:
             raise InputError(f"data file {data} holds no tokens")
-        for _, chunk in _token_chunks(tokens):  # every id checked before the work starts, not after hours of it
+        for chunk in _token_chunks(tokens):  # every id checked before the work starts, not after hours of it
             count_bytes(chunk, lengths, f"data {data}")
         yield _token_chunks(tokens), len(tokens), "M tokens"
         return
     size = corpus_size(data)
     workers = min(workers, math.ceil(size / CHUNK_BYTES))  # no more workers than chunks
     with encoded_chunks(data, tokenizer, workers) as chunks:
-        yield chunks, size, "MB"
+        yield (ids for _, ids in chunks), size, "MB"
 
 
 def evaluate(
@@ -224,17 +225,14 @@ def evaluate(
         _data_chunks(data, tokenizer, lengths, max_tokens and max_tokens + 1, workers) as (chunks, total, unit),
         progress_bar("Evaluating", total, unit, scale=1e6, enabled=show_progress) as bar,
     ):
-
-        def stream() -> Iterator[np.ndarray]:
-            yield start_ids(tokenizer)
-            for amount, ids in chunks:
-                yield ids
-                bar.advance(amount)
-
-        for rows, n in _batches(windows(stream(), context, stride, max_tokens), batch_size):
-            n_bytes += count_bytes(rows[:, -n:].ravel(), lengths, f"data {data}")
+        # The bar follows the scoring, batch by batch (the data is read far ahead of it).
+        for rows, n in _batches(
+            windows(itertools.chain([start_ids(tokenizer)], chunks), context, stride, max_tokens), batch_size
+        ):
+            batch_bytes = count_bytes(rows[:, -n:].ravel(), lengths, f"data {data}")
             total_nats += window_nats(model, rows, n, autocast_dtype)
-            tokens += rows.shape[0] * n
+            n_bytes, tokens = n_bytes + batch_bytes, tokens + rows.shape[0] * n
+            bar.advance(batch_bytes if unit == "MB" else rows.shape[0] * n)
             bar.update(description=f"Evaluating: loss {total_nats / tokens:.3f}")
     if tokens == 0:
         raise InputError(

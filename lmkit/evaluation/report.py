@@ -11,14 +11,15 @@ import torch
 from lmkit.errors import InputError
 from lmkit.evaluation.choices import evaluate_choices, read_questions
 from lmkit.evaluation.perplexity import evaluate
+from lmkit.threads import usable_cpus
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def default_workers(device: torch.device) -> int:
+def encode_workers(device: torch.device) -> int:
     """Processes to encode a text: on a CPU the model's forward passes need the cores (1); on an accelerator
     encoding in one process could keep the model waiting (all cores)."""
-    return 1 if device.type == "cpu" else os.cpu_count() or 1
+    return 1 if device.type == "cpu" else usable_cpus()
 
 
 def evaluation_report(
@@ -40,7 +41,7 @@ def evaluation_report(
 
     `dtype` "auto" autocasts to bfloat16 on a GPU with native bfloat16 and keeps float32 elsewhere (as
     generation does: lmkit.device.resolve_inference_dtype); `workers` defaults to
-    default_workers. InputError for bad input of any kind, before the model is loaded where it can be.
+    encode_workers. InputError for bad input of any kind, before the model is loaded where it can be.
     """
     from lmkit.checkpoint import load_model_and_tokenizer
     from lmkit.device import resolve_inference_dtype
@@ -69,7 +70,7 @@ def evaluation_report(
             batch_size=batch_size,
             max_tokens=max_tokens,
             autocast_dtype=autocast_dtype,
-            workers=default_workers(model_device) if workers is None else workers,
+            workers=encode_workers(model_device) if workers is None else workers,
             show_progress=show_progress,
         )
         window = context or model.config.context_length

@@ -54,8 +54,8 @@ def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
     # Cast the tables, not x: bf16 activations stay bf16 (float32 tables would promote them).
     cos, sin = (table.to(x.dtype) for table in tables)
     # (x_2k, x_2k+1) -> (x_2k cos - x_2k+1 sin, x_2k+1 cos + x_2k sin): multiply x by cos, and x with
-    # the two dims of each pair swapped by the signed sin. Contiguous elementwise work, unlike
-    # slicing out the even and odd dims, which ran 20x slower fwd+bwd on CPU.
+    # the two dims of each pair swapped by the signed sin. This is contiguous elementwise work; slicing out
+    # the even and odd dims instead is about 20x slower forward and backward on CPU.
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return x * cos + swapped * sin
 
@@ -194,8 +194,8 @@ class MultiHeadSelfAttention(nn.Module):
         layers; without them this module looks them up itself.
         """
         start = 0 if kv_cache is None else kv_cache.length
-        # Three products, not one with the weights concatenated: that copied the three matrices on every call,
-        # and measured slower for training and 2-3x slower per decoded token (benchmarks/qkv_projection.py).
+        # Three products, not one with the weights concatenated: concatenating copies the three matrices on
+        # every call, which is slower for training and 2-3x slower per decoded token (benchmarks/qkv_projection.py).
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)
         k, v = (rearrange(part, "b t (h d) -> b h t d", h=self.num_kv_heads) for part in (k, v))

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmkit.errors import InputError, validation_error_message
+from lmkit.errors import InputError, first_error, validation_error_message
 from lmkit.fileio import parse_json
 from lmkit.serve.engine import Finished
 
@@ -20,6 +20,8 @@ MAX_SEED = 2**63 - 1
 # Limits that keep one request from taking the server's memory: a decoded sequence holds its token ids.
 MAX_TOKENS = 1_000_000
 MAX_CHOICES = 128
+# Fields of OpenAI's completions request that this server does not implement: named as such, not as typos.
+UNSUPPORTED_FIELDS = frozenset({"best_of", "frequency_penalty", "logit_bias", "logprobs", "presence_penalty", "suffix"})
 
 
 class APIError(Exception):
@@ -114,8 +116,11 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
     try:
         return CompletionRequest.model_validate(data)
     except ValidationError as err:
-        location = err.errors()[0]["loc"]
-        raise APIError(400, validation_error_message(err), param=str(location[0]) if location else None) from None
+        first = first_error(err)
+        field = str(first["loc"][0]) if first["loc"] else None
+        if first["type"] == "extra_forbidden" and field in UNSUPPORTED_FIELDS:
+            raise APIError(400, f"{field!r} is not supported by this server", param=field) from None
+        raise APIError(400, validation_error_message(err), param=field) from None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -317,13 +318,30 @@ class _DrainingServer(uvicorn.Server):
         getattr(self, "_captured_signals", []).clear()
 
 
-def run_server(app: FastAPI, host: str, port: int) -> None:
-    """Serve `app` (from create_app) with uvicorn until Ctrl-C or SIGTERM, then stop within the app's shutdown
-    timeout (plus a moment to close connections) and return."""
+def run_server(app: FastAPI, listening: socket.socket) -> None:
+    """Serve `app` (from create_app) with uvicorn on the bound socket `listening` (see listening_socket) until
+    Ctrl-C or SIGTERM, then stop within the app's shutdown timeout (plus a moment to close connections),
+    close the socket and return."""
     drain: Drain = app.state.drain
     # uvicorn's own limit is the backstop: past it, it cancels whatever still runs.
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=drain.seconds + 2)
-    _DrainingServer(config).run()
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=drain.seconds + 2)
+    with listening:
+        _DrainingServer(config).run(sockets=[listening])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port`, for the server to listen on; InputError (one line, exit 2) for a
+    port in use or not allowed, where uvicorn would log its error and exit 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart at once
+    try:
+        listening.bind((host, port))
+    except OSError as err:
+        listening.close()
+        reason = (err.strerror or str(err)).lower()
+        raise InputError(f"cannot listen on {host}:{port}: {reason}; choose another --port (or --host)") from None
+    return listening
 
 
 def loopback(host: str) -> bool:

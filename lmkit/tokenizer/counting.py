@@ -20,6 +20,7 @@ from functools import cache
 
 from lmkit.interrupts import prepare_worker, start_workers
 from lmkit.progress import ProgressBar, progress_bar
+from lmkit.threads import usable_cpus
 from lmkit.tokenizer.fast_pretokenize import split_pretokens
 from lmkit.tokenizer.pretokenize import (
     SpecialTokenFinder,
@@ -84,11 +85,6 @@ def _hand_over(_: int) -> Counter[str]:
     """Return this worker's total. Each call waits until every worker holds one, so no worker gets two."""
     _hand_over_barrier.wait()
     return _worker_total
-
-
-def default_workers() -> int:
-    """The number of CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -162,7 +158,7 @@ def count_pretokens(
     corpus = as_corpus(corpus, special_tokens[0] if special_tokens else "")
     plain_file = corpus.plain_text_file()
     size = corpus_size(plain_file) if plain_file is not None else corpus.disk_bytes()
-    workers = num_workers or default_workers()
+    workers = num_workers or usable_cpus()
     tokens = tuple(special_tokens)
     total: Counter[str] = Counter()
     min_bytes = PARALLEL_MIN_BYTES if parallel_min_bytes is None else parallel_min_bytes

@@ -32,7 +32,7 @@ import math
 import socket
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +131,23 @@ def list_runs(root: str | Path) -> list[Run]:
     root = Path(root)
     runs = []
     for folder in find_runs(root):
-        relative = folder.relative_to(root)
-        runs.append(read_run(folder, relative.as_posix() if relative.parts else folder.resolve().name))
+        runs.append(read_run(folder, _name_within(folder, root)))
     return runs
 
 
+def _name_within(folder: Path, root: Path) -> str:
+    """A run's name: its path from `root`, or its folder's own name when it is `root`."""
+    relative = folder.relative_to(root)
+    return relative.as_posix() if relative.parts else folder.resolve().name
+
+
 def load_runs(paths: list[str | Path]) -> list[Run]:
-    """The runs named on a command line: each path is a run folder or a folder of runs (a sweep, say)."""
+    """The runs named on a command line: each path is a run folder or a folder of runs (a sweep, say).
+
+    A run is named by its folder's name, or within a folder given, by its path from there (`optim.lr=1e-3`);
+    by the path as found where two names would be the same. Runs that differ only in numbers (a sweep) come
+    in the order of those numbers, not of their folders' names (1e-3, 6e-3, 1e-1 rather than 1e-1, 1e-3, 6e-3).
+    """
     runs: dict[Path, Run] = {}
     for given in map(Path, paths):
         if not given.exists():
@@ -145,8 +155,26 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
         folders = [given] if is_run(given) else find_runs(given)
         for folder in folders:
             if folder.resolve() not in runs:
-                runs[folder.resolve()] = read_run(folder)
-    return list(runs.values())
+                runs[folder.resolve()] = read_run(folder, _name_within(folder, given))
+    found = list(runs.values())
+    if len({run.name for run in found}) < len(found):
+        found = [replace(run, name=str(run.path)) for run in found]
+    return in_sweep_order(found)
+
+
+def in_sweep_order(runs: list[Run]) -> list[Run]:
+    """`runs` ordered by the values of the config fields that differ between them, where those are all
+    numbers (a sweep over optim.lr, say); otherwise as they are."""
+    differences = config_differences(runs)
+    numeric = all(
+        isinstance(value, int | float) and not isinstance(value, bool)
+        for values in differences.values()
+        for value in values
+    )
+    if not differences or not numeric:
+        return runs
+    keys = [tuple(values[number] for values in differences.values()) for number in range(len(runs))]
+    return [run for _, run in sorted(zip(keys, runs, strict=True), key=lambda pair: pair[0])]
 
 
 def _exploded(losses: list[float]) -> bool:

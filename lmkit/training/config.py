@@ -152,6 +152,13 @@ class TrainConfig(BaseModel):
     eval_batches: Int64 = Field(default=20, gt=0, description="fixed validation batches per evaluation")
     log_every: Int64 = Field(default=10, gt=0, description="steps between train lines in metrics.jsonl")
     ckpt_every: Int64 = Field(default=1000, gt=0, description="steps between saves of last.pt (and at the end)")
+    sample_every: Int64 | None = Field(
+        default=None, gt=0, description="steps between samples of the model's text, shown and kept in samples.jsonl"
+    )
+    sample_prompt: str = Field(
+        default="<|endoftext|>", min_length=1, description="text each sample continues (default: a new document)"
+    )
+    sample_tokens: Int64 = Field(default=64, ge=1, le=10_000, description="new tokens per sample, at most")
     out_dir: Path = Field(
         default=Path("runs/lmkit"), strict=False, description="run folder: checkpoints, metrics, config"
     )  # not strict: TOML gives a string
@@ -289,14 +296,23 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
+def _tables_with(key: str) -> list[str]:
+    """The tables of the run config that have a key named `key`."""
+    tables = (name for name, field in RunConfig.model_fields.items() if isinstance(field.annotation, type))
+    return [name for name in tables if key in getattr(RunConfig.model_fields[name].annotation, "model_fields", {})]
+
+
 def _message(err: ValidationError) -> str:
-    """One line for the first problem; unknown keys name the closest valid key."""
+    """One line for the first problem; an unknown key names the table it belongs to, or the closest valid key."""
     first = first_error(err)
     if first["type"] != "extra_forbidden":
         return validation_error_message(err)
     *table, key = (str(part) for part in first["loc"])
     valid = _fields_at(tuple(table))
     prefix = ".".join(table) + "." if table else ""
+    elsewhere = [name for name in _tables_with(key) if [name] != table]
+    if elsewhere:
+        return f"unknown key {prefix}{key}: {key} belongs in [{elsewhere[0]}] (set it as {elsewhere[0]}.{key})"
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
     return f"unknown key {prefix}{key}; {hint}"

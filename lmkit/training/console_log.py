@@ -2,10 +2,11 @@
 
 A progress bar redrawn in place is right for a person at a terminal and wrong for a log file (`nohup`, CI,
 `> train.log`): there it shows nothing until the end, then one garbled line. So when stderr is not a
-terminal the run prints one plain line per log interval, as nanoGPT does, and one per evaluation:
+terminal the run prints one plain line per log interval, as nanoGPT does, and one per evaluation (which a
+terminal shows above the bar):
 
     step 20/300 | loss 3.5121 | lr 6.00e-03 | 5,275 tok/s | ETA 0:01:12
-    step 50/300 | val loss 3.9012
+    step 50/300 | val loss 3.9012 | val bpb 1.4070 | best 3.9012
 
 Each line is flushed as it is written, so `tail -f` follows the run. `-q` turns both off (metrics.jsonl is
 written either way).
@@ -65,10 +66,11 @@ class TrainingConsole:
         """After every step: move the bar (on a terminal). `loss` is the last one read (None before the first
         read): the loop reads it from the device at log intervals only."""
         if self._bar is not None:
-            shown = "" if loss is None else f" loss {loss:.3f}"
+            # The step is the bar's amount (step/total); the description stays short enough for 80 columns.
+            shown = "" if loss is None else f"loss {loss:.3f} "
             rate = f" {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
             self._bar.advance(1)
-            self._bar.update(description=f"step {step}{shown} lr {lr:.2e}{rate}")
+            self._bar.update(description=f"{shown}lr {lr:.1e}{rate}")
 
     def logged(self, step: int, loss: float, lr: float, tokens_per_s: float | None) -> None:
         """At a log interval: one plain line (off a terminal)."""
@@ -77,10 +79,23 @@ class TrainingConsole:
                 train_line(step, self.last_step, loss, lr, tokens_per_s, self._eta(step)), file=sys.stderr, flush=True
             )
 
-    def evaluated(self, step: int, val_loss: float) -> None:
-        """After an evaluation: one plain line (off a terminal)."""
-        if self.mode == "lines":
-            print(f"step {step}/{self.last_step} | val loss {val_loss:.4f}", file=sys.stderr, flush=True)
+    def evaluated(self, step: int, val_loss: float, val_bpb: float, best_val_loss: float) -> None:
+        """After an evaluation: one line (above the bar on a terminal) with the best validation loss so far."""
+        line = (
+            f"step {step}/{self.last_step} | val loss {val_loss:.4f} | val bpb {val_bpb:.4f} | best {best_val_loss:.4f}"
+        )
+        if self._bar is not None:
+            self._bar.print(line)
+        elif self.mode == "lines":
+            print(line, file=sys.stderr, flush=True)
+
+    def sampled(self, step: int, prompt: str, text: str) -> None:
+        """After a sample: the prompt and its continuation under a header line (above the bar on a terminal)."""
+        block = f"step {step}/{self.last_step} | sample\n{prompt}{text}"
+        if self._bar is not None:
+            self._bar.print(block)
+        elif self.mode == "lines":
+            print(block, file=sys.stderr, flush=True)
 
     def _eta(self, step: int) -> float | None:
         done = step - self.first_step
@@ -93,5 +108,5 @@ class TrainingConsole:
 def training_console(show: bool, first_step: int, last_step: int) -> Iterator[TrainingConsole]:
     """The display for a run going from `first_step` to `last_step` (a bar, plain lines or nothing; see above)."""
     mode = console_mode(show)
-    with progress_bar("Training", last_step - first_step, "steps", enabled=mode == "bar") as bar:
+    with progress_bar("Training", last_step, "steps", start=first_step, enabled=mode == "bar") as bar:
         yield TrainingConsole(mode, first_step, last_step, bar if mode == "bar" else None)

@@ -37,6 +37,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from lmkit.errors import InputError
+from lmkit.threads import usable_cpus
 
 ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -87,7 +88,7 @@ class Distributed:
         """Whether this is rank 0, the one process that logs, shows progress and writes files."""
         return self.rank == 0
 
-    def rows(self, batch_size: int) -> slice:
+    def row_share(self, batch_size: int) -> slice:
         """This rank's rows of a global batch of `batch_size`; InputError unless it splits evenly."""
         if batch_size % self.world_size:
             raise InputError(
@@ -302,9 +303,9 @@ def launch(nproc: int, batch_size: int, train_args: list[str]) -> NoReturn:
     """
     if "RANK" in os.environ:
         raise InputError("--nproc starts torchrun, but this process was already started by torchrun; drop --nproc")
-    Distributed(world_size=nproc).rows(batch_size)
+    Distributed(world_size=nproc).row_share(batch_size)
     # torchrun would give each process one thread; on CPUs share the cores out instead.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))
     command = torchrun_command(nproc, train_args)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -46,6 +46,7 @@ from lmkit.errors import InputError
 from lmkit.fileio import atomic_write
 from lmkit.model import TransformerLM
 from lmkit.threads import apply_threads
+from lmkit.tokenizer import Tokenizer
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import (
@@ -71,6 +72,7 @@ from lmkit.training.muon import build_optimizer, set_learning_rates
 from lmkit.training.optim import clip_grad_norm
 from lmkit.training.preflight import check_resources, check_run, check_same_model
 from lmkit.training.runlock import run_folder
+from lmkit.training.samples import record_sample, training_sample
 from lmkit.training.schedule import get_lr_cosine_schedule
 from lmkit.training.signals import StopRequest, stop_on_signals
 from lmkit.training.state import restore_rng, rng_state
@@ -107,6 +109,7 @@ class TrainResult:
     mfu: float | None = None  # model FLOPs utilisation of the last logged interval (None without a known peak)
     threads: int = 1  # CPU threads torch used (lmkit.threads)
     stop_signal: int | None = None  # the signal that interrupted it (signal.SIGINT or signal.SIGTERM)
+    steps_run: int = 0  # steps trained by this call (0 when a finished run was resumed)
 
 
 def _read_tokenizer(config: RunConfig) -> str:
@@ -157,7 +160,7 @@ class Trainer:
         check_run(config, checkpoint, resume_name)
         self.threads = apply_threads(config.train.threads)
         self.dist = Distributed.from_env()
-        self.rows = self.dist.rows(config.train.batch_size)  # this process's share of every global batch
+        self.row_share = self.dist.row_share(config.train.batch_size)  # this process's share of every global batch
         self.device = self.dist.device_for(resolve_device(config.train.device, "train.device"))
         self.autocast_dtype = resolve_autocast_dtype(config.train.dtype, self.device)
         check_resources(config, self.dist, self.device, self.autocast_dtype)
@@ -197,6 +200,7 @@ class Trainer:
         self.grad_norm: float | None = None
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
+        self._tokenizer: Tokenizer | None = None  # built at the first sample
         self._started = time.perf_counter()
 
     def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
@@ -276,7 +280,7 @@ class Trainer:
     def _draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         train = self.config.train
         context = self.config.model.context_length
-        return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.rows)
+        return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.row_share)
 
     def read(self) -> None:
         """Wait for the device and take the last step's loss and gradient norm (`train_loss`, `grad_norm`);
@@ -301,7 +305,7 @@ class Trainer:
         self.model.eval()
         total = torch.zeros((), device=self.device)
         for window in self.val_batches:
-            inputs, targets = to_device(window[self.rows], self.device)
+            inputs, targets = to_device(window[self.row_share], self.device)
             with autocast(self.device, self.autocast_dtype):
                 total += cross_entropy(self.forward(inputs), targets)
         self.model.train()
@@ -348,6 +352,9 @@ class Trainer:
         metrics.jsonl gets a "start" line (with this process's id) and, however the run ends, an "end" line
         saying how: finished, stopped (--until-step), interrupted, diverged or crashed.
         """
+        self._started = time.perf_counter()
+        if self.step >= self.total_steps:  # a finished run, resumed: nothing to write, nothing to train
+            return self._result(self.step)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with run_folder(self.out_dir) if self.dist.is_main else contextlib.nullcontext():
             return self._run(until_step, show_progress, sinks)
@@ -359,7 +366,7 @@ class Trainer:
             with atomic_write(self.out_dir / CONFIG_FILE, "w") as handle:
                 handle.write(to_toml(self.config))
         last_step = min(self.total_steps, until_step or self.total_steps)
-        self._started = time.perf_counter()
+        first_step, self._started = self.step, time.perf_counter()
         log = MetricsLog(self.out_dir / METRICS_FILE, self.step or None, built) if main else _NoMetrics()
         with (
             log as metrics,
@@ -377,6 +384,9 @@ class Trainer:
             # torchrun stops every rank as soon as one exits with an error (143 after SIGTERM is one): no rank
             # may leave before rank 0 has written the last checkpoint, nor while signals are still deferred.
             self.dist.barrier()
+        return self._result(first_step, stop.is_set(), stop.signum)
+
+    def _result(self, first_step: int, interrupted: bool = False, stop_signal: int | None = None) -> TrainResult:
         return TrainResult(
             step=self.step,
             total_steps=self.total_steps,
@@ -387,11 +397,12 @@ class Trainer:
             elapsed_s=self._elapsed(),
             tokens_per_s=self.tokens_per_s,
             checkpoint=self.out_dir / LAST_CHECKPOINT,
-            interrupted=stop.is_set(),
+            interrupted=interrupted,
             parameters_per_process=sum(map(local_numel, self.model.parameters())),
             mfu=self.mfu,
             threads=self.threads.count,
-            stop_signal=stop.signum,
+            stop_signal=stop_signal,
+            steps_run=self.step - first_step,
         )
 
     def _train_one(self, metrics: MetricsLog, console: TrainingConsole) -> None:
@@ -484,12 +495,26 @@ class Trainer:
             self.val_loss = self.evaluate()
             val_bpb = bits_per_byte(self.val_loss, self.val_bytes_per_token)
             metrics.write("eval", **facts, val_loss=self.val_loss, val_bpb=val_bpb)
-            console.evaluated(self.step, self.val_loss)
-            if self.best_val_loss is None or self.val_loss < self.best_val_loss:
+            improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
+            if improved:
                 self.best_val_loss = self.val_loss
+            console.evaluated(self.step, self.val_loss, val_bpb, self.best_val_loss)
+            if improved:
                 self.save(BEST_CHECKPOINT, elapsed)
+        if train.sample_every is not None and (self.step % train.sample_every == 0 or done):
+            self._sample(console)
         if self.step % train.ckpt_every == 0 or done:
             self.save(LAST_CHECKPOINT, elapsed)
+
+    def _sample(self, console: TrainingConsole) -> None:
+        """A sample of the model's text, shown and (by the first process) kept in the run folder."""
+        train = self.config.train
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.from_json(self.tokenizer_json)
+        text = training_sample(self.model, self._tokenizer, train.sample_prompt, train.sample_tokens, train.seed)
+        if self.dist.is_main:
+            record_sample(self.out_dir, self.step, train.sample_prompt, text)
+        console.sampled(self.step, train.sample_prompt, text)
 
 
 class _NoMetrics:
@@ -581,7 +606,8 @@ def resolve_run(
     overrides applied) and the checkpoint to resume from (None for a fresh run)."""
     if config_path is None and resume is None:
         raise InputError("give --config run.toml (or --resume CKPT to continue a run)")
-    checkpoint = read_checkpoint(resume) if resume is not None else None
+    # A run folder given to --resume means where it stopped, not its best step.
+    checkpoint = read_checkpoint(resume, folder_means=("last.pt",)) if resume is not None else None
     if checkpoint is not None and "rng" not in checkpoint:
         # Weights without run state (from `lmkit import hf`, say): a new run starts from them, as with init_from.
         if config_path is None:

@@ -40,10 +40,10 @@ def check_resources(
     """The run fits the device's memory (this process's rows, its share of the weights under FSDP), and its
     dtype and parallelism go together."""
     fsdp = dist.enabled and config.train.parallel == "fsdp"
-    rows = len(range(config.train.batch_size)[dist.rows(config.train.batch_size)])
+    local_rows = len(range(config.train.batch_size)[dist.row_share(config.train.batch_size)])
     shards = dist.world_size if fsdp else 1
     train = config.train
-    check_run_fits(config.model, train.batch_size, train.eval_batches, rows, device, shards, autocast_dtype)
+    check_run_fits(config.model, train.batch_size, train.eval_batches, local_rows, device, shards, autocast_dtype)
     if autocast_dtype == torch.float16 and fsdp:
         raise InputError(
             f'float16 (train.dtype = "{config.train.dtype}" on this device) needs loss scaling, which lmkit does not '
