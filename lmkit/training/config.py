@@ -29,8 +29,11 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    train: Path = Field(description="training tokens, a 1-D .npy array from `lmkit tokenizer encode`")
-    val: Path = Field(description="validation tokens, same format")
+    train: Path = Field(
+        description="training tokens: a 1-D .npy array from `lmkit tokenizer encode`, a folder of such .npy "
+        "shards or a glob pattern matching them (read in sorted order, memory-mapped)"
+    )
+    val: Path = Field(description="validation tokens, same forms")
     tokenizer: Path = Field(
         description="the tokenizer.json that encoded them, or a folder holding it or GPT-2's vocab.json + "
         "merges.txt; copied into every checkpoint"

@@ -50,7 +50,15 @@ from lmkit.threads import apply_threads
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
-from lmkit.training.data import check_tokens, get_batch, load_tokens, to_device, validation_batches
+from lmkit.training.data import (
+    check_same_shards,
+    check_shards,
+    get_batch,
+    load_shards,
+    shard_order,
+    to_device,
+    validation_batches,
+)
 from lmkit.training.distributed import (
     Distributed,
     gradient_sync,
@@ -210,10 +218,12 @@ class Trainer:
 
     def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
         data, model = self.config.data, self.config.model
-        self.train_tokens = load_tokens(data.train, "train data")
-        val_tokens = load_tokens(data.val, "validation data")
-        check_tokens(self.train_tokens, model.vocab_size, model.context_length, f"train data {data.train}")
-        check_tokens(val_tokens, model.vocab_size, model.context_length, f"validation data {data.val}")
+        self.train_tokens = load_shards(data.train, "train data")
+        val_tokens = load_shards(data.val, "validation data")
+        check_shards(self.train_tokens, model.vocab_size, model.context_length, "train data")
+        check_shards(val_tokens, model.vocab_size, model.context_length, "validation data")
+        if checkpoint is not None:
+            check_same_shards(shard_order(self.train_tokens), checkpoint.get("train_shards"), data.train)
         # A resumed run keeps the tokenizer it started with (the file may have moved since).
         self.tokenizer_json = checkpoint["tokenizer_json"] if checkpoint else _read_tokenizer(self.config)
         self.val_batches = validation_batches(
@@ -348,6 +358,7 @@ class Trainer:
             config=self.config.model_dump(mode="json"),
             tokenizer_json=self.tokenizer_json,
             rng=rng_state(self._batches_state),
+            train_shards=shard_order(self.train_tokens),
             elapsed_s=elapsed_s,
             lr=self.lr_at(self.step),
             train_loss=self.train_loss,
