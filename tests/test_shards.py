@@ -99,3 +99,15 @@ def test_bad_shards_get_one_line_naming_them(runner, tmp_path, bad):
     result = runner.invoke(app, ["train", "--quiet", "--config", str(config)])
     assert_input_error(result, message)
     assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_document_packing_over_shards_never_joins_a_shard_end_to_the_next_shard():
+    from lmkit.training.packing import DocumentPacker
+
+    sep = 0
+    # Shard 0 ends without a separator: its last document is [1, 1], not run on into shard 1.
+    shards = TokenShards((np.array([1, 1, 1, sep] * 5 + [1, 1]), np.array([2, 2, sep] * 7 + [2])), ("a.npy", "b.npy"))
+    packer = DocumentPacker(shards, sep, context_length=9)
+    assert packer.lengths.tolist() == [4] * 5 + [2] + [3] * 7 + [1]
+    window = packer.draw(12, torch.Generator().manual_seed(0))
+    assert window.shape == (12, 10) and set(window[:, 0].tolist()) <= {1, 2}  # rows start at a document

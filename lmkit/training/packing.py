@@ -18,23 +18,29 @@ import numpy as np
 import torch
 
 from lmkit.errors import InputError
+from lmkit.training.data import TokenShards
 
 POOL_PER_ROW = 8
+# Separators are found a chunk at a time, so memory stays bounded on a memory map of any size.
+_SCAN_CHUNK = 1 << 24
 
 
 class DocumentPacker:
     """Packs the documents of `tokens` (ending with `separator_id`) into rows of `context_length` + 1 tokens."""
 
-    def __init__(self, tokens: np.ndarray, separator_id: int, context_length: int) -> None:
-        ends = np.flatnonzero(np.asarray(tokens) == separator_id) + 1
-        starts = np.concatenate([[0], ends[ends < len(tokens)]])
+    def __init__(self, tokens: np.ndarray | TokenShards, separator_id: int, context_length: int) -> None:
+        shards = TokenShards.of(tokens)
+        # Documents never span shards: each shard's first token starts one.
+        found = [_document_starts(array, separator_id) for array in shards.arrays]
+        starts = np.concatenate([doc_starts for doc_starts, _ in found])
         if len(starts) < 2:
             raise InputError(
                 f'train.batching = "documents" needs documents: the training data holds {len(starts)} '
                 f"(separated by token {separator_id}, the tokenizer's first special token)"
             )
-        self.tokens, self.width = tokens, context_length + 1
-        self.starts, self.lengths = starts, np.diff(np.append(starts, len(tokens)))
+        self.shards, self.width = shards, context_length + 1
+        self.shard_of = np.concatenate([np.full(len(doc_starts), i) for i, (doc_starts, _) in enumerate(found)])
+        self.starts, self.lengths = starts, np.concatenate([lengths for _, lengths in found])
         self.kept = self.dropped = 0
 
     @property
@@ -57,8 +63,20 @@ class DocumentPacker:
                 length, document = pool.pop(fits if fits >= 0 else 0)
                 taken = min(length, space)
                 start = int(self.starts[document])
-                parts.append(np.asarray(self.tokens[start : start + taken]))
+                parts.append(np.asarray(self.shards.arrays[self.shard_of[document]][start : start + taken]))
                 self.kept, self.dropped = self.kept + taken, self.dropped + length - taken
                 space -= taken
             rows.append(np.concatenate(parts))
         return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def _document_starts(tokens: np.ndarray, separator_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the documents of one shard: the first starts the shard, each other follows a
+    separator; an empty shard has none."""
+    ends = [
+        np.flatnonzero(np.asarray(tokens[i : i + _SCAN_CHUNK]) == separator_id) + i + 1
+        for i in range(0, len(tokens), _SCAN_CHUNK)
+    ]
+    ends = np.concatenate([*ends, np.zeros(0, dtype=np.int64)])
+    starts = np.concatenate([[0], ends[ends < len(tokens)]]) if len(tokens) else np.zeros(0, dtype=np.int64)
+    return starts.astype(np.int64), np.diff(np.append(starts, len(tokens))).astype(np.int64)
