@@ -229,3 +229,47 @@ def test_an_exported_chat_model_renders_conversations_as_lmkit_does(chat_tokeniz
         == 0
     )
     assert "chat_template" not in json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(sft_folder) -> Path:
+    """The fine-tuned run folder (answers "Aye." to anything)."""
+    out = sft_folder / "chat-run"
+    args = ["train", "-q", "--config", str(sft_folder / "sft.toml"), "--set", f"train.out_dir={out}"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    return out
+
+
+def test_lmkit_chat_answers_turn_by_turn_and_refuses_a_base_model(fine_tuned, sft_folder):
+    runner = CliRunner()
+    result = runner.invoke(app, ["chat", str(fine_tuned), "-m", "Speak, friend.", "-t", "0", "--system", "Be brief."])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Aye.\n"
+    turns = runner.invoke(
+        app, ["chat", str(fine_tuned), "-t", "0"], input="Who goes there?\n/reset\nWhat news?\n/exit\n"
+    )
+    assert turns.exit_code == 0, turns.output
+    assert turns.stdout.splitlines() == ["Aye.", "Aye."] and "(a new conversation)" in turns.stderr
+    assert_input_error(
+        runner.invoke(app, ["chat", str(sft_folder / "base"), "-m", "hi"]), "this model has no chat template"
+    )
+    assert_input_error(runner.invoke(app, ["chat", str(fine_tuned), "-m", "hi", "--top-p", "0"]), "top_p")
+
+
+def test_a_handled_ctrl_c_lets_the_next_one_raise_again():
+    import signal
+
+    from lmkit.interrupts import Interrupted, raise_again_on_signals, raise_on_signals
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with raise_on_signals():
+            with pytest.raises(Interrupted):
+                signal.raise_signal(signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the first one ignores the rest
+            raise_again_on_signals()
+            with pytest.raises(Interrupted):
+                signal.raise_signal(signal.SIGINT)
+    finally:  # the last one left them ignored, as a stopping command wants; this test process does not
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
