@@ -273,3 +273,44 @@ def test_a_handled_ctrl_c_lets_the_next_one_raise_again():
     finally:  # the last one left them ignored, as a stopping command wants; this test process does not
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_the_server_answers_chat_completions_as_the_openai_client_expects(fine_tuned, sft_folder):
+    import httpx
+    import openai
+    from serving import running_server
+
+    model, tokenizer = load_model_and_tokenizer(fine_tuned / "best.pt", "cpu")
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who's there?"}]
+    with running_server(model, tokenizer) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        whole = client.chat.completions.create(model="tiny", messages=conversation, temperature=0, max_tokens=12)
+        assert whole.object == "chat.completion" and whole.id.startswith("chatcmpl-")
+        [answer] = whole.choices
+        assert (answer.message.role, answer.message.content, answer.finish_reason) == ("assistant", "Aye.", "stop")
+        prompt = render(tokenizer, conversation, add_generation_prompt=True)[0]
+        assert whole.usage.prompt_tokens == len(prompt) and whole.usage.completion_tokens >= len("Aye.")
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny", messages=conversation, temperature=0, max_tokens=12, stream=True,
+                stream_options={"include_usage": True},
+            )
+        )  # fmt: skip
+        assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Aye."
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop" and chunks[-1].usage
+        two = client.chat.completions.create(model="tiny", messages=conversation, n=2, seed=4, max_completion_tokens=3)
+        assert [c.index for c in two.choices] == [0, 1] and two.choices[0].finish_reason == "length"
+        for body, param in (
+            ({"model": "tiny", "messages": []}, "messages"),
+            ({"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]}, "messages"),
+            ({"model": "tiny", "messages": conversation, "logit_bias": {}}, "logit_bias"),
+        ):
+            response = httpx.post(f"{url}/v1/chat/completions", json=body)
+            assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    base, base_tokenizer = load_model_and_tokenizer(sft_folder / "base" / "best.pt", "cpu")
+    with running_server(base, base_tokenizer) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="this model has no chat template"):
+            client.chat.completions.create(model="tiny", messages=conversation)
