@@ -102,6 +102,9 @@ def test_packed_rows_target_only_assistant_tokens(chat_tokenizer):
     expected = np.where(trained_first[1:], first[1:], IGNORE)
     assert targets[0, : len(first) - 1].tolist() == expected.tolist()
     assert (targets != IGNORE).sum() == trained_first.sum() + trained_second.sum()  # nothing else trained
+    # The control (data.loss_on = "all"): every token but the padding and each row's first is a target.
+    _, every, _ = pack_conversations(conversations, chat_tokenizer, context_length=96, assistant_only=False)
+    assert (every != IGNORE).sum() == len(first) + len(second) - (2 if (every[1] != IGNORE).any() else 1)
 
 
 def test_the_loss_leaves_out_ignored_targets():

@@ -5,7 +5,8 @@ Each conversation is rendered with the chat template (lmkit.chat) to ids and a m
 on. Conversations are packed whole, in file order, into rows of context_length + 1 tokens; a conversation
 that does not fit what is left of a row starts the next one, and the rest of the row is padding, which is
 never trained on. A row's targets are its ids shifted by one, IGNORE (-100) where the mask is off, so the
-loss counts exactly the assistant's content and its `<|im_end|>`. Training rows are drawn uniformly at
+loss counts exactly the assistant's content and its `<|im_end|>` (with data.loss_on = "all", a control, every
+token but the padding). Training rows are drawn uniformly at
 random with the run's generator (resumable); validation uses the first eval_batches x batch_size rows of the
 validation file (all of them, when there are fewer).
 """
@@ -28,9 +29,10 @@ from lmkit.training.loss import IGNORE
 
 
 def pack_conversations(
-    conversations: list[list[dict]], tokenizer: Tokenizer, context_length: int
+    conversations: list[list[dict]], tokenizer: Tokenizer, context_length: int, assistant_only: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(ids (N, T + 1), targets (N, T), how many conversations were too long for a row) of the packed rows."""
+    """(ids (N, T + 1), targets (N, T), how many conversations were too long for a row) of the packed rows;
+    without `assistant_only` every token but the padding is a target."""
     width, pad = context_length + 1, tokenizer.special_ids[IM_END]
     rows_ids, rows_trained, ids, trained, too_long = [], [], [], [], 0
 
@@ -41,6 +43,8 @@ def pack_conversations(
 
     for messages in conversations:
         conversation_ids, conversation_trained = render(tokenizer, messages)
+        if not assistant_only:
+            conversation_trained = np.ones(len(conversation_ids), dtype=bool)
         if len(conversation_ids) > width:
             too_long += 1
             continue
@@ -77,7 +81,9 @@ def load_chat_batches(config: RunConfig, tokenizer: Tokenizer) -> ChatBatches:
     packed = {}
     for split, path in (("train", config.data.train), ("validation", config.data.val)):
         read = read_conversations(path, strict=config.data.strict)
-        ids, targets, too_long = pack_conversations([c.messages for c in read.conversations], tokenizer, context)
+        conversations = [c.messages for c in read.conversations]
+        assistant_only = config.data.loss_on == "assistant"
+        ids, targets, too_long = pack_conversations(conversations, tokenizer, context, assistant_only)
         if too_long and config.data.strict:
             raise InputError(f"{path}: {too_long} conversations are longer than the context ({context + 1} tokens)")
         skipped = len(read.skipped) + too_long

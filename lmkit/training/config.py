@@ -46,6 +46,10 @@ class DataConfig(BaseModel):
     strict: bool = Field(
         default=False, description="chat: refuse a malformed conversation (by default it is counted and skipped)"
     )
+    loss_on: Literal["assistant", "all"] = Field(
+        default="assistant",
+        description="chat: the tokens the loss counts: what the assistant says, or every token (a control)",
+    )
 
 
 OPTIMIZERS = ("adamw", "muon")
