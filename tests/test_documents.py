@@ -123,7 +123,8 @@ def test_training_on_packed_masked_documents_logs_the_dropped_share_and_resumes_
     runner = CliRunner()
     settings = {"batching": "documents", "document_mask": True}
     straight = write_run(run_folder, "straight", **settings)
-    assert runner.invoke(app, ["train", "-q", "--config", str(straight)]).exit_code == 0
+    done = runner.invoke(app, ["train", "-q", "--config", str(straight)])
+    assert done.exit_code == 0, done.output
     broken = write_run(run_folder, "broken", **settings)
     assert runner.invoke(app, ["train", "-q", "--config", str(broken), "--until-step", "3"]).exit_code == 0
     assert runner.invoke(app, ["train", "-q", "--resume", str(run_folder / "broken")]).exit_code == 0
@@ -154,3 +155,34 @@ def test_document_settings_that_cannot_work_are_refused(run_folder):
         runner.invoke(app, ["train", "--config", str(config)]), 'train.batching = "documents" needs documents'
     )
     assert not (run_folder / "r" / "last.pt").exists()
+
+
+def test_eval_with_the_document_mask_predicts_each_token_from_its_own_document(tmp_path):
+    from lmkit.evaluation import evaluate
+
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+    config = ModelConfig(vocab_size=257, context_length=64, d_model=32, num_layers=2, num_heads=4)
+    torch.manual_seed(1)
+    model = TransformerLM(config).eval()
+    first, second = list(b"Hello there."), list(b"Another one!")
+    np.save(tmp_path / "d.npy", np.array([*first, EOT, *second], dtype=np.uint16))
+
+    def nats(context: list[int], targets: list[int]) -> float:
+        """-ln p of each target from the model run on `context` alone (one target per position)."""
+        with torch.no_grad():
+            logits = model(torch.tensor([context]))[0]
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="sum").item()
+
+    # The stream starts with <|endoftext|> (a document of its own), then the two documents.
+    expected = nats([EOT], [first[0]]) + nats([*first, EOT], [*first[1:], EOT, second[0]])
+    expected += nats(second[:-1], second[1:])
+    masked = evaluate(model, tokenizer, tmp_path / "d.npy", document_mask=True)
+    assert masked.tokens == len(first) + 1 + len(second)
+    assert masked.total_nats == pytest.approx(expected, abs=1e-4)
+    # Unmasked, tokens read across the separator (a random model: the difference is small, but there).
+    assert abs(evaluate(model, tokenizer, tmp_path / "d.npy").total_nats - expected) > 1e-3
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "none.pt"), str(tmp_path / "d.npy"), "--document-mask"])
+    assert_input_error(result, "does not exist")
+    bare = Tokenizer({i: bytes([i]) for i in range(256)}, [], [])
+    with pytest.raises(lmkit.errors.InputError, match="--document-mask needs a tokenizer with a special token"):
+        evaluate(model, bare, tmp_path / "d.npy", document_mask=True)

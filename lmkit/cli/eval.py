@@ -34,6 +34,12 @@ def eval_command(
         help="auto (bfloat16 autocast on a GPU that has it, else float32), float32, bfloat16, float16.",
     ),
     device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
+    document_mask: bool = typer.Option(
+        False,
+        "--document-mask",
+        help="Predict each token from its own document only (documents end with <|endoftext|>), as a model "
+        "trained with train.document_mask reads.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     threads: int | None = threads_option(),
@@ -65,6 +71,7 @@ def eval_command(
         max_tokens=max_tokens,
         workers=workers,
         show_progress=not (quiet or as_json),
+        document_mask=document_mask,
     )
     if as_json:
         print_json(report)

@@ -37,7 +37,7 @@ import torch
 from lmkit.bpb import bits_per_byte, count_bytes, token_byte_lengths
 from lmkit.device import autocast
 from lmkit.errors import InputError
-from lmkit.model import TransformerLM
+from lmkit.model import Documents, TransformerLM
 from lmkit.progress import progress_bar
 from lmkit.tokenizer import Tokenizer
 from lmkit.training.data import load_tokens, to_device
@@ -131,13 +131,20 @@ def _batches(items: Iterable[tuple[np.ndarray, int]], batch_size: int) -> Iterat
 
 
 @torch.no_grad()
-def window_nats(model: TransformerLM, rows: np.ndarray, n: int, autocast_dtype: torch.dtype | None = None) -> float:
+def window_nats(
+    model: TransformerLM,
+    rows: np.ndarray,
+    n: int,
+    autocast_dtype: torch.dtype | None = None,
+    separator_id: int | None = None,
+) -> float:
     """The summed loss in nats of the last `n` tokens of each row of `rows` (B, W), each predicted from the
-    tokens before it in its row."""
+    tokens before it in its row (of its own document only, with a `separator_id`: see lmkit.model.documents)."""
     device = model.lm_head.weight.device
     inputs, targets = to_device(torch.from_numpy(rows), device)
+    documents = None if separator_id is None else Documents.from_ids(inputs, separator_id)
     with autocast(device, autocast_dtype):
-        logits = model(inputs)
+        logits = model(inputs, documents=documents)
     return cross_entropy(logits[:, -n:], targets[:, -n:]).item() * (rows.shape[0] * n)
 
 
@@ -203,16 +210,24 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     workers: int = 1,
     show_progress: bool = False,
+    document_mask: bool = False,
 ) -> EvalResult:
     """Score the text file or `.npy` token array `data` with `model` (see the module docstring).
 
     `context` defaults to the model's context length, `stride` to `context`; a text is encoded by `workers`
-    processes while it is scored. InputError for missing or empty data, ids the tokenizer or the model does
-    not have, and options out of range.
+    processes while it is scored. With `document_mask` each token is predicted from its own document only
+    (documents end with the tokenizer's first special token), as a model trained with train.document_mask
+    reads. InputError for missing or empty data, ids the tokenizer or the model does not have, options out
+    of range, and `document_mask` with a tokenizer that has no special token.
     """
     context = model.config.context_length if context is None else context
     stride = context if stride is None else stride
     _check_options(model, context, stride, batch_size, max_tokens, workers)
+    separator_id = None
+    if document_mask:
+        if not tokenizer.special_tokens:
+            raise InputError("--document-mask needs a tokenizer with a special token that ends each document")
+        separator_id = tokenizer.special_ids[tokenizer.special_tokens[0]]
     vocab_size = model.config.vocab_size
     lengths = token_byte_lengths(tokenizer.vocab, tokenizer.special_tokens, vocab_size)[:vocab_size]
     data = Path(data)
@@ -230,7 +245,7 @@ def evaluate(
             windows(itertools.chain([start_ids(tokenizer)], chunks), context, stride, max_tokens), batch_size
         ):
             batch_bytes = count_bytes(rows[:, -n:].ravel(), lengths, f"data {data}")
-            total_nats += window_nats(model, rows, n, autocast_dtype)
+            total_nats += window_nats(model, rows, n, autocast_dtype, separator_id)
             n_bytes, tokens = n_bytes + batch_bytes, tokens + rows.shape[0] * n
             bar.advance(batch_bytes if unit == "MB" else rows.shape[0] * n)
             bar.update(description=f"Evaluating: loss {total_nats / tokens:.3f}")

@@ -35,6 +35,7 @@ def evaluation_report(
     max_tokens: int | None = None,
     workers: int | None = None,
     show_progress: bool = False,
+    document_mask: bool = False,
 ) -> dict[str, object]:
     """The checkpoint, device and dtype, then under "data" the figures of `evaluate` on `data` and under
     "choices" those of `evaluate_choices` on the questions in `choices` (each when given).
@@ -72,9 +73,11 @@ def evaluation_report(
             autocast_dtype=autocast_dtype,
             workers=encode_workers(model_device) if workers is None else workers,
             show_progress=show_progress,
+            document_mask=document_mask,
         )
         window = context or model.config.context_length
-        report["data"] = {"file": str(data), "context": window, "stride": stride or window, **result.facts()}
+        facts = {"file": str(data), "context": window, "stride": stride or window, "document mask": document_mask}
+        report["data"] = {**facts, **result.facts()}
     if questions is not None:
         scores = evaluate_choices(
             model, tokenizer, questions, autocast_dtype=autocast_dtype, show_progress=show_progress
