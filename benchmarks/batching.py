@@ -37,6 +37,7 @@ from lmkit.model.documents import Documents
 from lmkit.tokenizer.formats import save_tokenizer
 from lmkit.training.data import validation_batches
 from lmkit.training.loss import cross_entropy
+from lmkit.training.packing import DocumentPacker
 
 SEPARATOR = 256
 CONTEXT, BATCH, EVAL_BATCHES = 128, 16, 40
@@ -94,6 +95,12 @@ def _val_losses(run: Path, windows: list[torch.Tensor]) -> tuple[float, float]:
     return plain / len(windows), masked / len(windows)
 
 
+def _to_bpb(windows: list[torch.Tensor]) -> float:
+    """The factor from nats per token to bits per byte on `windows` (the separator counts 0 bytes)."""
+    targets = torch.cat([w[:, 1:] for w in windows])
+    return targets.numel() / ((targets != SEPARATOR).sum().item() * math.log(2))
+
+
 def _summary(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {spread:.4f}"
@@ -112,31 +119,41 @@ def main() -> None:
         folder = Path(tmp)
         _encode(args.corpus, folder)
         val = np.load(folder / "val.npy")
-        windows = validation_batches(val, BATCH, CONTEXT, EVAL_BATCHES)
-        targets = torch.cat([w[:, 1:] for w in windows])
-        bytes_per_token = (targets != SEPARATOR).sum().item() / targets.numel()
-        to_bpb = 1 / (math.log(2) * bytes_per_token)
+        packer = DocumentPacker(val, SEPARATOR, CONTEXT)
+        lengths, long_share = packer.lengths, packer.lengths[packer.lengths > CONTEXT + 1].sum() / len(val)
+        print(f"val documents: {len(lengths):,}, median {int(np.median(lengths))} tokens, mean "
+              f"{lengths.mean():.0f}; {long_share:.0%} of tokens in documents longer than a row")  # fmt: skip
+        # Two fixed validation sets: the run's own windows (evenly spaced, token-weighted, mostly mid-document)
+        # and rows packed from validation documents as "documents" training packs them (fixed generator).
+        generator = torch.Generator().manual_seed(0)
+        scorings = {
+            "windows": validation_batches(val, BATCH, CONTEXT, EVAL_BATCHES),
+            "doc rows": [packer.draw(BATCH, generator) for _ in range(EVAL_BATCHES)],
+        }
         print(f"{args.steps} steps x {BATCH} x {CONTEXT} = {args.steps * BATCH * CONTEXT:,} tokens per run; "
-              f"seeds 0..{args.seeds - 1}; val windows {len(targets):,} x {CONTEXT} tokens")  # fmt: skip
-        print(f"{'arm':<10} {'val loss plain':>18} {'bpb plain':>18} {'val loss masked':>18} {'bpb masked':>18} "
+              f"seeds 0..{args.seeds - 1}; each validation set {BATCH * EVAL_BATCHES} rows of {CONTEXT}")  # fmt: skip
+        print(f"{'arm':<10} {'val set':<9} {'loss plain':>16} {'bpb plain':>16} {'loss masked':>16} {'bpb masked':>16} "
               f"{'dropped':>8} {'tokens/s':>9}")  # fmt: skip
         for arm in ARMS:
-            plain, masked, rates, dropped = [], [], [], []
+            scores, rates, dropped = {name: ([], []) for name in scorings}, [], []
             for seed in range(args.seeds):
                 run = _train(folder, arm, seed, args.steps, env)
                 lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
                 train_lines = [line for line in lines if line["event"] == "train"]
                 rates.append(statistics.median(line["tokens_per_s"] for line in train_lines[1:]))
                 dropped.append(train_lines[-1].get("dropped_fraction", 0.0))
-                losses = _val_losses(run, windows)
-                plain.append(losses[0])
-                masked.append(losses[1])
-            print(
-                f"{arm:<10} {_summary(plain):>18} {_summary([v * to_bpb for v in plain]):>18} "
-                f"{_summary(masked):>18} {_summary([v * to_bpb for v in masked]):>18} "
-                f"{statistics.mean(dropped):>8.3f} {statistics.median(rates):>9.0f}",
-                flush=True,
-            )
+                for name, windows in scorings.items():
+                    plain, masked = _val_losses(run, windows)
+                    scores[name][0].append(plain)
+                    scores[name][1].append(masked)
+            for name, (plain, masked) in scores.items():
+                factor = _to_bpb(scorings[name])
+                print(
+                    f"{arm:<10} {name:<9} {_summary(plain):>16} {_summary([v * factor for v in plain]):>16} "
+                    f"{_summary(masked):>16} {_summary([v * factor for v in masked]):>16} "
+                    f"{statistics.mean(dropped):>8.3f} {statistics.median(rates):>9.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
