@@ -41,6 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
 
+from lmkit.chat import has_chat_tokens
 from lmkit.checkpoint import END_OF_TEXT as END_OF_TEXT
 from lmkit.checkpoint import load_model_and_tokenizer as load_model_and_tokenizer
 from lmkit.errors import InputError, validation_error_message
@@ -426,3 +427,26 @@ def stream(
     holds the whole result, ids included.
     """
     return TextStream(_Batch(model, tokenizer, [prompt], generation_config(config, **options)))
+
+
+def chat_reply(
+    model: TransformerLM,
+    tokenizer: Tokenizer,
+    messages: Sequence[dict[str, str]],
+    config: GenerationConfig | None = None,
+    **options: object,
+) -> TextStream:
+    """Stream the assistant's next turn after `messages` (role and content dicts), rendered with the chat
+    template (lmkit.chat) and ended at `<|im_end|>`; options as for `generate`. InputError for a model whose
+    tokenizer has no chat template tokens (a base model: fine-tune it on conversations first)."""
+    from lmkit.chat.template import IM_END, render_text
+
+    if not has_chat_tokens(tokenizer):
+        raise InputError(
+            "this model has no chat template (its tokenizer lacks <|im_start|> and <|im_end|>): it is a base "
+            "model; fine-tune it on conversations first (docs/chat.md), or use lmkit generate"
+        )
+    config = generation_config(config, **options)
+    config = config.model_copy(update={"stop": (*config.stop, IM_END)})
+    prompt = render_text(messages, add_generation_prompt=True)
+    return stream(model, tokenizer, prompt, config)

@@ -49,6 +49,14 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+def raise_again_on_signals() -> None:
+    """After an `Interrupted` was handled and the command goes on (a chat's answer stopped by Ctrl-C), make the
+    next Ctrl-C or SIGTERM raise again rather than be ignored."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _raise_interrupted)
+
+
 @contextlib.contextmanager
 def raise_on_signals() -> Iterator[None]:
     """While the block runs, Ctrl-C and SIGTERM raise `Interrupted` (and are ignored after the first).

@@ -14,6 +14,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from lmkit import __version__
+from lmkit.cli import chat as chat_cli
 from lmkit.cli import ckpt as ckpt_cli
 from lmkit.cli import eval as eval_cli
 from lmkit.cli import generate as generate_cli
@@ -165,6 +166,7 @@ def _root(
 
 app.command(name="train")(train_cli.train)
 app.command(name="generate")(generate_cli.generate)
+app.command(name="chat")(chat_cli.chat)
 app.command(name="eval")(eval_cli.eval_command)
 app.add_typer(ckpt_cli.app, name="ckpt", help="Inspect checkpoints written by lmkit train.")
 app.add_typer(tokenizer_cli.app, name="tokenizer", help="Train, apply and inspect byte-level BPE tokenizers.")

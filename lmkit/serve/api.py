@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -51,13 +51,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """The body of POST /v1/completions. Unknown fields and values of the wrong type are refused."""
+class _Sampling(BaseModel):
+    """The fields /v1/completions and /v1/chat/completions share. Unknown fields and values of the wrong type
+    are refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
-    prompt: str | list[str] = Field(description="a text, or a list of texts (each gets n choices)")
     max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS, description="new tokens per choice, at most")
     temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="0: greedy (argmax)")
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -67,8 +67,28 @@ class CompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    echo: bool = Field(default=False, description="put the prompt before each choice's text")
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if stop == "" or (isinstance(stop, list) and "" in stop):
+            raise ValueError("a stop string must not be empty")
+        return stop
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """The stop strings as a tuple."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class CompletionRequest(_Sampling):
+    """The body of POST /v1/completions."""
+
+    prompt: str | list[str] = Field(description="a text, or a list of texts (each gets n choices)")
+    echo: bool = Field(default=False, description="put the prompt before each choice's text")
 
     @field_validator("prompt")
     @classmethod
@@ -85,28 +105,42 @@ class CompletionRequest(BaseModel):
             raise ValueError(f"prompts x n must be at most {MAX_CHOICES}, got {len(self.prompts)} x {self.n}")
         return self
 
-    @field_validator("stop")
-    @classmethod
-    def _no_empty_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if stop == "" or (isinstance(stop, list) and "" in stop):
-            raise ValueError("a stop string must not be empty")
-        return stop
-
     @property
     def prompts(self) -> list[str]:
         """The prompts as a list."""
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
+
+class ChatMessage(BaseModel):
+    """One message of a chat request."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    """The body of POST /v1/chat/completions: the conversation so far; the answer is the assistant's next turn."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="as max_tokens")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> ChatCompletionRequest:
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
     @property
-    def stops(self) -> tuple[str, ...]:
-        """The stop strings as a tuple."""
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+    def echo(self) -> bool:
+        """Chat responses never repeat the prompt."""
+        return False
 
 
-def parse_completion_request(body: bytes) -> CompletionRequest:
-    """The request in `body`; APIError 400 for invalid JSON, an unknown field or a bad value."""
+def parse_request(body: bytes, schema: type[BaseModel]) -> BaseModel:
+    """The request in `body` as `schema`; APIError 400 for invalid JSON, an unknown field or a bad value."""
     try:
         data = parse_json(body, "the request body")
     except InputError as err:
@@ -114,7 +148,7 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
-        return CompletionRequest.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
         first = first_error(err)
         field = str(first["loc"][0]) if first["loc"] else None
@@ -156,6 +190,27 @@ def choice(index: int, text: str, finish_reason: str | None = None) -> dict[str,
 def finished_choice(finished: Finished, prefix: str) -> dict[str, Any]:
     """The choice for a whole, non-streamed sequence; `prefix` is the prompt when echo is on, else ""."""
     return choice(finished.index, prefix + finished.text, finished.finish_reason)
+
+
+def chat_completion(
+    ident: str, model: str, choices: list[dict[str, Any]], token_counts: dict[str, int] | None, chunk: bool
+) -> dict[str, Any]:
+    """A chat.completion object, or a chat.completion.chunk of a stream (with `token_counts`: the last one)."""
+    body = completion(ident, model, choices, token_counts)
+    body["object"] = "chat.completion.chunk" if chunk else "chat.completion"
+    return body
+
+
+def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    """One entry of a whole chat response's `choices`: the assistant's message."""
+    message = {"role": "assistant", "content": text}
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_delta(index: int, text: str, finish_reason: str | None, first: bool) -> dict[str, Any]:
+    """One entry of a streamed chat chunk's `choices`: the text added (and the role, in a choice's first)."""
+    delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
 def server_sent_event(data: dict[str, Any] | str) -> str:

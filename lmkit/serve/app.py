@@ -30,15 +30,21 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     raise InputError('lmkit serve needs FastAPI and uvicorn: pip install "lmkit[serve]"') from None
 
+from lmkit.chat import has_chat_tokens, render
+from lmkit.chat.template import IM_END
 from lmkit.generate import generation_config
 from lmkit.model import TransformerLM
 from lmkit.serve.api import (
     APIError,
+    ChatCompletionRequest,
     CompletionRequest,
+    chat_choice,
+    chat_completion,
+    chat_delta,
     choice,
     completion,
     finished_choice,
-    parse_completion_request,
+    parse_request,
     server_sent_event,
     usage,
 )
@@ -57,7 +63,10 @@ def playground_page() -> str:
 
 
 class _Completions:
-    """Serves POST /v1/completions for one model through one engine."""
+    """Serves POST /v1/completions for one model through one engine (_ChatCompletions: the chat route)."""
+
+    schema: type[CompletionRequest | ChatCompletionRequest] = CompletionRequest
+    id_prefix = "cmpl-"
 
     def __init__(self, engine: BatchEngine, model_name: str, max_request_bytes: int, drain: Drain) -> None:
         self.engine, self.model_name, self.max_request_bytes = engine, model_name, max_request_bytes
@@ -67,7 +76,7 @@ class _Completions:
     async def __call__(self, request: Request) -> Any:
         if self.drain.begun:
             raise _shutting_down()
-        params = parse_completion_request(await self._read_body(request))
+        params = parse_request(await self._read_body(request), self.schema)
         if params.model != self.model_name:
             raise APIError(
                 404,
@@ -75,14 +84,34 @@ class _Completions:
                 param="model",
                 code="model_not_found",
             )
-        prompt_ids = await run_in_threadpool(lambda: [self.engine.tokenizer.encode(p) for p in params.prompts])
+        prompt_ids = await run_in_threadpool(lambda: self.prompt_ids(params))
         sequences = self._sequences(params, prompt_ids)
         counted_prompt = sum(map(len, prompt_ids))
-        ident = f"cmpl-{secrets.token_hex(12)}"
+        ident = f"{self.id_prefix}{secrets.token_hex(12)}"
         if params.stream:
             events = self._stream(params, sequences, counted_prompt, ident)
             return StreamingResponse(events, media_type="text/event-stream")
         return await self._whole(request, params, sequences, counted_prompt, ident)
+
+    def prompt_ids(self, params: CompletionRequest) -> list[list[int]]:
+        """The ids of each prompt."""
+        return [self.engine.tokenizer.encode(prompt) for prompt in params.prompts]
+
+    def stops(self, params: CompletionRequest) -> tuple[str, ...]:
+        """Where each choice ends, besides <|endoftext|> and max_tokens."""
+        return params.stops
+
+    def body(self, ident: str, choices: list[dict[str, Any]], counts: dict[str, int] | None, chunk: bool) -> dict:
+        """The response object (or one streamed chunk)."""
+        return completion(ident, self.model_name, choices, counts)
+
+    def piece(self, index: int, text: str, finish_reason: str | None, first: bool) -> dict[str, Any]:
+        """A streamed chunk's choice: `text` added to choice `index` (`first`: the choice's first chunk)."""
+        return choice(index, text, finish_reason)
+
+    def whole_choice(self, finished: Finished, prefix: str) -> dict[str, Any]:
+        """A whole response's choice."""
+        return finished_choice(finished, prefix)
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, read up to the limit: APIError 413 past it."""
@@ -122,7 +151,7 @@ class _Completions:
                 top_k=params.top_k,
                 top_p=params.top_p,
                 seed=seed + j,
-                stop=params.stops,
+                stop=self.stops(params),
             )
             for j in range(params.n)
         ]
@@ -167,9 +196,9 @@ class _Completions:
             watcher.cancel()
             ticket.cancel()  # a no-op once everything finished; drops the sequences if this request was cancelled
         results = [finished[index] for index in range(len(sequences))]
-        choices = [finished_choice(result, self._echo(params, result.index)) for result in results]
+        choices = [self.whole_choice(result, self._echo(params, result.index)) for result in results]
         token_counts = usage(prompt_tokens, sum(len(result.ids) for result in results))
-        return completion(ident, self.model_name, choices, token_counts)
+        return self.body(ident, choices, token_counts, chunk=False)
 
     async def _stream(
         self, params: CompletionRequest, sequences: list[SequenceRequest], prompt_tokens: int, ident: str
@@ -180,30 +209,68 @@ class _Completions:
             if params.echo:
                 echoed = [choice(index, self._echo(params, index)) for index in range(len(sequences))]
                 yield server_sent_event(completion(ident, self.model_name, echoed, None))
-            unfinished, completion_tokens = set(range(len(sequences))), 0
+            unfinished, completion_tokens, started = set(range(len(sequences))), 0, set()
             while unfinished:
                 try:
                     event = await self.drain.get(queue)
                 except DrainExpired:  # the server is stopping: what each choice has so far is its answer
                     for index in sorted(unfinished):
-                        yield server_sent_event(completion(ident, self.model_name, [choice(index, "", "length")], None))
+                        cut = self.piece(index, "", "length", index not in started)
+                        yield server_sent_event(self.body(ident, [cut], None, chunk=True))
                     break
                 if isinstance(event, Failed):
                     error = APIError(500, f"generation failed: {event.message}", kind="server_error")
                     yield server_sent_event(error.body())
                     return
+                first = event.index not in started
+                started.add(event.index)
                 if isinstance(event, TextPiece):
-                    piece = choice(event.index, event.text)
+                    piece = self.piece(event.index, event.text, None, first)
                 else:
-                    piece = choice(event.index, "", event.finish_reason)
+                    piece = self.piece(event.index, "", event.finish_reason, first)
                     unfinished.discard(event.index)
                     completion_tokens += len(event.ids)
-                yield server_sent_event(completion(ident, self.model_name, [piece], None))
+                yield server_sent_event(self.body(ident, [piece], None, chunk=True))
             if params.stream_options is not None and params.stream_options.include_usage:
-                yield server_sent_event(completion(ident, self.model_name, [], usage(prompt_tokens, completion_tokens)))
+                counts = usage(prompt_tokens, completion_tokens)
+                yield server_sent_event(self.body(ident, [], counts, chunk=True))
             yield server_sent_event("[DONE]")
         finally:
             ticket.cancel()  # the client went away (or all is sent): its sequences leave the batch
+
+
+class _ChatCompletions(_Completions):
+    """Serves POST /v1/chat/completions: the conversation rendered with the chat template (lmkit.chat), each
+    choice the assistant's next turn, ended at <|im_end|>."""
+
+    schema = ChatCompletionRequest
+    id_prefix = "chatcmpl-"
+
+    def prompt_ids(self, params: ChatCompletionRequest) -> list[list[int]]:
+        """The ids of the conversation and the opening of the assistant's turn; 400 for a base model."""
+        tokenizer = self.engine.tokenizer
+        if not has_chat_tokens(tokenizer):
+            raise APIError(
+                400,
+                "this model has no chat template (it is a base model, not fine-tuned on conversations); "
+                "use /v1/completions",
+                param="messages",
+                code="no_chat_template",
+            )
+        messages = [{"role": m.role, "content": m.content} for m in params.messages]
+        return [render(tokenizer, messages, add_generation_prompt=True)[0].tolist()]
+
+    def stops(self, params: ChatCompletionRequest) -> tuple[str, ...]:
+        return (*params.stops, IM_END)
+
+    def body(self, ident: str, choices: list[dict[str, Any]], counts: dict[str, int] | None, chunk: bool) -> dict:
+        return chat_completion(ident, self.model_name, choices, counts, chunk)
+
+    def piece(self, index: int, text: str, finish_reason: str | None, first: bool) -> dict[str, Any]:
+        return chat_delta(index, text, finish_reason, first)
+
+    def whole_choice(self, finished: Finished, prefix: str) -> dict[str, Any]:
+        return chat_choice(finished.index, finished.text, finished.finish_reason)
 
 
 async def _cancel_on_hang_up(request: Request, ticket: Ticket, queue: asyncio.Queue[Event | None]) -> None:
@@ -300,9 +367,10 @@ def create_app(
             )
         return model_card()
 
-    app.post("/v1/completions", dependencies=[Depends(require_key)], response_model=None)(
-        _Completions(engine, model_name, max_request_bytes, drain).__call__
-    )
+    for path, route in (("/v1/completions", _Completions), ("/v1/chat/completions", _ChatCompletions)):
+        app.post(path, dependencies=[Depends(require_key)], response_model=None)(
+            route(engine, model_name, max_request_bytes, drain).__call__
+        )
     app.state.drain = drain
     return app
 

@@ -340,8 +340,8 @@ def _record_text(line: bytes, name: str, line_number: int, field: str) -> bytes:
         raise InputError(f'{where}: the "{field}" field holds an unpaired surrogate (\\ud800-\\udfff)') from None
 
 
-def _jsonl_documents(item: InputFile, field: str, bar: ProgressBar) -> Iterator[tuple[bytes]]:
-    """Each non-blank line of a JSON Lines file as one document."""
+def _numbered_lines(item: InputFile, bar: ProgressBar) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each non-blank line of a (decompressed) file."""
     with _open_binary(item, bar) as source:
         line_number, carry = 0, b""
         while True:
@@ -351,9 +351,22 @@ def _jsonl_documents(item: InputFile, field: str, bar: ProgressBar) -> Iterator[
             for line in lines:
                 line_number += 1
                 if line.strip():
-                    yield (_record_text(line, item.name, line_number, field),)
+                    yield line_number, line
             if not block:
                 return
+
+
+def jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each non-blank line of the JSON Lines file `path` (also .gz or .zst);
+    InputError for a path that is not a readable file."""
+    item = _input_file(Path(path), None, in_folder=False)
+    yield from _numbered_lines(item, ProgressBar(None, None))
+
+
+def _jsonl_documents(item: InputFile, field: str, bar: ProgressBar) -> Iterator[tuple[bytes]]:
+    """Each non-blank line of a JSON Lines file as one document."""
+    for line_number, line in _numbered_lines(item, bar):
+        yield (_record_text(line, item.name, line_number, field),)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,14 @@ class DataConfig(BaseModel):
         description="the tokenizer.json that encoded them, or a folder holding it or GPT-2's vocab.json + "
         "merges.txt; copied into every checkpoint"
     )
+    format: Literal["tokens", "chat"] = Field(
+        default="tokens",
+        description="tokens: train and val are token arrays; chat: they are JSON Lines files of conversations "
+        "for supervised fine-tuning (see docs/chat.md)",
+    )
+    strict: bool = Field(
+        default=False, description="chat: refuse a malformed conversation (by default it is counted and skipped)"
+    )
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -210,6 +218,15 @@ class RunConfig(BaseModel):
         if self.train.steps is not None:
             return self.train.steps
         return math.ceil(self.train.total_tokens / self.tokens_per_step)
+
+    @model_validator(mode="after")
+    def _chat_packs_itself(self) -> RunConfig:
+        if self.data.format == "chat" and (self.train.batching != "random" or self.train.document_mask):
+            raise ValueError(
+                'data.format = "chat" packs whole conversations itself: leave train.batching and '
+                "train.document_mask at their defaults"
+            )
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> RunConfig:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from lmkit.bpb import bits_per_byte, count_bytes, token_byte_lengths
+from lmkit.chat import add_chat_tokens, has_chat_tokens
 from lmkit.checkpoint import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -48,6 +49,7 @@ from lmkit.model import TransformerLM
 from lmkit.model.documents import Documents
 from lmkit.threads import apply_threads
 from lmkit.tokenizer import Tokenizer
+from lmkit.training.chat_data import grown_vocabulary, load_chat_batches
 from lmkit.training.config import RunConfig, apply_overrides, load_config, to_toml, validate_config
 from lmkit.training.console_log import TrainingConsole, training_console
 from lmkit.training.data import (
@@ -66,7 +68,7 @@ from lmkit.training.distributed import (
     shard_like_parameters,
     whole_state,
 )
-from lmkit.training.loss import cross_entropy
+from lmkit.training.loss import IGNORE, cross_entropy
 from lmkit.training.metrics import MetricsLog, SinkFactory, process_facts
 from lmkit.training.mfu import device_peak_tflops, mfu, training_flops_per_token
 from lmkit.training.muon import build_optimizer, set_learning_rates
@@ -121,23 +123,32 @@ def _read_tokenizer(config: RunConfig) -> str:
 
     path = Path(config.data.tokenizer)
     tokenizer = Tokenizer.load(path)
+    grown = config.data.format == "chat" and not has_chat_tokens(tokenizer)
+    if grown:  # fine-tuning a base model on conversations: the template's tokens join its vocabulary
+        tokenizer = add_chat_tokens(tokenizer)
     if config.model.vocab_size < tokenizer.vocab_size:
+        with_chat = " with the chat template's 2 tokens" if grown else ""
         raise InputError(
-            f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-            f"({tokenizer.vocab_size} ids in {path})"
+            f"model.vocab_size ({config.model.vocab_size}) is smaller than the tokenizer's vocabulary{with_chat} "
+            f"({tokenizer.vocab_size} ids from {path})"
         )
+    if grown:
+        return tokenizer.to_json()
     stored = path / TOKENIZER_FILE if path.is_dir() else path
     # A tokenizer.json is kept as written; GPT-2's two files are stored in the same layout.
     return stored.read_text(encoding="utf-8") if stored.is_file() else tokenizer.to_json()
 
 
-def _val_bytes_per_token(tokenizer_json: str, val_batches: list[torch.Tensor], vocab_size: int) -> float:
-    """Text bytes per scored token of the validation windows (special tokens count 0), to turn the validation
-    loss into bits per byte."""
+def _val_bytes_per_token(tokenizer_json: str, val_batches: list, vocab_size: int) -> float:
+    """Text bytes per scored token of the validation windows, or of the trained targets of fine-tuning's
+    (ids, targets) batches (special tokens count 0), to turn the validation loss into bits per byte."""
     from lmkit.tokenizer.formats import from_hf_json
 
     vocab, _, special_tokens = from_hf_json(json.loads(tokenizer_json), source="the run's tokenizer")
-    targets = torch.cat([window[:, 1:] for window in val_batches]).numpy().ravel()
+    if isinstance(val_batches[0], tuple):
+        targets = torch.cat([targets[targets != IGNORE] for _, targets in val_batches]).numpy()
+    else:
+        targets = torch.cat([window[:, 1:] for window in val_batches]).numpy().ravel()
     lengths = token_byte_lengths(vocab, special_tokens, vocab_size)
     return count_bytes(targets, lengths, "validation data") / len(targets)
 
@@ -159,8 +170,13 @@ def _load_initial_weights(config: RunConfig, model: TransformerLM) -> None:
     checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint.get("config"), dict):
         raise InputError(f"train.init_from {path} holds no model config; was it written by lmkit?")
+    state = checkpoint["model"]
+    if config.data.format == "chat":  # a base model's vocabulary grows by the chat template's tokens
+        state = grown_vocabulary(state, config.model.vocab_size)
+        checkpoint = {**checkpoint, "config": {**checkpoint["config"], "model": {
+            **checkpoint["config"].get("model", {}), "vocab_size": config.model.vocab_size}}}  # fmt: skip
     check_same_model(config, checkpoint, str(path), action="start from")
-    load_weights(model, checkpoint["model"], str(path))
+    load_weights(model, state, str(path))
 
 
 class Trainer:
@@ -218,6 +234,10 @@ class Trainer:
 
     def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
         data, model = self.config.data, self.config.model
+        self.packer, self.separator_id, self.chat = None, None, None
+        if data.format == "chat":
+            self._load_conversations(checkpoint)
+            return
         self.train_tokens = load_shards(data.train, "train data")
         val_tokens = load_shards(data.val, "validation data")
         check_shards(self.train_tokens, model.vocab_size, model.context_length, "train data")
@@ -233,9 +253,17 @@ class Trainer:
         train = self.config.train
         documents = train.batching == "documents" or train.document_mask
         self.separator_id = _separator_id(self.tokenizer_json) if documents else None
-        self.packer = None
         if train.batching == "documents":
             self.packer = DocumentPacker(self.train_tokens, self.separator_id, model.context_length)
+
+    def _load_conversations(self, checkpoint: dict[str, Any] | None) -> None:
+        """Fine-tuning data: the run's conversations packed into rows (lmkit.training.chat_data)."""
+        self.train_tokens = None
+        self.tokenizer_json = checkpoint["tokenizer_json"] if checkpoint else _read_tokenizer(self.config)
+        self.chat = load_chat_batches(self.config, Tokenizer.from_json(self.tokenizer_json))
+        self.val_batches = self.chat.val_batches
+        vocab_size = self.config.model.vocab_size
+        self.val_bytes_per_token = _val_bytes_per_token(self.tokenizer_json, self.val_batches, vocab_size)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         """Everything but the weights (loaded before sharding): optimizer state, generators, counters."""
@@ -300,8 +328,19 @@ class Trainer:
         train = self.config.train
         if self.packer is not None:  # every process draws the whole batch, so the generators stay in step
             return to_device(self.packer.draw(train.batch_size, self.batch_rng)[self.row_share], self.device)
+        if self.chat is not None:
+            return self._on_device(self.chat.draw(train.batch_size, self.batch_rng))
         context = self.config.model.context_length
         return get_batch(self.train_tokens, train.batch_size, context, self.device, self.batch_rng, self.row_share)
+
+    def _on_device(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's rows of a (B, T + 1) window, or of fine-tuning's (ids, targets), as (inputs, targets)
+        on the device."""
+        if isinstance(batch, torch.Tensor):
+            return to_device(batch[self.row_share], self.device)
+        ids, targets = batch
+        inputs, _ = to_device(ids[self.row_share], self.device)
+        return inputs, targets[self.row_share].to(self.device)
 
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The model's logits for `inputs`, its documents kept apart under train.document_mask."""
@@ -331,8 +370,8 @@ class Trainer:
         """Mean loss over the fixed validation batches (each process evaluates its rows of each batch)."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        for window in self.val_batches:
-            inputs, targets = to_device(window[self.row_share], self.device)
+        for batch in self.val_batches:
+            inputs, targets = self._on_device(batch)
             with autocast(self.device, self.autocast_dtype):
                 total += cross_entropy(self._logits(inputs), targets)
         self.model.train()
@@ -358,7 +397,7 @@ class Trainer:
             config=self.config.model_dump(mode="json"),
             tokenizer_json=self.tokenizer_json,
             rng=rng_state(self._batches_state),
-            train_shards=shard_order(self.train_tokens),
+            train_shards=shard_order(self.train_tokens) if self.train_tokens is not None else [],
             elapsed_s=elapsed_s,
             lr=self.lr_at(self.step),
             train_loss=self.train_loss,

@@ -8,6 +8,8 @@ import torch
 # holds a float32 copy of all the logits, nor a float32 gradient of them (32 x 1024 positions of a 50K
 # vocabulary would need 6.6 GB for each).
 CHUNK_NUMBERS = 2**24
+# A target of IGNORE takes no part in the loss (its position is context only, as in supervised fine-tuning).
+IGNORE = -100
 
 
 def _chunks(flat: torch.Tensor) -> list[tuple[int, int]]:
@@ -26,20 +28,23 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+        kept = flat_targets != IGNORE
+        flat_targets = flat_targets.where(kept, 0)  # any id: the row's loss and gradient are zeroed below
         lse = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
         losses = torch.empty_like(lse)
         for start, end in _chunks(flat):
             chunk = flat[start:end].float()
             lse[start:end] = torch.logsumexp(chunk, dim=-1)  # subtracts the row maximum first: no overflow at 1e4
             losses[start:end] = lse[start:end] - chunk.gather(-1, flat_targets[start:end]).squeeze(-1)
-        ctx.save_for_backward(flat, flat_targets, lse)
+        count = kept.sum().clamp(min=1)
+        ctx.save_for_backward(flat, flat_targets, lse, kept, count)
         ctx.logits_shape = logits.shape
-        return losses.mean()
+        return (losses * kept.squeeze(-1)).sum() / count
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        flat, flat_targets, lse = ctx.saved_tensors
-        scale = grad / flat.shape[0]
+        flat, flat_targets, lse, kept, count = ctx.saved_tensors
+        scale = grad / count
         grad_logits = torch.empty_like(flat)
         in_place = flat.dtype == torch.float32  # then each chunk is computed in the buffer itself, not copied in
         for start, end in _chunks(flat):
@@ -47,8 +52,8 @@ class _CrossEntropy(torch.autograd.Function):
                 chunk = torch.sub(flat[start:end], lse[start:end, None], out=grad_logits[start:end])
             else:
                 chunk = flat[start:end].float() - lse[start:end, None]
-            chunk.exp_().mul_(scale)  # softmax, scaled
-            minus_scale = (-scale).expand(end - start, 1)
+            chunk.exp_().mul_(scale * kept[start:end])  # softmax, scaled; ignored rows get no gradient
+            minus_scale = (-scale * kept[start:end]).to(chunk.dtype)
             chunk.scatter_add_(-1, flat_targets[start:end], minus_scale)  # minus the one-hot target
             if not in_place:
                 grad_logits[start:end] = chunk
@@ -56,7 +61,8 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of `logsumexp(logits) - logits[target]`, as a float32 scalar.
+    """Mean over positions of `logsumexp(logits) - logits[target]`, as a float32 scalar; positions whose target
+    is IGNORE (-100) are left out of the mean and get no gradient.
 
     `logits` has shape (..., vocab) and `targets` the leading shape (...) with integer ids. Each chunk of
     rows is taken to float32 first so bfloat16 activations do not lose the loss's precision; logsumexp

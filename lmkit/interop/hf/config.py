@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lmkit.chat import CHAT_TEMPLATE, CHAT_TOKENS
 from lmkit.checkpoint import END_OF_TEXT
 from lmkit.errors import InputError, validation_error_message
 from lmkit.model.config import ModelConfig
@@ -62,9 +63,12 @@ def hf_config(config: ModelConfig, eos_id: int | None, dtype: str) -> dict[str, 
 
 
 def tokenizer_config(special_tokens: list[str], special_ids: dict[str, int], context_length: int) -> dict[str, Any]:
-    """tokenizer_config.json: a plain fast tokenizer over tokenizer.json, adding no BOS or EOS."""
+    """tokenizer_config.json: a plain fast tokenizer over tokenizer.json, adding no BOS or EOS; with the chat
+    template's tokens, the template itself (lmkit.chat), so `apply_chat_template` renders as lmkit does."""
     eos = END_OF_TEXT if END_OF_TEXT in special_tokens else None
+    chat = {"chat_template": CHAT_TEMPLATE} if all(token in special_tokens for token in CHAT_TOKENS) else {}
     return {
+        **chat,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": context_length,
         "bos_token": None,
