@@ -9,10 +9,12 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import err_console, threads_option
+from lmkit.cli.common import device_option, err_console, inference_dtype_option, sampling_options, threads_option
 from lmkit.interrupts import Interrupted, raise_again_on_signals
 
 COMMANDS = "/reset starts a new conversation, /exit (or Ctrl-D) leaves; Ctrl-C stops an answer"
+
+_SAMPLING = sampling_options(per="answer")
 
 
 def chat(
@@ -23,15 +25,13 @@ def chat(
         None, "--message", "-m", help="Send this one message, print the answer and exit (no prompt loop)."
     ),
     system: str | None = typer.Option(None, "--system", help="A system message that opens the conversation."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="New tokens per answer, at most."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Softmax temperature; 0 is greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Sample from the smallest set of tokens with probability >= p."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k most likely tokens only."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for repeatable answers (default: a fresh one)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bfloat16 on a GPU that has it, else float32), bfloat16, float16, float32."
-    ),
+    max_new_tokens: int = _SAMPLING["max_new_tokens"],
+    temperature: float = _SAMPLING["temperature"],
+    top_p: float = _SAMPLING["top_p"],
+    top_k: int | None = _SAMPLING["top_k"],
+    seed: int | None = _SAMPLING["seed"],
+    device: str = device_option(),
+    dtype: str = inference_dtype_option(),
     threads: int | None = threads_option(),
 ) -> None:
     """Chat with a model fine-tuned on conversations (docs/chat.md): multi-turn, answers streamed.

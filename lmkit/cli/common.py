@@ -106,6 +106,29 @@ def print_rows(title: str, columns: list[str], rows: list[list[str]], drop_first
     console.print(table)
 
 
+def device_option() -> Any:
+    """The `--device` option of the commands that run a model."""
+    return typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N.")
+
+
+def inference_dtype_option() -> Any:
+    """The `--dtype` option of the commands that sample from a model (generate, chat, serve)."""
+    return typer.Option(
+        "auto", "--dtype", help="auto (bfloat16 on a GPU that has it, else float32), bfloat16, float16, float32."
+    )
+
+
+def sampling_options(per: str) -> dict[str, Any]:
+    """The sampling options `generate` and `chat` share, by parameter name (`per`: what max-new-tokens bounds)."""
+    return {
+        "max_new_tokens": typer.Option(256, "--max-new-tokens", "-n", help=f"New tokens per {per}, at most."),
+        "temperature": typer.Option(0.8, "--temperature", "-t", help="Softmax temperature; 0 is greedy."),
+        "top_p": typer.Option(0.95, "--top-p", help="Sample from the smallest set of tokens with probability >= p."),
+        "top_k": typer.Option(None, "--top-k", help="Sample among the k most likely tokens only."),
+        "seed": typer.Option(None, "--seed", help="Seed for a repeatable sample (default: a fresh one)."),
+    }
+
+
 def threads_option() -> Any:
     """The `--threads N` option every torch-running command takes (None: lmkit.threads chooses)."""
     return typer.Option(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import print_json, print_table, threads_option
+from lmkit.cli.common import device_option, print_json, print_table, threads_option
 
 
 def eval_command(
@@ -33,7 +33,7 @@ def eval_command(
         "--dtype",
         help="auto (bfloat16 autocast on a GPU that has it, else float32), float32, bfloat16, float16.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
+    device: str = device_option(),
     document_mask: bool = typer.Option(
         False,
         "--document-mask",

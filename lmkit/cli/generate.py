@@ -9,13 +9,23 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lmkit.cli.common import console, err_console, print_json, threads_option
+from lmkit.cli.common import (
+    console,
+    device_option,
+    err_console,
+    inference_dtype_option,
+    print_json,
+    sampling_options,
+    threads_option,
+)
 from lmkit.errors import InputError
 
 if TYPE_CHECKING:  # torch-heavy modules, imported inside the command at run time
     from lmkit.generate import Generation, GenerationConfig
     from lmkit.model import TransformerLM
     from lmkit.tokenizer import Tokenizer
+
+_SAMPLING = sampling_options(per="prompt")
 
 
 def _read_prompt_file(path: Path) -> str:
@@ -58,18 +68,16 @@ def generate(
     prompt_files: list[Path] = typer.Option(
         [], "--prompt-file", help="A UTF-8 file whose text is one prompt (repeatable; after the --prompt ones)."
     ),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="New tokens per prompt, at most."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Softmax temperature; 0 is greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Sample from the smallest set of tokens with probability >= p."),
-    top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k most likely tokens only."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for a repeatable sample (default: a fresh one)."),
+    max_new_tokens: int = _SAMPLING["max_new_tokens"],
+    temperature: float = _SAMPLING["temperature"],
+    top_p: float = _SAMPLING["top_p"],
+    top_k: int | None = _SAMPLING["top_k"],
+    seed: int | None = _SAMPLING["seed"],
     stop: list[str] = typer.Option([], "--stop", help="Also stop at this text (repeatable; <|endoftext|> always)."),
     no_stream: bool = typer.Option(False, "--no-stream", help="Print the text once it is complete."),
     as_json: bool = typer.Option(False, "--json", help="Print prompts, texts, ids and tokens/s as one JSON object."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bfloat16 on a GPU that has it, else float32), bfloat16, float16, float32."
-    ),
+    device: str = device_option(),
+    dtype: str = inference_dtype_option(),
     threads: int | None = threads_option(),
 ) -> None:
     """Generate text from a trained checkpoint, streamed as it is sampled.

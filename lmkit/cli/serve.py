@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import err_console, threads_option
+from lmkit.cli.common import device_option, err_console, inference_dtype_option, threads_option
 from lmkit.errors import InputError
 
 
@@ -16,10 +16,8 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, mps, cpu), cpu, mps, cuda or cuda:N."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bfloat16 on a GPU that has it, else float32), bfloat16, float16, float32."
-    ),
+    device: str = device_option(),
+    dtype: str = inference_dtype_option(),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Sequences decoded together in one batch, at most."),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="LMKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."
