@@ -198,7 +198,7 @@ class BatchDecoder:
             fed = self._tokens[:, position - self._keep : position]
         else:
             fed = self._tokens[:, position - 1 : position]
-        logits = self.model(fed, kv_cache=cache)[:, -1]
+        logits = self.model(fed, kv_cache=cache, last_only=True)[:, -1]
         is_new = self._lengths <= position
         self._tokens[:, position] = torch.where(is_new, pick(logits, is_new), self._tokens[:, position])
         self._position += 1

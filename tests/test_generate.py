@@ -224,3 +224,14 @@ def test_an_empty_prompt_is_an_input_error(tokenizer):
         generate(random_model(), tokenizer, ["hi", ""])
     with pytest.raises(InputError, match="empty"):
         stream(random_model(), tokenizer, "")
+
+
+def test_the_last_position_alone_gives_the_same_logits_as_the_whole_pass():
+    config = ModelConfig(vocab_size=300, context_length=32, d_model=32, num_layers=2, num_heads=4)
+    torch.manual_seed(0)
+    model = TransformerLM(config).eval()
+    tokens = torch.randint(0, 300, (3, 20))
+    with torch.no_grad():
+        last = model(tokens, last_only=True)
+        assert last.shape == (3, 1, 300)
+        torch.testing.assert_close(last, model(tokens)[:, -1:], rtol=0, atol=1e-6)

@@ -104,13 +104,19 @@ class TransformerLM(nn.Module):
             self.token_embeddings.weight = self.lm_head.weight
 
     def forward(
-        self, token_ids: Tensor, kv_cache: KVCache | None = None, documents: Documents | None = None
+        self,
+        token_ids: Tensor,
+        kv_cache: KVCache | None = None,
+        documents: Documents | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """(batch, seq) int64 token ids -> (batch, seq, vocab_size) unnormalised logits.
 
         With a kv_cache the ids are the tokens at positions kv_cache.length onwards; the cache is
         advanced past them. With `documents` (lmkit.model.documents) each token attends only within its
-        document, whose positions start at 0. Raises ValueError if the sequence would run past the context
+        document, whose positions start at 0. `last_only` computes the logits of the last position alone,
+        (batch, 1, vocab_size): all that sampling needs, where a prompt's (seq, vocab_size) logits would cost
+        the LM head's work and memory seq times over. Raises ValueError if the sequence would run past the context
         length.
         """
         if documents is not None and kv_cache is not None:
@@ -135,7 +141,8 @@ class TransformerLM(nn.Module):
             x = layer(x, kv_cache, index, rope_tables, attn_mask)
         if kv_cache is not None:
             kv_cache.length += seq_len
-        return self.lm_head(self.ln_final(x))
+        x = self.ln_final(x[:, -1:] if last_only else x)
+        return self.lm_head(x)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KVCache for `batch_size` sequences of up to `max_len` (default and most:
