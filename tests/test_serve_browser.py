@@ -128,3 +128,29 @@ def test_a_prompt_typed_into_the_page_streams_the_text_into_it(tmp_path) -> None
             assert page.evaluate("document.getElementById('completion').textContent") == expected
             lengths = page.evaluate("window.lengths")
             assert len(set(lengths) - {0}) > 1 and lengths[-1] == len(expected), lengths
+
+
+def test_chat_mode_holds_a_conversation_through_chat_completions(tmp_path) -> None:
+    """In chat mode each Generate sends the prompt box as the next user turn; the answer streams in after the
+    transcript and joins the conversation."""
+    from lmkit.chat import add_chat_tokens
+
+    executable = chromium()
+    tokenizer = add_chat_tokens(byte_tokenizer())  # <|im_start|> 257, <|im_end|> 258
+    model = spelling_model("\nHowdy", end_of_text=258)  # after the assistant header's newline: "Howdy", then end
+    with running_server(model, tokenizer) as url:
+        with open_page(executable, f"{url}/", tmp_path / "profile") as page:
+            page.wait_for("document.getElementById('model')?.textContent === 'model: tiny'")
+            page.evaluate("document.getElementById('mode').value = 'chat'")
+            page.evaluate("document.getElementById('mode').dispatchEvent(new Event('change'))")
+            page.evaluate("document.getElementById('temperature').value = '0'")
+            for text in ("Hi", "Again"):
+                page.evaluate(f"document.getElementById('prompt').value = {json.dumps(text)}")
+                page.evaluate("document.getElementById('generate').click()")
+                status = page.wait_for(
+                    "!document.getElementById('generate').disabled && document.getElementById('status').textContent"
+                    " .startsWith('stopped')"
+                )
+                assert page.evaluate("document.getElementById('completion').textContent") == "Howdy", status
+            shown = page.evaluate("document.getElementById('echo').textContent")
+            assert shown == "user: Hi\nassistant: Howdy\nuser: Again\nassistant: "
