@@ -281,7 +281,7 @@ class Continuation:
         return 0
 
 
-class _Batch:
+class _PromptBatch:
     """Prompts sampled together: `pieces()` runs the loop, `results()` reads the Generations afterwards."""
 
     def __init__(self, model: TransformerLM, tokenizer: Tokenizer, prompts: Sequence[str], config: GenerationConfig):
@@ -385,7 +385,7 @@ def generate(
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise InputError("no prompt given; give at least one text for the model to continue")
-    batch = _Batch(model, tokenizer, prompts, config)
+    batch = _PromptBatch(model, tokenizer, prompts, config)
     total = config.max_new_tokens * len(prompts)
     with progress_bar("Generating", total=total, unit="tokens", enabled=progress) as bar:
         for _ in batch.pieces(bar):
@@ -401,7 +401,7 @@ class TextStream:
     that might begin a stop string waits until it is clear it does not.
     """
 
-    def __init__(self, batch: _Batch) -> None:
+    def __init__(self, batch: _PromptBatch) -> None:
         self._batch = batch
         self._finished = False
 
@@ -426,7 +426,7 @@ def stream(
     Read it to its end (`for piece in out: print(piece, end="", flush=True)`), then `out.generation`
     holds the whole result, ids included.
     """
-    return TextStream(_Batch(model, tokenizer, [prompt], generation_config(config, **options)))
+    return TextStream(_PromptBatch(model, tokenizer, [prompt], generation_config(config, **options)))
 
 
 def chat_reply(

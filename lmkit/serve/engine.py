@@ -109,7 +109,7 @@ class _Row:
     arrived: float = field(default_factory=time.monotonic)
 
 
-class _Batch:
+class _RunningBatch:
     """Rows decoded together by one BatchDecoder."""
 
     def __init__(self, model: TransformerLM, rows: list[_Row], prompts: list[list[int]]) -> None:
@@ -133,7 +133,7 @@ class BatchEngine:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.gather_seconds, self.max_gather_seconds = max_batch, gather_seconds, max_gather_seconds
         self._waiting: list[tuple[_Row, list[int]]] = []
-        self._batches: list[_Batch] = []
+        self._batches: list[_RunningBatch] = []
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -212,7 +212,7 @@ class BatchEngine:
         for start in range(0, len(waiting), self.max_batch):
             rows, prompts = zip(*waiting[start : start + self.max_batch], strict=True)
             try:
-                self._batches.append(_Batch(self.model, list(rows), list(prompts)))
+                self._batches.append(_RunningBatch(self.model, list(rows), list(prompts)))
             except Exception as err:  # e.g. no device memory for its KV cache: fail these, serve the others
                 self._fail(rows, err)
 
@@ -222,7 +222,7 @@ class BatchEngine:
         for ticket in {id(row.ticket): row.ticket for row in rows}.values():
             ticket.emit(Failed(f"{type(err).__name__}: {err}"))
 
-    def _step(self, batch: _Batch) -> None:
+    def _step(self, batch: _RunningBatch) -> None:
         """Decode one position of `batch`, hand out the events, drop finished and cancelled rows."""
         try:
             tokens, is_new = batch.decoder.step(lambda logits, new: self._pick(batch, logits, new))
@@ -239,7 +239,7 @@ class BatchEngine:
         if batch.decoder.done:
             self._batches.remove(batch)
 
-    def _pick(self, batch: _Batch, logits: Tensor, is_new: Tensor) -> Tensor:
+    def _pick(self, batch: _RunningBatch, logits: Tensor, is_new: Tensor) -> Tensor:
         """Sample each row that needs a new token with its own settings and generator.
 
         Rows with the same settings share one computation of their distributions (each row's is computed
