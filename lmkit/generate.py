@@ -450,3 +450,26 @@ def chat_reply(
     config = config.model_copy(update={"stop": (*config.stop, IM_END)})
     prompt = render_text(messages, add_generation_prompt=True)
     return stream(model, tokenizer, prompt, config)
+
+
+@torch.no_grad()
+def token_logprobs(
+    model: TransformerLM, ids: Sequence[int], top: int = 0
+) -> list[tuple[float | None, dict[int, float]]]:
+    """For each token of `ids` (at most the model's context), its log-probability given the tokens before it
+    and the `top` most likely ids there with theirs; (None, {}) for the first token, which has no context.
+    What an evaluation harness asks a completions server for (`logprobs` with `echo`)."""
+    device = model.lm_head.weight.device
+    logits = model(torch.tensor([list(ids)], device=device))[0, :-1].float()
+    logprobs = logits.log_softmax(dim=-1)
+    chosen = logprobs.gather(-1, torch.tensor(list(ids[1:]), device=device)[:, None]).squeeze(-1).tolist()
+    best = logprobs.topk(top, dim=-1) if top else None
+    scores: list[tuple[float | None, dict[int, float]]] = [(None, {})]
+    for position, score in enumerate(chosen):
+        tops = (
+            {}
+            if best is None
+            else dict(zip(best.indices[position].tolist(), best.values[position].tolist(), strict=True))
+        )
+        scores.append((score, tops))
+    return scores

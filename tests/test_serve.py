@@ -245,7 +245,12 @@ def post(url: str, body: object, **kwargs) -> httpx.Response:
         ({"prompt": "x", "suffix": "y"}, "suffix", "'suffix' is not supported by this server"),
         ({"model": "tiny", "prompt": "x", "bestof": 2}, "bestof", "unknown key 'bestof': check its spelling"),
         ({"model": "tiny", "prompt": "x", "temperature": -0.5}, "temperature", "greater than or equal to 0"),
-        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, None, "max_tokens = 0 generates nothing"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": -1}, "max_tokens", "greater than or equal to 0"),
+        ({"model": "tiny", "prompt": "x", "logprobs": 21}, "logprobs", "less than or equal to 20"),
+        ({"model": "tiny", "prompt": "x", "logprobs": 1, "stream": True}, None, "logprobs are not streamed"),
+        ({"model": "tiny", "prompt": [1, 300]}, "prompt", "a prompt holds a token id outside 0 .. 256"),
+        ({"model": "tiny", "prompt": [[]]}, "prompt", "a prompt must not be empty"),
         ({"model": "tiny", "prompt": "x", "top_p": 0}, "top_p", "greater than 0"),
         ({"model": "tiny", "prompt": ""}, "prompt", "must not be empty"),
         ({"model": "tiny", "prompt": "x", "stop": [""]}, "stop", "must not be empty"),
@@ -347,3 +352,52 @@ def test_a_batch_that_fails_answers_500_and_the_server_goes_on(model, tokenizer,
             client.completions.create(model="tiny", prompt="x", max_tokens=4)
         after = client.completions.create(model="tiny", prompt="x", max_tokens=4, seed=4)
         assert after.choices[0].text == library(model, tokenizer, "x", max_new_tokens=4, seed=4).text
+
+
+def direct_logprobs(model, ids: list[int]) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= 1, from one forward pass and a log-softmax: no server code involved."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0, :-1].double()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1).tolist()
+
+
+def test_echo_and_logprobs_score_a_prompt_as_evaluation_harnesses_ask(url, model, tokenizer) -> None:
+    """lm-eval's local-completions loglikelihood request: token-id prompts, echo, logprobs 1, max_tokens 1; the
+    context's continuation is read from token_logprobs[ctxlen:-1], its greediness from top_logprobs."""
+    context, continuation = list(b"To be or"), list(b" not")
+    body = {"model": "tiny", "prompt": [context + continuation, context], "max_tokens": 1, "temperature": 0,
+            "logprobs": 1, "echo": True, "seed": 1234}  # fmt: skip
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    first, second = sorted(response.json()["choices"], key=lambda c: c["index"])
+    logprobs = first["logprobs"]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    expected = direct_logprobs(model, context + continuation)  # the prompt's tokens (then one generated)
+    prompt_length = len(context + continuation)
+    assert len(logprobs["token_logprobs"]) == prompt_length + 1
+    assert logprobs["token_logprobs"][1:prompt_length] == pytest.approx(expected, abs=1e-4)
+    ctxlen = len(context)
+    assert sum(logprobs["token_logprobs"][ctxlen:-1]) == pytest.approx(sum(expected[ctxlen - 1 :]), abs=1e-4)
+    for score, top in zip(logprobs["token_logprobs"][1:], logprobs["top_logprobs"][1:], strict=True):
+        assert len(top) == 1 and max(top.values()) >= score - 1e-6
+    assert logprobs["tokens"][: ctxlen + 4] == [chr(b) for b in context + continuation]
+    assert logprobs["text_offset"][:3] == [0, 1, 2] and first["text"].startswith("To be or not")
+    assert second["text"].startswith("To be or") and len(second["logprobs"]["tokens"]) == ctxlen + 1
+
+
+def test_max_tokens_0_with_echo_scores_the_prompt_alone_and_logprobs_cover_new_tokens_otherwise(url, model) -> None:
+    prompt = list(b"Hello there")
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 0}
+    scored = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    [only] = scored["choices"]
+    assert only["text"] == "Hello there" and scored["usage"]["completion_tokens"] == 0
+    assert only["logprobs"]["token_logprobs"][1:] == pytest.approx(direct_logprobs(model, prompt), abs=1e-4)
+    assert only["logprobs"]["top_logprobs"][1:] == [None] * (len(prompt) - 1)  # logprobs 0: no alternatives
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 5, "temperature": 0, "logprobs": 2}
+    generated = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]
+    assert "".join(generated["logprobs"]["tokens"]) == generated["text"] and len(generated["logprobs"]["tokens"]) == 5
+    too_long = {"model": "tiny", "prompt": "x" * 30, "max_tokens": 5, "logprobs": 1}
+    response = httpx.post(f"{url}/v1/completions", json=too_long, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"

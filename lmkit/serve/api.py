@@ -21,7 +21,8 @@ MAX_SEED = 2**63 - 1
 MAX_TOKENS = 1_000_000
 MAX_CHOICES = 128
 # Fields of OpenAI's completions request that this server does not implement: named as such, not as typos.
-UNSUPPORTED_FIELDS = frozenset({"best_of", "frequency_penalty", "logit_bias", "logprobs", "presence_penalty", "suffix"})
+UNSUPPORTED_FIELDS = frozenset({"best_of", "frequency_penalty", "logit_bias", "presence_penalty", "suffix"})
+MAX_LOGPROBS = 20
 
 
 class APIError(Exception):
@@ -84,20 +85,38 @@ class _Sampling(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+Prompt = str | list[int]
+
+
 class CompletionRequest(_Sampling):
     """The body of POST /v1/completions."""
 
-    prompt: str | list[str] = Field(description="a text, or a list of texts (each gets n choices)")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text or token ids, or a list of either (each gets n choices)"
+    )
+    max_tokens: int = Field(default=16, ge=0, le=MAX_TOKENS, description="new tokens per choice; 0 with echo")
     echo: bool = Field(default=False, description="put the prompt before each choice's text")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_LOGPROBS, description="log-probabilities of each token, and of the k most likely"
+    )
 
     @field_validator("prompt")
     @classmethod
-    def _some_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+    def _some_prompt(cls, prompt: str | list) -> str | list:
         if isinstance(prompt, list) and not prompt:
             raise ValueError("give at least one prompt")
-        if "" in ([prompt] if isinstance(prompt, str) else prompt):
-            raise ValueError("a prompt must not be empty; give some text for the model to continue")
+        prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
+        if any(len(one) == 0 for one in prompts):
+            raise ValueError("a prompt must not be empty; give some text (or token ids) for the model to continue")
         return prompt
+
+    @model_validator(mode="after")
+    def _scoring_only_with_echo(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens = 0 generates nothing: it is for scoring a prompt, with echo = true")
+        if self.logprobs is not None and self.stream:
+            raise ValueError("logprobs are not streamed by this server; leave out stream")
+        return self
 
     @model_validator(mode="after")
     def _not_too_many_choices(self) -> CompletionRequest:
@@ -106,9 +125,11 @@ class CompletionRequest(_Sampling):
         return self
 
     @property
-    def prompts(self) -> list[str]:
-        """The prompts as a list."""
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[Prompt]:
+        """The prompts as a list (texts, or lists of token ids)."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return self.prompt
 
 
 class ChatMessage(BaseModel):
@@ -182,14 +203,31 @@ def completion(
     return body
 
 
-def choice(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+def choice(
+    index: int, text: str, finish_reason: str | None = None, logprobs: dict[str, list] | None = None
+) -> dict[str, Any]:
     """One entry of `choices`."""
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def finished_choice(finished: Finished, prefix: str) -> dict[str, Any]:
+def finished_choice(finished: Finished, prefix: str, logprobs: dict[str, list] | None = None) -> dict[str, Any]:
     """The choice for a whole, non-streamed sequence; `prefix` is the prompt when echo is on, else ""."""
-    return choice(finished.index, prefix + finished.text, finished.finish_reason)
+    return choice(finished.index, prefix + finished.text, finished.finish_reason, logprobs)
+
+
+def logprobs_object(tokens: list[str], scores: list[tuple[float | None, dict[str, float] | None]]) -> dict[str, list]:
+    """OpenAI's (legacy completions) logprobs object for `tokens` (their texts) and each one's (log-probability,
+    {token text: log-probability} of the most likely tokens), None for the first token of an echoed prompt."""
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [score for score, _ in scores],
+        "top_logprobs": [top for _, top in scores],
+        "text_offset": offsets,
+    }
 
 
 def chat_completion(

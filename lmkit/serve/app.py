@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - depends on the install
 
 from lmkit.chat import has_chat_tokens, render
 from lmkit.chat.template import IM_END
-from lmkit.generate import generation_config
+from lmkit.generate import generation_config, token_logprobs
 from lmkit.model import TransformerLM
 from lmkit.serve.api import (
     APIError,
@@ -44,6 +44,7 @@ from lmkit.serve.api import (
     choice,
     completion,
     finished_choice,
+    logprobs_object,
     parse_request,
     server_sent_event,
     usage,
@@ -91,11 +92,26 @@ class _Completions:
         if params.stream:
             events = self._stream(params, sequences, counted_prompt, ident)
             return StreamingResponse(events, media_type="text/event-stream")
-        return await self._whole(request, params, sequences, counted_prompt, ident)
+        return await self._whole(request, params, sequences, prompt_ids, ident)
 
     def prompt_ids(self, params: CompletionRequest) -> list[list[int]]:
-        """The ids of each prompt."""
-        return [self.engine.tokenizer.encode(prompt) for prompt in params.prompts]
+        """The ids of each prompt (a text is encoded; ids are checked against the vocabulary)."""
+        vocab_size = self.engine.model.config.vocab_size
+        for prompt in params.prompts:
+            if not isinstance(prompt, str) and not all(0 <= token < vocab_size for token in prompt):
+                raise APIError(400, f"a prompt holds a token id outside 0 .. {vocab_size - 1}", param="prompt")
+        return [self.engine.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in params.prompts]
+
+    def _scores(self, params: CompletionRequest, prompt: list[int], new_ids: list[int]) -> dict[str, list] | None:
+        """The choice's logprobs object (the prompt's tokens too with echo), or None when not asked for."""
+        if getattr(params, "logprobs", None) is None:
+            return None
+        ids = [*prompt, *new_ids]
+        scores = token_logprobs(self.engine.model, ids, params.logprobs)
+        decode = self.engine.tokenizer.decode
+        named = [(score, {decode([token]): value for token, value in top.items()} or None) for score, top in scores]
+        keep = 0 if params.echo else len(prompt)
+        return logprobs_object([decode([token]) for token in ids[keep:]], named[keep:])
 
     def stops(self, params: CompletionRequest) -> tuple[str, ...]:
         """Where each choice ends, besides <|endoftext|> and max_tokens."""
@@ -109,9 +125,9 @@ class _Completions:
         """A streamed chunk's choice: `text` added to choice `index` (`first`: the choice's first chunk)."""
         return choice(index, text, finish_reason)
 
-    def whole_choice(self, finished: Finished, prefix: str) -> dict[str, Any]:
+    def whole_choice(self, finished: Finished, prefix: str, logprobs: dict[str, list] | None) -> dict[str, Any]:
         """A whole response's choice."""
-        return finished_choice(finished, prefix)
+        return finished_choice(finished, prefix, logprobs)
 
     async def _read_body(self, request: Request) -> bytes:
         """The body, read up to the limit: APIError 413 past it."""
@@ -135,6 +151,14 @@ class _Completions:
     def _sequences(self, params: CompletionRequest, prompt_ids: list[list[int]]) -> list[SequenceRequest]:
         """One sequence per (prompt, choice), in OpenAI's choice order; 400 for a prompt past the context."""
         for ids in prompt_ids:
+            if getattr(params, "logprobs", None) is not None and len(ids) + params.max_tokens > self.context_length:
+                raise APIError(
+                    400,
+                    f"logprobs score the prompt and the completion in one window: {len(ids)} prompt tokens + "
+                    f"max_tokens {params.max_tokens} exceed the model's {self.context_length}",
+                    param="logprobs",
+                    code="context_length_exceeded",
+                )
             if len(ids) > self.context_length:
                 raise APIError(
                     400,
@@ -146,7 +170,7 @@ class _Completions:
         seed = params.seed if params.seed is not None else secrets.randbits(32)
         configs = [
             generation_config(
-                max_new_tokens=params.max_tokens,
+                max_new_tokens=max(1, params.max_tokens),
                 temperature=params.temperature,
                 top_k=params.top_k,
                 top_p=params.top_p,
@@ -155,6 +179,8 @@ class _Completions:
             )
             for j in range(params.n)
         ]
+        if params.max_tokens == 0:  # scoring only (echo): nothing to decode
+            return []
         return [SequenceRequest(ids, config) for ids in prompt_ids for config in configs]
 
     def _submit(self, sequences: list[SequenceRequest]) -> tuple[Ticket, asyncio.Queue[Event | None]]:
@@ -165,18 +191,25 @@ class _Completions:
         return ticket, queue
 
     def _echo(self, params: CompletionRequest, index: int) -> str:
-        """The prompt of choice `index` when echo is on, else ""."""
-        return params.prompts[index // params.n] if params.echo else ""
+        """The prompt (as text) of choice `index` when echo is on, else ""."""
+        if not params.echo:
+            return ""
+        prompt = params.prompts[index // params.n]
+        return prompt if isinstance(prompt, str) else self.engine.tokenizer.decode(prompt)
 
     async def _whole(
         self,
         request: Request,
         params: CompletionRequest,
         sequences: list[SequenceRequest],
-        prompt_tokens: int,
+        prompt_ids: list[list[int]],
         ident: str,
     ) -> Any:
-        """The whole completion once every choice has finished; nothing if the client hangs up before."""
+        """The whole completion once every choice has finished; nothing if the client hangs up before. A
+        request with max_tokens 0 (echo: scoring a prompt) has no sequence: each choice is its prompt."""
+        if not sequences:
+            sequences_done = [Finished(index, "", [], "length") for index in range(len(prompt_ids) * params.n)]
+            return await self._respond(params, sequences_done, prompt_ids, ident)
         ticket, queue = self._submit(sequences)
         watcher = asyncio.create_task(_cancel_on_hang_up(request, ticket, queue))
         finished: dict[int, Finished] = {}
@@ -195,8 +228,20 @@ class _Completions:
         finally:
             watcher.cancel()
             ticket.cancel()  # a no-op once everything finished; drops the sequences if this request was cancelled
-        results = [finished[index] for index in range(len(sequences))]
-        choices = [self.whole_choice(result, self._echo(params, result.index)) for result in results]
+        return await self._respond(params, [finished[index] for index in range(len(sequences))], prompt_ids, ident)
+
+    async def _respond(
+        self, params: CompletionRequest, results: list[Finished], prompt_ids: list[list[int]], ident: str
+    ) -> dict:
+        """The whole response for the finished choices (their logprobs computed here when asked for)."""
+        scores = await run_in_threadpool(
+            lambda: [self._scores(params, prompt_ids[r.index // params.n], r.ids) for r in results]
+        )
+        choices = [
+            self.whole_choice(result, self._echo(params, result.index), score)
+            for result, score in zip(results, scores, strict=True)
+        ]
+        prompt_tokens = sum(map(len, prompt_ids))
         token_counts = usage(prompt_tokens, sum(len(result.ids) for result in results))
         return self.body(ident, choices, token_counts, chunk=False)
 
@@ -269,7 +314,7 @@ class _ChatCompletions(_Completions):
     def piece(self, index: int, text: str, finish_reason: str | None, first: bool) -> dict[str, Any]:
         return chat_delta(index, text, finish_reason, first)
 
-    def whole_choice(self, finished: Finished, prefix: str) -> dict[str, Any]:
+    def whole_choice(self, finished: Finished, prefix: str, logprobs: dict[str, list] | None) -> dict[str, Any]:
         return chat_choice(finished.index, finished.text, finished.finish_reason)
 
 
