@@ -9,7 +9,7 @@ The whole path on a CPU, in a temporary folder:
 4. exact match on the 200 held-out prompts, greedy: the base model (prompted with the template's text, which
    it was never taught), the fine-tuned model and the control. Per seed, then the mean.
 
-    python benchmarks/sft.py                     # 3 seeds, 600 fine-tuning steps
+    python benchmarks/sft.py                     # 3 seeds, 1000 fine-tuning steps
     python benchmarks/sft.py --seeds 1 --steps 200
 """
 
@@ -79,7 +79,7 @@ def exact_match(checkpoint: Path, words: list[str], chat: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=600, help="fine-tuning steps")
+    parser.add_argument("--steps", type=int, default=1000, help="fine-tuning steps")
     parser.add_argument("--base-steps", type=int, default=300)
     args = parser.parse_args()
     start = time.perf_counter()
