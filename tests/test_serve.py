@@ -401,3 +401,14 @@ def test_max_tokens_0_with_echo_scores_the_prompt_alone_and_logprobs_cover_new_t
     too_long = {"model": "tiny", "prompt": "x" * 30, "max_tokens": 5, "logprobs": 1}
     response = httpx.post(f"{url}/v1/completions", json=too_long, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_request_past_the_queue_limit_gets_429_and_one_that_fits_is_served(model, tokenizer) -> None:
+    with running_server(model, tokenizer, max_queue=4) as base:
+        body = {"model": "tiny", "prompt": "To be", "max_tokens": 2, "n": 5}
+        response = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+        assert response.status_code == 429, response.text
+        error = response.json()["error"]
+        assert error["code"] == "server_busy" and "at most 4 sequences" in error["message"]
+        body["n"] = 4
+        assert httpx.post(f"{base}/v1/completions", json=body, timeout=60).status_code == 200

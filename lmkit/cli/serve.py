@@ -19,6 +19,9 @@ def serve(
     device: str = device_option(),
     dtype: str = inference_dtype_option(),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Sequences decoded together in one batch, at most."),
+    max_queue: int = typer.Option(
+        256, "--max-queue", min=1, help="Sequences held at once (decoding or waiting); a request past it gets 429."
+    ),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="LMKIT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."
     ),
@@ -56,5 +59,13 @@ def serve(
             highlight=False,
         )
     err_console.print(f"serving {name!r} on http://{host}:{port}/ (playground) and http://{host}:{port}/v1")
-    app = create_app(model, tokenizer, name, max_batch=max_batch, api_key=api_key, shutdown_timeout=shutdown_timeout)
+    app = create_app(
+        model,
+        tokenizer,
+        name,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        api_key=api_key,
+        shutdown_timeout=shutdown_timeout,
+    )
     run_server(app, listening)

@@ -87,6 +87,13 @@ class _Completions:
             )
         prompt_ids = await run_in_threadpool(lambda: self.prompt_ids(params))
         sequences = self._sequences(params, prompt_ids)
+        if not self.engine.has_room(len(sequences)):
+            raise APIError(
+                429,
+                f"the server is busy: it holds at most {self.engine.max_held} sequences (--max-queue); retry shortly",
+                code="server_busy",
+                kind="rate_limit_exceeded",
+            )
         counted_prompt = sum(map(len, prompt_ids))
         ident = f"{self.id_prefix}{secrets.token_hex(12)}"
         if params.stream:
@@ -340,15 +347,17 @@ def create_app(
     model_name: str,
     *,
     max_batch: int = 8,
+    max_queue: int = 256,
     api_key: str | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     shutdown_timeout: float = 10.0,
 ) -> FastAPI:
     """The ASGI app serving `model` as `model_name`; its engine starts and stops with the app's lifespan.
 
-    With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise).
+    With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise). A request whose
+    sequences would take the engine past `max_queue` held at once (decoding or waiting) gets 429.
     """
-    engine = BatchEngine(model, tokenizer, max_batch=max_batch)
+    engine = BatchEngine(model, tokenizer, max_batch=max_batch, max_held=max_queue)
     drain = Drain(shutdown_timeout)
     created = int(time.time())
 

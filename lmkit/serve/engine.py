@@ -127,9 +127,11 @@ class BatchEngine:
         max_batch: int = 8,
         gather_seconds: float = 0.02,
         max_gather_seconds: float = 0.1,
+        max_held: int = 256,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.max_held = max_held
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.gather_seconds, self.max_gather_seconds = max_batch, gather_seconds, max_gather_seconds
         self._waiting: list[tuple[_Row, list[int]]] = []
@@ -144,6 +146,11 @@ class BatchEngine:
         with self._wakeup:
             running = sum(len(batch.rows) for batch in self._batches)
             return {"running": running, "waiting": len(self._waiting)}
+
+    def has_room(self, sequences: int) -> bool:
+        """Whether `sequences` more fit under max_held, with those being decoded and waiting."""
+        load = self.load
+        return load["running"] + load["waiting"] + sequences <= self.max_held
 
     def start(self) -> None:
         """Start the worker thread."""
