@@ -197,7 +197,8 @@ class BatchEngine:
                         self._wakeup.wait(max(0.0, self._gather_deadline() - time.monotonic()))
                 if self._gathered():
                     self._form_batches()
-            for batch in list(self._batches):
+                running = list(self._batches)
+            for batch in running:
                 self._step(batch)
 
     def _gather_deadline(self) -> float:
@@ -234,17 +235,20 @@ class BatchEngine:
         try:
             tokens, is_new = batch.decoder.step(lambda logits, new: self._pick(batch, logits, new))
         except Exception as err:  # the server must keep serving the other batches
-            self._batches.remove(batch)
+            with self._wakeup:
+                self._batches.remove(batch)
             self._fail(batch.rows, err)
             return
         for row, token, new in zip(batch.rows, tokens.tolist(), is_new.tolist(), strict=True):
             if new and not row.ticket.cancelled:
                 self._advance(row, token)
         keep = [not (row.text.done or row.ticket.cancelled) for row in batch.rows]
-        batch.rows = [row for row, wanted in zip(batch.rows, keep, strict=True) if wanted]
-        batch.decoder.drop(keep)
-        if batch.decoder.done:
-            self._batches.remove(batch)
+        # The batch list and its rows change under the lock: `load` (GET /health) reads them from other threads.
+        with self._wakeup:
+            batch.rows = [row for row, wanted in zip(batch.rows, keep, strict=True) if wanted]
+            batch.decoder.drop(keep)
+            if batch.decoder.done:
+                self._batches.remove(batch)
 
     def _pick(self, batch: _RunningBatch, logits: Tensor, is_new: Tensor) -> Tensor:
         """Sample each row that needs a new token with its own settings and generator.
