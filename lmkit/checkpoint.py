@@ -261,7 +261,7 @@ def load_inference_checkpoint(path: str | os.PathLike) -> InferenceCheckpoint:
     """Read a checkpoint written by `lmkit train` for generation (weights on the CPU, no optimizer needed).
 
     Returns an InferenceCheckpoint with `model_config` (a validated lmkit.model.ModelConfig),
-    `state_dict` (names as in DESIGN.md), `tokenizer_json` (the text of the run's tokenizer.json file)
+    `state_dict` (names as in docs/model.md), `tokenizer_json` (the text of the run's tokenizer.json file)
     and `step`. Typical use:
 
         ckpt = load_inference_checkpoint("runs/tinystories/best.pt")
