@@ -20,6 +20,7 @@ global batch, losses are averaged over the processes, and only rank 0 logs and w
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -153,9 +154,8 @@ def _val_bytes_per_token(tokenizer_json: str, val_batches: list, vocab_size: int
     return count_bytes(targets, lengths, "validation data") / len(targets)
 
 
-def _separator_id(tokenizer_json: str) -> int:
+def _separator_id(tokenizer: Tokenizer) -> int:
     """The id of the tokenizer's first special token, which ends each document; InputError without one."""
-    tokenizer = Tokenizer.from_json(tokenizer_json)
     if not tokenizer.special_tokens:
         raise InputError(
             'train.batching = "documents" and train.document_mask need a tokenizer with a special token that '
@@ -229,7 +229,6 @@ class Trainer:
         self.grad_norm: float | None = None
         self._throughput = _Throughput()
         self.tokens_per_s: float | None = None
-        self._tokenizer: Tokenizer | None = None  # built at the first sample
         self._started = time.perf_counter()
 
     def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
@@ -252,15 +251,20 @@ class Trainer:
         self.val_bytes_per_token = _val_bytes_per_token(self.tokenizer_json, self.val_batches, model.vocab_size)
         train = self.config.train
         documents = train.batching == "documents" or train.document_mask
-        self.separator_id = _separator_id(self.tokenizer_json) if documents else None
+        self.separator_id = _separator_id(self.tokenizer) if documents else None
         if train.batching == "documents":
             self.packer = DocumentPacker(self.train_tokens, self.separator_id, model.context_length)
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The run's tokenizer, built once from its tokenizer.json text when first needed."""
+        return Tokenizer.from_json(self.tokenizer_json)
 
     def _load_conversations(self, checkpoint: dict[str, Any] | None) -> None:
         """Fine-tuning data: the run's conversations packed into rows (lmkit.training.chat_data)."""
         self.train_tokens = None
         self.tokenizer_json = checkpoint["tokenizer_json"] if checkpoint else _read_tokenizer(self.config)
-        self.chat = load_chat_batches(self.config, Tokenizer.from_json(self.tokenizer_json))
+        self.chat = load_chat_batches(self.config, self.tokenizer)
         self.val_batches = self.chat.val_batches
         vocab_size = self.config.model.vocab_size
         self.val_bytes_per_token = _val_bytes_per_token(self.tokenizer_json, self.val_batches, vocab_size)
@@ -576,9 +580,7 @@ class Trainer:
     def _sample(self, console: TrainingConsole) -> None:
         """A sample of the model's text, shown and (by the first process) kept in the run folder."""
         train = self.config.train
-        if self._tokenizer is None:
-            self._tokenizer = Tokenizer.from_json(self.tokenizer_json)
-        text = training_sample(self.model, self._tokenizer, train.sample_prompt, train.sample_tokens, train.seed)
+        text = training_sample(self.model, self.tokenizer, train.sample_prompt, train.sample_tokens, train.seed)
         if self.dist.is_main:
             record_sample(self.out_dir, self.step, train.sample_prompt, text)
         console.sampled(self.step, train.sample_prompt, text)
