@@ -299,20 +299,23 @@ def test_the_api_key_is_required_when_set(model, tokenizer) -> None:
 
 
 def test_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch) -> None:
-    """The engine waits until arrivals pause, so a burst spread over more than the pause still batches."""
+    """The engine waits until arrivals pause, so a burst spread over more than the pause still batches. The
+    engine reads the test's clock, so the arrivals' spacing is exact and no sleep is needed."""
     batch_sizes = record_batch_sizes(monkeypatch)
-    engine = BatchEngine(model, tokenizer, max_batch=8, gather_seconds=1.0, max_gather_seconds=10)
+    now = [0.0]
+    engine = BatchEngine(model, tokenizer, max_batch=8, gather_seconds=0.2, max_gather_seconds=5, clock=lambda: now[0])
     finished = threading.Semaphore(0)
     engine.start()
     try:
-        for seed in range(5):
+        for seed in range(5):  # five arrivals over 0.32 s: longer than the 0.2 s pause, each gap shorter
             config = generation_config(max_new_tokens=3, seed=seed)
             engine.submit(
                 [SequenceRequest([65, 66], config)],
                 lambda event: finished.release() if isinstance(event, Finished) else None,
             )
-            # Five arrivals over 1.2 s: longer than the 1 s pause, each gap 0.7 s shorter (room for a busy machine).
-            time.sleep(0.3)
+            now[0] += 0.08
+        assert engine.load == {"running": 0, "waiting": 5}  # the pause has not come on the engine's clock
+        now[0] += 0.2  # it comes: the five make one batch
         assert all(finished.acquire(timeout=30) for _ in range(5))
     finally:
         engine.stop()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -106,7 +106,7 @@ class _Row:
     config: GenerationConfig
     generator: torch.Generator
     text: Continuation
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float  # on the engine's clock
 
 
 class _RunningBatch:
@@ -128,10 +128,12 @@ class BatchEngine:
         gather_seconds: float = 0.02,
         max_gather_seconds: float = 0.1,
         max_held: int = 256,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_held = max_held
+        self.clock = clock  # seconds, for gathering arrivals; a test can drive its own
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.gather_seconds, self.max_gather_seconds = max_batch, gather_seconds, max_gather_seconds
         self._waiting: list[tuple[_Row, list[int]]] = []
@@ -178,6 +180,7 @@ class BatchEngine:
                     config=config,
                     generator=torch.Generator(device=device).manual_seed(config.seed),
                     text=Continuation(self.tokenizer.vocab, (END_OF_TEXT, *config.stop), config.max_new_tokens),
+                    arrived=self.clock(),
                 )
                 self._waiting.append((row, sequence.prompt_ids))
             self._wakeup.notify()
@@ -194,7 +197,7 @@ class BatchEngine:
                     return
                 if not self._batches:  # idle: wait for the sequences sent together with the first one
                     while not (self._stopping or self._gathered()):
-                        self._wakeup.wait(max(0.0, self._gather_deadline() - time.monotonic()))
+                        self._wakeup.wait(max(0.0, self._gather_deadline() - self.clock()))
                 if self._gathered():
                     self._form_batches()
                 running = list(self._batches)
@@ -211,7 +214,7 @@ class BatchEngine:
         """Whether the waiting sequences make a batch now: a full one, or no more are expected to join."""
         if not self._waiting:
             return False
-        return len(self._waiting) >= self.max_batch or time.monotonic() >= self._gather_deadline()
+        return len(self._waiting) >= self.max_batch or self.clock() >= self._gather_deadline()
 
     def _form_batches(self) -> None:
         """Turn the waiting sequences into batches of at most max_batch rows (cancelled ones are left out)."""
