@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmkit.errors import InputError
-from lmkit.generate import BatchDecoder, generate, stream, token_steps
+from lmkit.generate import DecodeSession, generate, generation_config, stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
 
@@ -64,13 +64,17 @@ def recompute_greedy(model: TransformerLM, prompt: list[int], new_tokens: int, k
     return sequence[len(prompt[-context:]) :]
 
 
+def byte_tokenizer() -> Tokenizer:
+    return Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+
+
 def cached_greedy(model: TransformerLM, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    rows = [[] for _ in prompts]
-    for tokens, is_new in token_steps(model, prompts, new_tokens, lambda logits: logits.argmax(dim=-1)):
-        for row, (token, new) in enumerate(zip(tokens.tolist(), is_new.tolist(), strict=True)):
-            if new:
-                rows[row].append(token)
-    return rows
+    session = DecodeSession(model, byte_tokenizer(), slots=len(prompts))
+    config = generation_config(temperature=0, max_new_tokens=new_tokens)
+    sequences = [session.add(prompt, config) for prompt in prompts]
+    while session.sequences:
+        session.step()
+    return [sequence.continuation.ids for sequence in sequences]
 
 
 # --- the KV cache --------------------------------------------------------------------------------------------
@@ -83,24 +87,46 @@ def test_cached_greedy_equals_recomputing_everything():
     assert cached_greedy(model, [prompt], 40) == [recompute_greedy(model, prompt, 40, keep=32)]
 
 
-def test_batch_decoder_rows_dropped_midway_leave_the_others_unchanged():
+def test_sequences_join_and_leave_a_session_at_any_step_and_each_decodes_as_alone():
+    """Staggered arrivals, chunked prompts, a sequence dropped midway and its slot taken by a newcomer: every
+    sequence still gets what the documented rule gives it alone (the window slides on the way)."""
     model = random_model(context_length=16)
-    prompts = [list(b"abc"), list(b"defghij"), list(b"klmno")]
-    decoder = BatchDecoder(model, prompts, 30)  # 7 + 30 tokens: the window slides on the way
-    rows: dict[int, list[int]] = {0: [], 1: [], 2: []}
-    greedy = lambda logits, is_new: logits.argmax(dim=-1)  # noqa: E731
-    while not decoder.done:
-        tokens, is_new = decoder.step(greedy)
-        for row, token, new in zip(decoder.rows, tokens.tolist(), is_new.tolist(), strict=True):
-            if new:
-                rows[row].append(token)
-        if len(rows[1]) == 5 and decoder.rows == [0, 1, 2]:
-            decoder.drop([True, False, True])
-    assert decoder.rows == [0, 2] and len(rows[1]) == 5
-    # Every row runs to the longest prompt's end + 30: the shorter prompts get more new tokens.
-    assert [len(rows[0]), len(rows[2])] == [34, 32]
-    for row, prompt in enumerate(prompts):
-        assert rows[row] == recompute_greedy(model, prompt, len(rows[row]), keep=8)
+    session = DecodeSession(model, byte_tokenizer(), slots=3, prefill_chunk=4)
+    greedy = generation_config(temperature=0, max_new_tokens=30)
+    first = session.add(list(b"abc"), greedy)
+    for _ in range(3):
+        session.step()
+    second = session.add(list(b"defghijklmn"), greedy)  # 11 tokens: three chunks of at most 4
+    widths = []
+    for _ in range(2):
+        widths.append(len(session.step()))
+    assert widths == [1, 1]  # `second` is still being fed its prompt; `first` decodes meanwhile
+    dropped = session.add(list(b"opq"), greedy)
+    session.step()
+    session.step()
+    session.remove(dropped)
+    assert dropped.slot == -1 and len(dropped.continuation.ids) < 30
+    third = session.add(list(b"rstuvw"), greedy)
+    assert third.slot == 2 and session.free_slots == 0
+    while session.sequences:
+        session.step()
+    for sequence in (first, second, third):
+        assert len(sequence.continuation.ids) == 30
+        assert sequence.continuation.ids == recompute_greedy(model, sequence.prompt_ids, 30, keep=8)
+    partial = dropped.continuation.ids
+    assert partial == recompute_greedy(model, dropped.prompt_ids, len(partial), keep=8)
+
+
+def test_a_session_refuses_what_does_not_fit(tokenizer):
+    model = random_model(context_length=16)
+    session = DecodeSession(model, tokenizer, slots=1)
+    with pytest.raises(ValueError, match="1 … 16 tokens"):
+        session.add(list(range(17)), generation_config(temperature=0))
+    with pytest.raises(ValueError, match="needs a seed"):
+        session.add([1], generation_config(temperature=0.5))
+    session.add([1], generation_config(temperature=0))
+    with pytest.raises(ValueError, match="no free slot"):
+        session.add([2], generation_config(temperature=0))
 
 
 def test_past_the_context_the_window_slides_by_half():
@@ -128,6 +154,17 @@ def test_a_batch_gives_each_prompt_what_it_gets_alone(tokenizer):
     alone = [generate(model, tokenizer, prompt, temperature=0, max_new_tokens=25) for prompt in prompts]
     assert [g.ids for g in together] == [g.ids for g in alone]
     assert [g.text for g in together] == [g.text for g in alone]
+
+
+def test_each_prompt_of_a_sampled_batch_equals_it_alone_with_its_own_seed(tokenizer):
+    model = random_model()
+    prompts = ["one", "two three", "one"]
+    together = generate(model, tokenizer, prompts, temperature=1.0, top_p=0.9, seed=5, max_new_tokens=30)
+    assert [g.seed for g in together] == [5, 6, 7]
+    for prompt, result in zip(prompts, together, strict=True):
+        alone = generate(model, tokenizer, prompt, temperature=1.0, top_p=0.9, seed=result.seed, max_new_tokens=30)
+        assert alone.ids == result.ids
+    assert together[0].ids != together[2].ids  # the same prompt twice: two different samples
 
 
 def test_sampled_batches_repeat_with_a_seed(tokenizer):
