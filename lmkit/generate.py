@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import codecs
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 

@@ -448,7 +448,7 @@ def test_ragged_feeds_are_checked():
     with torch.no_grad(), pytest.raises(ValueError, match="9 positions do not fit"):
         model(random_ids(2, 3), kv_cache=cache, slots=[0, 1])
     with pytest.raises(ValueError, match="different numbers of positions"):
-        cache.length
+        _ = cache.length
     with pytest.raises(ValueError, match="pass one"):
         model(random_ids(1, 3), slots=[0])
 

@@ -156,7 +156,7 @@ class KVCache:
         slots = list(range(self.batch_size)) if slots is None else list(slots)
         counts = [width] * batch if counts is None else list(counts)
         if not len(slots) == len(counts) == batch:
-            raise ValueError(f"a batch of {batch} rows needs as many slots and counts, got {len(slots)} and {len(counts)}")
+            raise ValueError(f"{batch} rows need as many slots and counts, got {len(slots)} and {len(counts)}")
         if len(set(slots)) < batch or not all(0 <= slot < self.batch_size for slot in slots):
             raise ValueError(f"slots must be distinct, each in 0 … {self.batch_size - 1}: got {slots}")
         if not all(1 <= count <= width for count in counts):

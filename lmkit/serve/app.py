@@ -50,7 +50,7 @@ from lmkit.serve.api import (
     usage,
 )
 from lmkit.serve.drain import Drain, DrainExpired
-from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece, Ticket
+from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, Scheduler, SequenceRequest, TextPiece, Ticket
 from lmkit.tokenizer import Tokenizer
 
 MAX_REQUEST_BYTES = 1_000_000
@@ -93,6 +93,7 @@ class _Completions:
                 f"the server is busy: it holds at most {self.engine.max_held} sequences (--max-queue); retry shortly",
                 code="server_busy",
                 kind="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
             )
         counted_prompt = sum(map(len, prompt_ids))
         ident = f"{self.id_prefix}{secrets.token_hex(12)}"
@@ -338,7 +339,7 @@ def _shutting_down() -> APIError:
 
 
 def _error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(
@@ -348,6 +349,8 @@ def create_app(
     *,
     max_batch: int = 8,
     max_queue: int = 256,
+    prefill_chunk: int = 256,
+    scheduler: Scheduler = "continuous",
     api_key: str | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     shutdown_timeout: float = 10.0,
@@ -355,9 +358,12 @@ def create_app(
     """The ASGI app serving `model` as `model_name`; its engine starts and stops with the app's lifespan.
 
     With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise). A request whose
-    sequences would take the engine past `max_queue` held at once (decoding or waiting) gets 429.
+    sequences would take the engine past `max_queue` held at once (decoding or waiting) gets 429. `max_batch`,
+    `prefill_chunk` and `scheduler` are the engine's (lmkit.serve.engine).
     """
-    engine = BatchEngine(model, tokenizer, max_batch=max_batch, max_held=max_queue)
+    engine = BatchEngine(
+        model, tokenizer, max_batch=max_batch, max_held=max_queue, prefill_chunk=prefill_chunk, scheduler=scheduler
+    )
     drain = Drain(shutdown_timeout)
     created = int(time.time())
 
