@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lmkit.cli.common import device_option, err_console, inference_dtype_option, threads_option
+from lmkit.cli.common import byte_size, device_option, err_console, inference_dtype_option, threads_option
 from lmkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -98,7 +98,5 @@ def _cache_line(model: TransformerLM, max_batch: int, scheduler: str) -> str:
     config = model.config
     size = kv_cache_bytes(config, config.context_length, max_batch, model.lm_head.weight.element_size())
     held = "allocated once" if scheduler == "continuous" else "per batch, at most"
-    return (
-        f"KV cache: {max_batch} slots x {config.context_length} positions = {size / 2**20:.1f} MiB ({held}); "
-        f"{scheduler} batching"
-    )
+    slots = f"{max_batch} slots x {config.context_length} positions"
+    return f"KV cache: {slots} = {byte_size(size)} ({held}); {scheduler} batching"
