@@ -34,7 +34,8 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
 def cached(model: TransformerLM, prompt: list[int], new_tokens: int) -> list[int]:
     """Greedy decoding through lmkit's KV-cache loop (a tokenizer with no end of text: nothing stops it early)."""
-    tokenizer = Tokenizer({i: f"<{i}>".encode() for i in range(model.config.vocab_size)}, [])
+    vocab = {i: bytes([i]) if i < 256 else f"<{i}>".encode() for i in range(model.config.vocab_size)}
+    tokenizer = Tokenizer(vocab, [])
     session = DecodeSession(model, tokenizer, slots=1)
     sequence = session.add(prompt, generation_config(temperature=0, max_new_tokens=new_tokens))
     while session.sequences:
