@@ -59,6 +59,7 @@ def serve(
     """
     from lmkit.generate import load_model_and_tokenizer
     from lmkit.serve.app import create_app, listening_socket, loopback, run_server
+    from lmkit.serve.engine import BatchEngine
     from lmkit.threads import apply_threads
 
     if api_key == "":
@@ -77,17 +78,10 @@ def serve(
         )
     err_console.print(f"serving {name!r} on http://{host}:{port}/ (playground) and http://{host}:{port}/v1")
     err_console.print(_cache_line(model, max_batch, scheduler), highlight=False)
-    app = create_app(
-        model,
-        tokenizer,
-        name,
-        max_batch=max_batch,
-        max_queue=max_queue,
-        prefill_chunk=prefill_chunk,
-        scheduler=scheduler,
-        api_key=api_key,
-        shutdown_timeout=shutdown_timeout,
+    engine = BatchEngine(
+        model, tokenizer, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, scheduler=scheduler
     )
+    app = create_app(engine, name, api_key=api_key, shutdown_timeout=shutdown_timeout)
     run_server(app, listening)
 
 

@@ -1,6 +1,6 @@
 """The HTTP layer of `lmkit serve` (FastAPI): routes, the API key, errors in OpenAI's shape, streaming.
 
-    app = create_app(model, tokenizer, "tinystories")   # an ASGI app; `run_server` serves it with uvicorn
+    app = create_app(BatchEngine(model, tokenizer), "tinystories")   # an ASGI app; `run_server` serves it
 
 GET /health, GET / (the playground page), GET /v1/models, GET /v1/models/{id}, POST /v1/completions.
 The model itself runs on the engine's worker thread (lmkit.serve.engine); this layer only validates,
@@ -33,7 +33,6 @@ except ImportError:  # pragma: no cover - depends on the install
 from lmkit.chat import has_chat_tokens, render
 from lmkit.chat.template import IM_END
 from lmkit.generate import generation_config, token_logprobs
-from lmkit.model import TransformerLM
 from lmkit.serve.api import (
     APIError,
     ChatCompletionRequest,
@@ -50,8 +49,7 @@ from lmkit.serve.api import (
     usage,
 )
 from lmkit.serve.drain import Drain, DrainExpired
-from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, Scheduler, SequenceRequest, TextPiece, Ticket
-from lmkit.tokenizer import Tokenizer
+from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece, Ticket
 
 MAX_REQUEST_BYTES = 1_000_000
 # How often a request waiting for a whole (non-streamed) completion checks whether its client hung up.
@@ -90,7 +88,7 @@ class _Completions:
         if not self.engine.has_room(len(sequences)):
             raise APIError(
                 429,
-                f"the server is busy: it holds at most {self.engine.max_held} sequences (--max-queue); retry shortly",
+                f"the server is busy: it holds at most {self.engine.max_queue} sequences (--max-queue); retry shortly",
                 code="server_busy",
                 kind="rate_limit_exceeded",
                 headers={"Retry-After": "1"},
@@ -343,27 +341,19 @@ def _error_response(error: APIError) -> JSONResponse:
 
 
 def create_app(
-    model: TransformerLM,
-    tokenizer: Tokenizer,
+    engine: BatchEngine,
     model_name: str,
     *,
-    max_batch: int = 8,
-    max_queue: int = 256,
-    prefill_chunk: int = 256,
-    scheduler: Scheduler = "continuous",
     api_key: str | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     shutdown_timeout: float = 10.0,
 ) -> FastAPI:
-    """The ASGI app serving `model` as `model_name`; its engine starts and stops with the app's lifespan.
+    """The ASGI app serving the engine's model as `model_name`; the engine starts and stops with the app's
+    lifespan.
 
     With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise). A request whose
-    sequences would take the engine past `max_queue` held at once (decoding or waiting) gets 429. `max_batch`,
-    `prefill_chunk` and `scheduler` are the engine's (lmkit.serve.engine).
+    sequences would take the engine past its `max_queue` held at once (decoding or waiting) gets 429.
     """
-    engine = BatchEngine(
-        model, tokenizer, max_batch=max_batch, max_held=max_queue, prefill_chunk=prefill_chunk, scheduler=scheduler
-    )
     drain = Drain(shutdown_timeout)
     created = int(time.time())
 

@@ -117,7 +117,7 @@ class BatchEngine:
         model: TransformerLM,
         tokenizer: Tokenizer,
         max_batch: int = 8,
-        max_held: int = 256,
+        max_queue: int = 256,
         prefill_chunk: int = 256,
         scheduler: Scheduler = "continuous",
         gather_seconds: float = 0.02,
@@ -127,7 +127,7 @@ class BatchEngine:
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(f"max_batch and prefill_chunk must be at least 1, got {max_batch} and {prefill_chunk}")
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.max_held, self.prefill_chunk = max_batch, max_held, prefill_chunk
+        self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.scheduler = scheduler
         self.gather_seconds, self.max_gather_seconds = gather_seconds, max_gather_seconds
         self.clock = clock  # seconds, for gathering arrivals and the token rate; a test can drive its own
@@ -159,9 +159,9 @@ class BatchEngine:
             }
 
     def has_room(self, sequences: int) -> bool:
-        """Whether `sequences` more fit under max_held, with those being decoded and waiting."""
+        """Whether `sequences` more fit under max_queue, with those being decoded and waiting."""
         with self._wakeup:
-            return self._running + len(self._waiting) + sequences <= self.max_held
+            return self._running + len(self._waiting) + sequences <= self.max_queue
 
     def start(self) -> None:
         """Start the worker thread."""
