@@ -198,6 +198,35 @@ def test_concurrent_requests_are_batched_and_independent(client, model, tokenize
     assert max(batch_sizes) >= 4, batch_sizes
 
 
+def test_requests_arriving_during_a_stream_join_it_and_equal_the_library(model, monkeypatch) -> None:
+    """Over HTTP: a second request (n = 2, a stop string, not streamed) is sent once the first stream has
+    produced text; it joins the running batch, and both responses equal the library's."""
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [])  # no <|endoftext|>: nothing ends early
+    sizes = record_batch_sizes(monkeypatch)
+    with running_server(model, tokenizer, max_batch=4) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+        second: list = []
+        sender = threading.Thread(
+            target=lambda: second.append(
+                client.completions.create(
+                    model="tiny", prompt="Then", n=2, max_tokens=30, temperature=1.2, seed=5, stop=["e "]
+                )
+            )
+        )
+        pieces = []
+        stream = client.completions.create(model="tiny", prompt="Once", max_tokens=400, seed=1, stream=True)
+        for chunk in stream:
+            pieces += [choice.text for choice in chunk.choices]
+            if len(pieces) == 1:
+                sender.start()
+        sender.join()
+    assert max(sizes) == 3, sizes  # the stream and both choices of the second request, decoded together
+    assert "".join(pieces) == library(model, tokenizer, "Once", max_new_tokens=400, seed=1).text
+    for choice in second[0].choices:
+        options = {"max_new_tokens": 30, "temperature": 1.2, "seed": 5 + choice.index, "stop": ["e "]}
+        assert choice.text == library(model, tokenizer, "Then", **options).text
+
+
 def wait_for_idle(url: str, seconds: float = 20) -> dict:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
