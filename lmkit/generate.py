@@ -293,14 +293,14 @@ class DecodeSession:
     def _feed(self, share: list[tuple[DecodingSequence, int]]) -> list[StepOutput]:
         """Feed each sequence its next `count` pending tokens in one forward pass; sample for those done feeding."""
         width = max(count for _, count in share)
-        device = self.model.lm_head.weight.device
-        ids = torch.zeros(len(share), width, dtype=torch.long)
-        for row, (sequence, count) in enumerate(share):
-            ids[row, :count] = torch.tensor(sequence.pending[:count])
+        rows = []  # each sequence's next `count` tokens, padded to the width
+        for sequence, count in share:
+            rows.append(sequence.pending[:count] + [0] * (width - count))
             del sequence.pending[:count]
+        ids = torch.tensor(rows, device=self.model.lm_head.weight.device)
         slots = [sequence.slot for sequence, _ in share]
         counts = [count for _, count in share]
-        logits = self.model(ids.to(device), kv_cache=self._cache, slots=slots, counts=counts, last_only=True)[:, -1]
+        logits = self.model(ids, kv_cache=self._cache, slots=slots, counts=counts, last_only=True)[:, -1]
         ready = [row for row, (sequence, _) in enumerate(share) if not sequence.pending]
         if not ready:
             return []
