@@ -159,7 +159,11 @@ class DecodingSequence:
     """
 
     def __init__(
-        self, prompt_ids: Sequence[int], config: GenerationConfig, vocab: dict[int, bytes], device: torch.device,
+        self,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        vocab: dict[int, bytes],
+        device: torch.device,
         tag: object = None,
     ) -> None:
         if config.temperature > 0 and config.seed is None:

@@ -337,7 +337,12 @@ def test_with_the_static_scheduler_sequences_sent_in_a_burst_share_one_batch(mod
     batch_sizes = record_batch_sizes(monkeypatch)
     now = [0.0]
     engine = BatchEngine(
-        model, tokenizer, max_batch=8, scheduler="static", gather_seconds=0.2, max_gather_seconds=5,
+        model,
+        tokenizer,
+        max_batch=8,
+        scheduler="static",
+        gather_seconds=0.2,
+        max_gather_seconds=5,
         clock=lambda: now[0],
     )
     finished = threading.Semaphore(0)
