@@ -117,6 +117,21 @@ def test_sequences_join_and_leave_a_session_at_any_step_and_each_decodes_as_alon
     assert partial == recompute_greedy(model, dropped.prompt_ids, len(partial), keep=8)
 
 
+@pytest.mark.parametrize("prefill_chunk", [1, 5, None])
+def test_a_full_context_prompt_slides_at_once_in_any_chunking(prefill_chunk):
+    """A prompt that fills the context: its first new token already makes the window slide; fed one token per
+    step, five, or whole, every sequence still follows the documented rule."""
+    model = random_model(context_length=16)
+    session = DecodeSession(model, byte_tokenizer(), slots=2, prefill_chunk=prefill_chunk)
+    greedy = generation_config(temperature=0, max_new_tokens=20)
+    full = session.add(list(b"exactly sixteen!"), greedy)
+    short = session.add(list(b"hi"), greedy)
+    while session.sequences:
+        session.step()
+    assert full.continuation.ids == recompute_greedy(model, full.prompt_ids, 20, keep=8)
+    assert short.continuation.ids == recompute_greedy(model, short.prompt_ids, 20, keep=8)
+
+
 def test_a_session_refuses_what_does_not_fit(tokenizer):
     model = random_model(context_length=16)
     session = DecodeSession(model, tokenizer, slots=1)
