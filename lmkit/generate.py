@@ -14,7 +14,8 @@ tokens whose probabilities sum to at least p (always at least the most likely on
 renormalised and one token drawn with a torch.Generator seeded by `seed`.
 
 The KV cache: the prompt is fed once, then every new token alone, attending to the cached keys and values
-of all earlier positions. A prompt longer than the model's context keeps its last `context_length` tokens.
+of all earlier positions. A prompt starts with the tokenizer's BOS token when it adds one (Tokenizer.encode_prompt,
+as Llama 3's tokenizer.json does); one longer than the model's context keeps its last tokens.
 When the cache is full (context_length positions) the window slides: the cache is emptied and refilled
 with the last `context_length // 2` tokens (the newest included), which start again at position 0; then
 generation goes on one token at a time. So every token is predicted from between context_length // 2 and
@@ -84,9 +85,9 @@ class Generation:
 
     `text` is the continuation alone, without the prompt (`prompt + text` is what `lmkit generate` prints),
     cut before a stop string; `ids` are every token sampled, the one that completed a stop string (e.g. the
-    `<|endoftext|>` id) included. `prompt_ids` are the tokens the model was given (the prompt's last
-    context_length tokens). `seed` repeats the run; it is None for greedy decoding (temperature 0), which has
-    no randomness to repeat.
+    `<|endoftext|>` id) included. `prompt_ids` are the tokens the model was given (Tokenizer.encode_prompt: the
+    BOS token first if the tokenizer adds one, and at most context_length tokens). `seed` repeats the run; it
+    is None for greedy decoding (temperature 0), which has no randomness to repeat.
     """
 
     prompt: str
@@ -402,10 +403,18 @@ class Continuation:
 class _PromptBatch:
     """Prompts sampled together: `pieces()` runs the loop, `results()` reads the Generations afterwards.
 
-    Prompt i samples with seed + i, so that each Generation's seed repeats it alone.
+    Prompt i samples with seed + i, so that each Generation's seed repeats it alone. `add_bos` False leaves out
+    the tokenizer's BOS token (a chat template's text is what the model was fine-tuned on, as it stands).
     """
 
-    def __init__(self, model: TransformerLM, tokenizer: Tokenizer, prompts: Sequence[str], config: GenerationConfig):
+    def __init__(
+        self,
+        model: TransformerLM,
+        tokenizer: Tokenizer,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        add_bos: bool = True,
+    ) -> None:
         for number, prompt in enumerate(prompts, 1):
             if not prompt:
                 raise InputError(f"prompt {number} is empty; give some text for the model to continue")
@@ -415,9 +424,10 @@ class _PromptBatch:
         if config.temperature > 0:
             seed = config.seed if config.seed is not None else secrets.randbits(32)
         context = model.config.context_length
+        encode = tokenizer.encode_prompt if add_bos else lambda text, limit: tokenizer.encode(text)[-limit:]
         self.sequences = [
             self.session.add(
-                tokenizer.encode(prompt)[-context:],
+                encode(prompt, context),
                 config.model_copy(update={"seed": None if seed is None else seed + index}),
                 tag=index,
             )
@@ -544,8 +554,9 @@ def chat_reply(
     **options: object,
 ) -> TextStream:
     """Stream the assistant's next turn after `messages` (role and content dicts), rendered with the chat
-    template (lmkit.chat) and ended at `<|im_end|>`; options as for `generate`. InputError for a model whose
-    tokenizer has no chat template tokens (a base model: fine-tune it on conversations first)."""
+    template (lmkit.chat; no BOS token before it, as in fine-tuning) and ended at `<|im_end|>`; options as for
+    `generate`. InputError for a model whose tokenizer has no chat template tokens (a base model: fine-tune it
+    on conversations first)."""
     from lmkit.chat.template import IM_END, render_text
 
     if not has_chat_tokens(tokenizer):
@@ -556,7 +567,7 @@ def chat_reply(
     config = generation_config(config, **options)
     config = config.model_copy(update={"stop": (*config.stop, IM_END)})
     prompt = render_text(messages, add_generation_prompt=True)
-    return stream(model, tokenizer, prompt, config)
+    return TextStream(_PromptBatch(model, tokenizer, [prompt], config, add_bos=False))
 
 
 @torch.no_grad()

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from lmkit.chat import add_chat_tokens, render
 from lmkit.errors import InputError
-from lmkit.generate import DecodeSession, generate, generation_config, stream
+from lmkit.generate import DecodeSession, chat_reply, generate, generation_config, stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.formats import Layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,9 +21,9 @@ def tokenizer() -> Tokenizer:
     return Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
 
 
-def random_model(context_length: int = 32, seed: int = 0) -> TransformerLM:
+def random_model(context_length: int = 32, seed: int = 0, vocab_size: int = EOT + 1) -> TransformerLM:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=EOT + 1, context_length=context_length, d_model=32, num_layers=2, num_heads=4)
+    config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2, num_heads=4)
     return TransformerLM(config).eval()
 
 
@@ -160,6 +162,24 @@ def test_a_prompt_longer_than_the_context_keeps_its_last_tokens(tokenizer):
     assert out.ids == expected[: len(out.ids)]
     # Cropping happens first: only the last 16 tokens matter.
     assert generate(model, tokenizer, prompt[-16:], temperature=0, max_new_tokens=20).ids == out.ids
+
+
+def test_a_tokenizer_that_adds_a_bos_token_starts_every_prompt_with_it(tokenizer):
+    bos = "<|begin_of_text|>"
+    with_bos = Tokenizer(tokenizer.vocab, [], ["<|endoftext|>", bos], Layout(bos_token=bos))  # id 257
+    model = random_model(context_length=16, vocab_size=EOT + 2)
+    long_prompt = "a prompt longer than the sixteen-token context"
+    out = generate(model, with_bos, ["hi", long_prompt], temperature=0, max_new_tokens=4)
+    assert out[0].prompt_ids == [257, *b"hi"]
+    assert out[1].prompt_ids == [257, *long_prompt.encode()[-15:]]  # cropped to the context, the BOS kept
+    assert generate(model, tokenizer, "hi", temperature=0, max_new_tokens=4).prompt_ids == list(b"hi")
+    # A chat reply reads the conversation as it was fine-tuned: the template's tokens alone, no BOS.
+    chat_tokenizer = add_chat_tokens(with_bos)  # <|im_start|> 258, <|im_end|> 259
+    messages = [{"role": "user", "content": "hi"}]
+    reply = chat_reply(random_model(vocab_size=260), chat_tokenizer, messages, max_new_tokens=2)
+    list(reply)
+    expected = render(chat_tokenizer, messages, add_generation_prompt=True)[0].tolist()
+    assert reply.generation.prompt_ids == expected and expected[0] == 258
 
 
 def test_a_batch_gives_each_prompt_what_it_gets_alone(tokenizer):

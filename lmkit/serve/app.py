@@ -106,7 +106,7 @@ class _Completions:
         for prompt in params.prompts:
             if not isinstance(prompt, str) and not all(0 <= token < vocab_size for token in prompt):
                 raise APIError(400, f"a prompt holds a token id outside 0 .. {vocab_size - 1}", param="prompt")
-        return [self.engine.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in params.prompts]
+        return [self.engine.tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in params.prompts]
 
     def _scores(self, params: CompletionRequest, prompt: list[int], new_ids: list[int]) -> dict[str, list] | None:
         """The choice's logprobs object (the prompt's tokens too with echo), or None when not asked for."""
