@@ -2,7 +2,7 @@
 
 The TinyStories-shape model (vocab 10000, d_model 512, 4 layers, 16 heads, d_ff 1344, context 256), randomly
 initialised, float32 on the CPU, batch 1: greedy decoding of 256 new tokens after a 16-token prompt.
-- cached: lmkit.generate.token_steps, the loop behind `lmkit generate` (prompt fed once, then one token per
+- cached: lmkit.generate.DecodeSession, the loop behind `lmkit generate` (prompt fed once, then one token per
   step; the window slides once, at position 256).
 - recompute: the loop without a cache, as in nanoGPT's sampler: every step runs the model over the whole
   sequence so far, cropped to its last 256 tokens, and takes the last position's logits.
@@ -20,8 +20,9 @@ import time
 
 import torch
 
-from lmkit.generate import token_steps
+from lmkit.generate import DecodeSession, generation_config
 from lmkit.model import ModelConfig, TransformerLM
+from lmkit.tokenizer import Tokenizer
 
 TINYSTORIES = ModelConfig(vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344)
 
@@ -32,8 +33,14 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def cached(model: TransformerLM, prompt: list[int], new_tokens: int) -> list[int]:
-    """Greedy decoding through lmkit's KV-cache loop."""
-    return [int(tokens[0]) for tokens, _ in token_steps(model, [prompt], new_tokens, greedy)]
+    """Greedy decoding through lmkit's KV-cache loop (a tokenizer with no end of text: nothing stops it early)."""
+    vocab = {i: bytes([i]) if i < 256 else f"<{i}>".encode() for i in range(model.config.vocab_size)}
+    tokenizer = Tokenizer(vocab, [])
+    session = DecodeSession(model, tokenizer, slots=1)
+    sequence = session.add(prompt, generation_config(temperature=0, max_new_tokens=new_tokens))
+    while session.sequences:
+        session.step()
+    return sequence.continuation.ids
 
 
 @torch.inference_mode()

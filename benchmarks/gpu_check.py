@@ -14,7 +14,8 @@ Five checks, each printing one line (figures, or FAIL with what went wrong):
    resumed steps must match the unbroken run's.
 3. generate: `lmkit generate` on the trained checkpoint with --dtype auto (bfloat16 weights and KV cache on
    such a GPU): new tokens per second, greedy.
-4. serve: `lmkit serve` on a free local port, one /v1/completions request answered.
+4. serve: `lmkit serve` on a free local port (continuous batching), one /v1/completions request answered, then
+   8 sent at once: their generated tokens per second.
 5. hf: `lmkit export hf`, loaded by transformers' AutoModelForCausalLM on the device; its logits against
    lmkit's, both float32 (TF32 off): the largest difference.
 
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -185,19 +187,35 @@ def check_serve(checkpoint: Path, device: str) -> str:
                 if time.monotonic() > deadline:
                     raise RuntimeError("lmkit serve did not answer /health within 180 s") from None
                 time.sleep(0.5)
-        body = json.dumps({"model": checkpoint.stem, "prompt": PROMPT, "max_tokens": 16, "temperature": 0}).encode()
-        request = urllib.request.Request(
-            f"{base}/v1/completions", body, headers={"Content-Type": "application/json"}, method="POST"
-        )
         start = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=120) as response:
-            answer = json.loads(response.read())
+        tokens = complete(base, checkpoint.stem, PROMPT, seed=0)
         seconds = time.perf_counter() - start
+        together = [0] * 8
+
+        def send(i: int) -> None:
+            together[i] = complete(base, checkpoint.stem, f"{PROMPT} {i}", seed=i)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rate = sum(together) / (time.perf_counter() - start)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    tokens = answer["usage"]["completion_tokens"]
-    return f"/v1/completions answered {tokens} tokens in {seconds:.2f} s"
+    return f"/v1/completions answered {tokens} tokens in {seconds:.2f} s; 8 at once: {rate:,.1f} tokens/s"
+
+
+def complete(base: str, model: str, prompt: str, seed: int) -> int:
+    """One sampled 64-token completion from the server at `base`: its completion tokens."""
+    body = {"model": model, "prompt": prompt, "max_tokens": 64, "seed": seed}
+    request = urllib.request.Request(
+        f"{base}/v1/completions", json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())["usage"]["completion_tokens"]
 
 
 def check_hf(checkpoint: Path, device: str, folder: Path) -> str:

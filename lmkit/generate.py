@@ -14,7 +14,8 @@ tokens whose probabilities sum to at least p (always at least the most likely on
 renormalised and one token drawn with a torch.Generator seeded by `seed`.
 
 The KV cache: the prompt is fed once, then every new token alone, attending to the cached keys and values
-of all earlier positions. A prompt longer than the model's context keeps its last `context_length` tokens.
+of all earlier positions. A prompt starts with the tokenizer's BOS token when it adds one (Tokenizer.encode_prompt,
+as Llama 3's tokenizer.json does); one longer than the model's context keeps its last tokens.
 When the cache is full (context_length positions) the window slides: the cache is emptied and refilled
 with the last `context_length // 2` tokens (the newest included), which start again at position 0; then
 generation goes on one token at a time. So every token is predicted from between context_length // 2 and
@@ -22,17 +23,17 @@ context_length preceding tokens, and a slide costs one forward pass over half a 
 context_length // 2 new tokens, where sliding by one token would cost a full window per token (what
 llama.cpp's context shift does, halving the window, for the same reason).
 
-Several prompts run as one batch without padding: all sequences advance one position per step from the
-shortest prompt's end, and a sequence whose prompt is longer is fed its own prompt tokens at those
-positions instead of sampled ones. Each sequence stops at `<|endoftext|>`, at any `stop` string (the text
-is cut before it) or after `max_new_tokens` new tokens.
+Several prompts run as one batch (a DecodeSession): each has its own slot of the KV cache and its own
+positions, prompts are fed first, then all sequences advance one token per step together. Prompt i samples
+with seed + i, so each result equals that prompt's alone with its Generation's seed. Each sequence stops at
+`<|endoftext|>`, at any `stop` string (the text is cut before it) or after `max_new_tokens` new tokens.
 """
 
 from __future__ import annotations
 
 import codecs
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -84,9 +85,9 @@ class Generation:
 
     `text` is the continuation alone, without the prompt (`prompt + text` is what `lmkit generate` prints),
     cut before a stop string; `ids` are every token sampled, the one that completed a stop string (e.g. the
-    `<|endoftext|>` id) included. `prompt_ids` are the tokens the model was given (the prompt's last
-    context_length tokens). `seed` repeats the run; it is None for greedy decoding (temperature 0), which has
-    no randomness to repeat.
+    `<|endoftext|>` id) included. `prompt_ids` are the tokens the model was given (Tokenizer.encode_prompt: the
+    BOS token first if the tokenizer adds one, and at most context_length tokens). `seed` repeats the run; it
+    is None for greedy decoding (temperature 0), which has no randomness to repeat.
     """
 
     prompt: str
@@ -151,83 +152,201 @@ def sample_next_token(
 # --- the decoding loop ---------------------------------------------------------------------------------------
 
 
-class BatchDecoder:
-    """Decodes a batch of prompts with the KV cache, one position per `step`; rows can be dropped between steps.
+class DecodingSequence:
+    """One prompt being continued in a DecodeSession: its settings, its sampler, its text so far, and the
+    tokens it has still to feed to the model (its prompt at first, then each sampled token).
 
-    `prompts` are non-empty and at most context_length long. Every row advances one position per step from
-    the shortest prompt's end, so row i's token p always sits at position p (no padding): a row whose prompt
-    is longer is fed its own prompt tokens at those positions. Each row's logits therefore depend only on its
-    own tokens, whatever else is in the batch. `rows` holds the original indices of the rows still decoded.
-    See the module docstring for how the window slides past the context.
+    `tag` is the caller's (the server keeps its request there); `continuation` holds the text and ids.
     """
 
-    @torch.inference_mode()
-    def __init__(self, model: TransformerLM, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
-        self.model = model
-        self.rows = list(range(len(prompts)))
-        self._lengths = torch.tensor([len(ids) for ids in prompts], device=model.lm_head.weight.device)
-        self._total = int(self._lengths.max()) + max_new_tokens
-        self._tokens = torch.zeros(len(prompts), self._total, dtype=torch.long, device=self._lengths.device)
-        for row, ids in enumerate(prompts):
-            self._tokens[row, : len(ids)] = torch.tensor(ids)
-        self._keep = max(1, model.config.context_length // 2)
-        self._position = int(self._lengths.min())
-        self._cache = model.new_kv_cache(len(prompts))
-        self._started = False
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        vocab: dict[int, bytes],
+        device: torch.device,
+        tag: object = None,
+    ) -> None:
+        if config.temperature > 0 and config.seed is None:
+            raise ValueError("a sampled sequence needs a seed, so that its result can be repeated")
+        self.prompt_ids = list(prompt_ids)
+        self.config, self.tag = config, tag
+        self.generator = None
+        if config.temperature > 0:
+            self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.continuation = Continuation(vocab, (END_OF_TEXT, *config.stop), config.max_new_tokens)
+        self.pending = list(prompt_ids)  # not in the KV cache yet
+        self.recent = list(prompt_ids)  # the latest tokens, to refill the window from when it slides
+        self.slot = -1
+        self.order = 0  # admission order: earlier sequences' prompts are fed first
 
     @property
     def done(self) -> bool:
-        """Every row has max_new_tokens new tokens, or no row is left."""
-        return self._position == self._total or not self.rows
-
-    @torch.inference_mode()
-    def step(self, pick: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-        """Choose the tokens at the next position: (tokens, is_new), both (len(rows),).
-
-        `pick(logits, is_new)` turns last-position logits (B, V) into token ids (B,); a row whose prompt
-        still has a token at this position gets that token instead (is_new False).
-        """
-        if self.done:
-            raise RuntimeError("the decoder is done; no position is left to decode")
-        position, cache = self._position, self._cache
-        if not self._started:
-            self._started = True
-            fed = self._tokens[:, :position]
-        elif cache.length == cache.max_len:
-            cache.length = 0  # rewind: refill with the last `keep` tokens from position 0
-            fed = self._tokens[:, position - self._keep : position]
-        else:
-            fed = self._tokens[:, position - 1 : position]
-        logits = self.model(fed, kv_cache=cache, last_only=True)[:, -1]
-        is_new = self._lengths <= position
-        self._tokens[:, position] = torch.where(is_new, pick(logits, is_new), self._tokens[:, position])
-        self._position += 1
-        return self._tokens[:, position], is_new
-
-    @torch.inference_mode()
-    def drop(self, keep: Sequence[bool]) -> None:
-        """Stop decoding the rows whose entry in `keep` (one per row of `rows`) is False."""
-        kept = [index for index, wanted in enumerate(keep) if wanted]
-        if len(kept) == len(self.rows):
-            return
-        index = torch.tensor(kept, dtype=torch.long, device=self._tokens.device)
-        self.rows = [self.rows[i] for i in kept]
-        self._tokens, self._lengths = self._tokens[index], self._lengths[index]
-        self._cache.select_rows(index)
+        """Ended by end of text or a stop string, or max_new_tokens reached."""
+        return self.continuation.done
 
 
-def token_steps(
-    model: TransformerLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, pick: Callable[[Tensor], Tensor]
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Decode with the KV cache; yield (tokens, is_new), both (B,), at each position after the shortest prompt.
+@dataclass(frozen=True)
+class StepOutput:
+    """What a DecodeSession step gave one sequence: its new token, the text that became final with it, and
+    whether the sequence has finished (it has then left the session)."""
 
-    `prompts` are non-empty and at most context_length long; `pick` turns last-position logits (B, V) into
-    token ids (B,). A row whose prompt still has a token at this position gets that token (is_new False).
-    It runs until every row has max_new_tokens new tokens; stop iterating to end early. See BatchDecoder.
+    sequence: DecodingSequence
+    token: int
+    text: str
+    finished: bool
+
+
+class DecodeSession:
+    """Sequences decoded together over one KV cache with a slot per sequence; they join and leave at any step.
+
+    `add` gives a prompt a free slot. Each `step` then feeds what the sequences have not fed yet: first the
+    prompts of sequences just added, at most `prefill_chunk` tokens in all (earliest first), so that a long
+    prompt delays the others by one chunk's forward pass per step, not by its whole length; then one new token
+    for every sequence whose prompt is in, all in one forward pass. A sequence samples its next token once
+    its last pending token is fed, with its own torch.Generator seeded by its config's seed, so its result
+    depends only on its own prompt and settings, never on what else is in the session or when it joined
+    (up to floating-point rounding in batched products). A finished sequence leaves at once, and the last
+    slot's sequence moves into its slot, so the sequences decoding together always hold slots 0 … n-1 and
+    the cache is read as one block.
+
+    The window slides per sequence as the module docstring says: a sequence whose slot is full starts its
+    slot again and refeeds its last context_length // 2 tokens (as one more prefill).
     """
-    decoder = BatchDecoder(model, prompts, max_new_tokens)
-    while not decoder.done:
-        yield decoder.step(lambda logits, _is_new: pick(logits))
+
+    def __init__(
+        self, model: TransformerLM, tokenizer: Tokenizer, slots: int, prefill_chunk: int | None = None
+    ) -> None:
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise InputError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}"
+            )
+        context = model.config.context_length
+        self.model, self.tokenizer = model, tokenizer
+        self.prefill_chunk = context if prefill_chunk is None else prefill_chunk
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        self.sequences: list[DecodingSequence] = []  # sequences[i] holds slot i
+        self._cache = model.new_kv_cache(slots)
+        self._keep = max(1, context // 2)
+        self._admitted = 0
+
+    @property
+    def free_slots(self) -> int:
+        """Sequences that can still be added."""
+        return self._cache.batch_size - len(self.sequences)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory held by the KV cache (keys and values, every slot)."""
+        return 2 * self._cache.keys.numel() * self._cache.keys.element_size()
+
+    def add(self, prompt_ids: Sequence[int], config: GenerationConfig, tag: object = None) -> DecodingSequence:
+        """Start continuing `prompt_ids` (1 … context_length ids) with `config` (its seed set unless greedy)."""
+        if not 0 < len(prompt_ids) <= self.model.config.context_length:
+            raise ValueError(f"a prompt needs 1 … {self.model.config.context_length} tokens, got {len(prompt_ids)}")
+        if not self.free_slots:
+            raise ValueError("no free slot: wait for a sequence to finish")
+        device = self.model.lm_head.weight.device
+        sequence = DecodingSequence(prompt_ids, config, self.tokenizer.vocab, device, tag)
+        sequence.slot, sequence.order = len(self.sequences), self._admitted
+        self._admitted += 1
+        self._cache.lengths[sequence.slot] = 0
+        self.sequences.append(sequence)
+        return sequence
+
+    def remove(self, sequence: DecodingSequence) -> None:
+        """Stop decoding `sequence` (e.g. its client went away) and free its slot."""
+        last = self.sequences.pop()
+        if last is not sequence:
+            self._cache.move(last.slot, sequence.slot)
+            last.slot = sequence.slot
+            self.sequences[last.slot] = last
+        sequence.slot = -1
+
+    @torch.inference_mode()
+    def step(self) -> list[StepOutput]:
+        """Feed one prefill chunk and one decoding position (either may be empty); sample, and report each
+        sequence that got a token."""
+        for sequence in self.sequences:
+            if self._cache.lengths[sequence.slot] + len(sequence.pending) > self._cache.max_len:
+                self._cache.lengths[sequence.slot] = 0  # the window slides: refill with the latest tokens
+                sequence.pending = sequence.recent[-self._keep :]
+        prefilling = sorted((s for s in self.sequences if len(s.pending) > 1), key=lambda s: s.order)
+        decoding = [s for s in self.sequences if len(s.pending) == 1]
+        outputs: list[StepOutput] = []
+        if prefilling:
+            outputs += self._feed(self._prefill_share(prefilling))
+        if decoding:
+            outputs += self._feed([(sequence, 1) for sequence in decoding])
+        for output in outputs:
+            if output.finished:
+                self.remove(output.sequence)
+        return outputs
+
+    def _prefill_share(self, prefilling: list[DecodingSequence]) -> list[tuple[DecodingSequence, int]]:
+        """How many pending tokens each prefilling sequence feeds this step: at most prefill_chunk in all."""
+        share, budget = [], self.prefill_chunk
+        for sequence in prefilling:
+            count = min(len(sequence.pending), budget)
+            if count == 0:
+                break
+            share.append((sequence, count))
+            budget -= count
+        return share
+
+    def _feed(self, share: list[tuple[DecodingSequence, int]]) -> list[StepOutput]:
+        """Feed each sequence its next `count` pending tokens in one forward pass; sample for those done feeding."""
+        width = max(count for _, count in share)
+        rows = []  # each sequence's next `count` tokens, padded to the width
+        for sequence, count in share:
+            rows.append(sequence.pending[:count] + [0] * (width - count))
+            del sequence.pending[:count]
+        ids = torch.tensor(rows, device=self.model.lm_head.weight.device)
+        slots = [sequence.slot for sequence, _ in share]
+        counts = [count for _, count in share]
+        logits = self.model(ids, kv_cache=self._cache, slots=slots, counts=counts, last_only=True)[:, -1]
+        ready = [row for row, (sequence, _) in enumerate(share) if not sequence.pending]
+        if not ready:
+            return []
+        sequences = [share[row][0] for row in ready]
+        tokens = self._pick(sequences, logits[ready])
+        return [self._advance(sequence, token) for sequence, token in zip(sequences, tokens, strict=True)]
+
+    def _pick(self, sequences: list[DecodingSequence], logits: Tensor) -> list[int]:
+        """Each sequence's next token, drawn with its own settings and generator.
+
+        Sequences with the same settings share one computation of their distributions (each row's is computed
+        independently of the others'); each then draws alone from its own generator, as a lone prompt does.
+        """
+        # Only ids the tokenizer can decode: a model's vocabulary may be padded past the tokenizer's.
+        logits = logits[:, : self.tokenizer.vocab_size]
+        groups: dict[tuple[float, int | None, float], list[int]] = {}
+        for row, sequence in enumerate(sequences):
+            config = sequence.config
+            groups.setdefault((config.temperature, config.top_k, config.top_p), []).append(row)
+        picked = [0] * len(sequences)
+        for (temperature, top_k, top_p), rows in groups.items():
+            index = torch.tensor(rows, device=logits.device)
+            if temperature == 0:
+                for row, token in zip(rows, sample_next_token(logits[index], 0).tolist(), strict=True):
+                    picked[row] = token
+                continue
+            probs = next_token_probs(logits[index], temperature, top_k, top_p)
+            for row, row_probs in zip(rows, probs, strict=True):
+                picked[row] = int(torch.multinomial(row_probs[None], 1, generator=sequences[row].generator)[0, 0])
+        return picked
+
+    def _advance(self, sequence: DecodingSequence, token: int) -> StepOutput:
+        """Give `sequence` its new token: it is fed at the next step, and its text grows."""
+        sequence.pending.append(token)
+        sequence.recent.append(token)
+        if len(sequence.recent) > 2 * self.model.config.context_length:
+            del sequence.recent[: -self._keep]
+        text = sequence.continuation.add(token)
+        if sequence.done:
+            text += sequence.continuation.finish()
+        return StepOutput(sequence, token, text, sequence.done)
 
 
 class Continuation:
@@ -282,62 +401,60 @@ class Continuation:
 
 
 class _PromptBatch:
-    """Prompts sampled together: `pieces()` runs the loop, `results()` reads the Generations afterwards."""
+    """Prompts sampled together: `pieces()` runs the loop, `results()` reads the Generations afterwards.
 
-    def __init__(self, model: TransformerLM, tokenizer: Tokenizer, prompts: Sequence[str], config: GenerationConfig):
+    Prompt i samples with seed + i, so that each Generation's seed repeats it alone. `add_bos` False leaves out
+    the tokenizer's BOS token (a chat template's text is what the model was fine-tuned on, as it stands).
+    """
+
+    def __init__(
+        self,
+        model: TransformerLM,
+        tokenizer: Tokenizer,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        add_bos: bool = True,
+    ) -> None:
         for number, prompt in enumerate(prompts, 1):
             if not prompt:
                 raise InputError(f"prompt {number} is empty; give some text for the model to continue")
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise InputError(
-                f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}"
-            )
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.session = DecodeSession(model, tokenizer, slots=len(prompts))
         self.prompts = list(prompts)
-        if config.temperature == 0:
-            self.seed = None  # greedy: nothing is drawn
-        else:
-            self.seed = config.seed if config.seed is not None else secrets.randbits(32)
+        seed = None  # greedy: nothing is drawn
+        if config.temperature > 0:
+            seed = config.seed if config.seed is not None else secrets.randbits(32)
         context = model.config.context_length
-        self.prompt_ids = [tokenizer.encode(prompt)[-context:] for prompt in self.prompts]
-        stops = (END_OF_TEXT, *config.stop)
-        self.sequences = [Continuation(tokenizer.vocab, stops, config.max_new_tokens) for _ in self.prompts]
+        encode = tokenizer.encode_prompt if add_bos else lambda text, limit: tokenizer.encode(text)[-limit:]
+        self.sequences = [
+            self.session.add(
+                encode(prompt, context),
+                config.model_copy(update={"seed": None if seed is None else seed + index}),
+                tag=index,
+            )
+            for index, prompt in enumerate(self.prompts)
+        ]
 
     def pieces(self, bar: ProgressBar | None = None) -> Iterator[tuple[int, str]]:
         """Sample; yield (prompt index, text) whenever a sequence has new final text; `bar` advances per token."""
-        config, vocab_size = self.config, self.tokenizer.vocab_size
-        generator = torch.Generator(device=self.model.lm_head.weight.device).manual_seed(self.seed or 0)
-
-        def pick(logits: Tensor) -> Tensor:
-            # Only ids the tokenizer can decode: a model's vocabulary may be padded past the tokenizer's.
-            return sample_next_token(logits[:, :vocab_size], config.temperature, config.top_k, config.top_p, generator)
-
-        for tokens, is_new in token_steps(self.model, self.prompt_ids, config.max_new_tokens, pick):
-            for index, (token, new) in enumerate(zip(tokens.tolist(), is_new.tolist(), strict=True)):
-                sequence = self.sequences[index]
-                if new and not sequence.done:
-                    if bar is not None:
-                        bar.advance(1)
-                    if piece := sequence.add(token):
-                        yield index, piece
-            if all(sequence.done for sequence in self.sequences):
-                break
-        for index, sequence in enumerate(self.sequences):
-            if piece := sequence.finish():
-                yield index, piece
+        while self.session.sequences:
+            for output in self.session.step():
+                if bar is not None:
+                    bar.advance(1)
+                if output.text:
+                    yield output.sequence.tag, output.text
 
     def results(self) -> list[Generation]:
         """The Generations, once `pieces()` has run to its end."""
         return [
             Generation(
                 prompt=prompt,
-                text=sequence.text,
-                ids=sequence.ids,
-                stop_reason="stop" if sequence.stopped else "length",
-                prompt_ids=prompt_ids,
-                seed=self.seed,
+                text=sequence.continuation.text,
+                ids=sequence.continuation.ids,
+                stop_reason="stop" if sequence.continuation.stopped else "length",
+                prompt_ids=sequence.prompt_ids,
+                seed=sequence.config.seed,
             )
-            for prompt, prompt_ids, sequence in zip(self.prompts, self.prompt_ids, self.sequences, strict=True)
+            for prompt, sequence in zip(self.prompts, self.sequences, strict=True)
         ]
 
 
@@ -437,8 +554,9 @@ def chat_reply(
     **options: object,
 ) -> TextStream:
     """Stream the assistant's next turn after `messages` (role and content dicts), rendered with the chat
-    template (lmkit.chat) and ended at `<|im_end|>`; options as for `generate`. InputError for a model whose
-    tokenizer has no chat template tokens (a base model: fine-tune it on conversations first)."""
+    template (lmkit.chat; no BOS token before it, as in fine-tuning) and ended at `<|im_end|>`; options as for
+    `generate`. InputError for a model whose tokenizer has no chat template tokens (a base model: fine-tune it
+    on conversations first)."""
     from lmkit.chat.template import IM_END, render_text
 
     if not has_chat_tokens(tokenizer):
@@ -449,7 +567,7 @@ def chat_reply(
     config = generation_config(config, **options)
     config = config.model_copy(update={"stop": (*config.stop, IM_END)})
     prompt = render_text(messages, add_generation_prompt=True)
-    return stream(model, tokenizer, prompt, config)
+    return TextStream(_PromptBatch(model, tokenizer, [prompt], config, add_bos=False))
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import uvicorn
 
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.serve.app import create_app
+from lmkit.serve.engine import BatchEngine
 from lmkit.tokenizer import Tokenizer
 
 
@@ -30,8 +31,11 @@ def random_model(context_length: int = 32, seed: int = 0) -> TransformerLM:
 
 @contextmanager
 def running_server(model: TransformerLM, tokenizer: Tokenizer, **options: object) -> Iterator[str]:
-    """Serve create_app(model, tokenizer, "tiny", **options) with uvicorn on a free port; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(create_app(model, tokenizer, "tiny", **options), log_level="warning"))
+    """Serve the model as "tiny" with uvicorn on a free port; yield its base URL. `api_key` goes to create_app,
+    the other options to the BatchEngine."""
+    api_key = options.pop("api_key", None)
+    app = create_app(BatchEngine(model, tokenizer, **options), "tiny", api_key=api_key)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the port is taken before the server starts: no race for a "free" one
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from lmkit.chat import add_chat_tokens, render
 from lmkit.errors import InputError
-from lmkit.generate import BatchDecoder, generate, stream, token_steps
+from lmkit.generate import DecodeSession, chat_reply, generate, generation_config, stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import Tokenizer
+from lmkit.tokenizer.formats import Layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,9 +21,9 @@ def tokenizer() -> Tokenizer:
     return Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
 
 
-def random_model(context_length: int = 32, seed: int = 0) -> TransformerLM:
+def random_model(context_length: int = 32, seed: int = 0, vocab_size: int = EOT + 1) -> TransformerLM:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=EOT + 1, context_length=context_length, d_model=32, num_layers=2, num_heads=4)
+    config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, num_layers=2, num_heads=4)
     return TransformerLM(config).eval()
 
 
@@ -64,13 +66,17 @@ def recompute_greedy(model: TransformerLM, prompt: list[int], new_tokens: int, k
     return sequence[len(prompt[-context:]) :]
 
 
+def byte_tokenizer() -> Tokenizer:
+    return Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+
+
 def cached_greedy(model: TransformerLM, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    rows = [[] for _ in prompts]
-    for tokens, is_new in token_steps(model, prompts, new_tokens, lambda logits: logits.argmax(dim=-1)):
-        for row, (token, new) in enumerate(zip(tokens.tolist(), is_new.tolist(), strict=True)):
-            if new:
-                rows[row].append(token)
-    return rows
+    session = DecodeSession(model, byte_tokenizer(), slots=len(prompts))
+    config = generation_config(temperature=0, max_new_tokens=new_tokens)
+    sequences = [session.add(prompt, config) for prompt in prompts]
+    while session.sequences:
+        session.step()
+    return [sequence.continuation.ids for sequence in sequences]
 
 
 # --- the KV cache --------------------------------------------------------------------------------------------
@@ -83,24 +89,61 @@ def test_cached_greedy_equals_recomputing_everything():
     assert cached_greedy(model, [prompt], 40) == [recompute_greedy(model, prompt, 40, keep=32)]
 
 
-def test_batch_decoder_rows_dropped_midway_leave_the_others_unchanged():
+def test_sequences_join_and_leave_a_session_at_any_step_and_each_decodes_as_alone():
+    """Staggered arrivals, chunked prompts, a sequence dropped midway and its slot taken by a newcomer: every
+    sequence still gets what the documented rule gives it alone (the window slides on the way)."""
     model = random_model(context_length=16)
-    prompts = [list(b"abc"), list(b"defghij"), list(b"klmno")]
-    decoder = BatchDecoder(model, prompts, 30)  # 7 + 30 tokens: the window slides on the way
-    rows: dict[int, list[int]] = {0: [], 1: [], 2: []}
-    greedy = lambda logits, is_new: logits.argmax(dim=-1)  # noqa: E731
-    while not decoder.done:
-        tokens, is_new = decoder.step(greedy)
-        for row, token, new in zip(decoder.rows, tokens.tolist(), is_new.tolist(), strict=True):
-            if new:
-                rows[row].append(token)
-        if len(rows[1]) == 5 and decoder.rows == [0, 1, 2]:
-            decoder.drop([True, False, True])
-    assert decoder.rows == [0, 2] and len(rows[1]) == 5
-    # Every row runs to the longest prompt's end + 30: the shorter prompts get more new tokens.
-    assert [len(rows[0]), len(rows[2])] == [34, 32]
-    for row, prompt in enumerate(prompts):
-        assert rows[row] == recompute_greedy(model, prompt, len(rows[row]), keep=8)
+    session = DecodeSession(model, byte_tokenizer(), slots=3, prefill_chunk=4)
+    greedy = generation_config(temperature=0, max_new_tokens=30)
+    first = session.add(list(b"abc"), greedy)
+    for _ in range(3):
+        session.step()
+    second = session.add(list(b"defghijklmn"), greedy)  # 11 tokens: three chunks of at most 4
+    widths = []
+    for _ in range(2):
+        widths.append(len(session.step()))
+    assert widths == [1, 1]  # `second` is still being fed its prompt; `first` decodes meanwhile
+    dropped = session.add(list(b"opq"), greedy)
+    session.step()
+    session.step()
+    session.remove(dropped)
+    assert dropped.slot == -1 and len(dropped.continuation.ids) < 30
+    third = session.add(list(b"rstuvw"), greedy)
+    assert third.slot == 2 and session.free_slots == 0
+    while session.sequences:
+        session.step()
+    for sequence in (first, second, third):
+        assert len(sequence.continuation.ids) == 30
+        assert sequence.continuation.ids == recompute_greedy(model, sequence.prompt_ids, 30, keep=8)
+    partial = dropped.continuation.ids
+    assert partial == recompute_greedy(model, dropped.prompt_ids, len(partial), keep=8)
+
+
+@pytest.mark.parametrize("prefill_chunk", [1, 5, None])
+def test_a_full_context_prompt_slides_at_once_in_any_chunking(prefill_chunk):
+    """A prompt that fills the context: its first new token already makes the window slide; fed one token per
+    step, five, or whole, every sequence still follows the documented rule."""
+    model = random_model(context_length=16)
+    session = DecodeSession(model, byte_tokenizer(), slots=2, prefill_chunk=prefill_chunk)
+    greedy = generation_config(temperature=0, max_new_tokens=20)
+    full = session.add(list(b"exactly sixteen!"), greedy)
+    short = session.add(list(b"hi"), greedy)
+    while session.sequences:
+        session.step()
+    assert full.continuation.ids == recompute_greedy(model, full.prompt_ids, 20, keep=8)
+    assert short.continuation.ids == recompute_greedy(model, short.prompt_ids, 20, keep=8)
+
+
+def test_a_session_refuses_what_does_not_fit(tokenizer):
+    model = random_model(context_length=16)
+    session = DecodeSession(model, tokenizer, slots=1)
+    with pytest.raises(ValueError, match="1 … 16 tokens"):
+        session.add(list(range(17)), generation_config(temperature=0))
+    with pytest.raises(ValueError, match="needs a seed"):
+        session.add([1], generation_config(temperature=0.5))
+    session.add([1], generation_config(temperature=0))
+    with pytest.raises(ValueError, match="no free slot"):
+        session.add([2], generation_config(temperature=0))
 
 
 def test_past_the_context_the_window_slides_by_half():
@@ -121,6 +164,24 @@ def test_a_prompt_longer_than_the_context_keeps_its_last_tokens(tokenizer):
     assert generate(model, tokenizer, prompt[-16:], temperature=0, max_new_tokens=20).ids == out.ids
 
 
+def test_a_tokenizer_that_adds_a_bos_token_starts_every_prompt_with_it(tokenizer):
+    bos = "<|begin_of_text|>"
+    with_bos = Tokenizer(tokenizer.vocab, [], ["<|endoftext|>", bos], Layout(bos_token=bos))  # id 257
+    model = random_model(context_length=16, vocab_size=EOT + 2)
+    long_prompt = "a prompt longer than the sixteen-token context"
+    out = generate(model, with_bos, ["hi", long_prompt], temperature=0, max_new_tokens=4)
+    assert out[0].prompt_ids == [257, *b"hi"]
+    assert out[1].prompt_ids == [257, *long_prompt.encode()[-15:]]  # cropped to the context, the BOS kept
+    assert generate(model, tokenizer, "hi", temperature=0, max_new_tokens=4).prompt_ids == list(b"hi")
+    # A chat reply reads the conversation as it was fine-tuned: the template's tokens alone, no BOS.
+    chat_tokenizer = add_chat_tokens(with_bos)  # <|im_start|> 258, <|im_end|> 259
+    messages = [{"role": "user", "content": "hi"}]
+    reply = chat_reply(random_model(vocab_size=260), chat_tokenizer, messages, max_new_tokens=2)
+    list(reply)
+    expected = render(chat_tokenizer, messages, add_generation_prompt=True)[0].tolist()
+    assert reply.generation.prompt_ids == expected and expected[0] == 258
+
+
 def test_a_batch_gives_each_prompt_what_it_gets_alone(tokenizer):
     model = random_model(context_length=16)
     prompts = ["Hi", "Good morning", "x" * 30, "Once upon a time"]
@@ -128,6 +189,17 @@ def test_a_batch_gives_each_prompt_what_it_gets_alone(tokenizer):
     alone = [generate(model, tokenizer, prompt, temperature=0, max_new_tokens=25) for prompt in prompts]
     assert [g.ids for g in together] == [g.ids for g in alone]
     assert [g.text for g in together] == [g.text for g in alone]
+
+
+def test_each_prompt_of_a_sampled_batch_equals_it_alone_with_its_own_seed(tokenizer):
+    model = random_model()
+    prompts = ["one", "two three", "one"]
+    together = generate(model, tokenizer, prompts, temperature=1.0, top_p=0.9, seed=5, max_new_tokens=30)
+    assert [g.seed for g in together] == [5, 6, 7]
+    for prompt, result in zip(prompts, together, strict=True):
+        alone = generate(model, tokenizer, prompt, temperature=1.0, top_p=0.9, seed=result.seed, max_new_tokens=30)
+        assert alone.ids == result.ids
+    assert together[0].ids != together[2].ids  # the same prompt twice: two different samples
 
 
 def test_sampled_batches_repeat_with_a_seed(tokenizer):

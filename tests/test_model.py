@@ -411,6 +411,48 @@ def test_kv_cache_rewind_limits_and_batch():
         model.new_kv_cache(1, max_len=33)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("overrides", [{}, {"position": "none"}, {"num_kv_heads": 1}])
+def test_rows_of_different_lengths_share_a_cache_each_as_if_alone(fused, overrides):
+    """Rows fed to chosen slots with their own counts (the rest of a row is padding) and then one token each
+    at their own positions: every row's logits equal its sequence's full forward pass alone."""
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(**{**SMALL, **overrides}), fused=fused)
+    a, b, following = random_ids(1, 9, seed=2), random_ids(1, 4, seed=3), random_ids(2, 1, seed=4)
+    ids = torch.full((2, 9), 96)  # padding that must change nothing
+    ids[0], ids[1, :4] = a[0], b[0]
+    with torch.no_grad():
+        cache = model.new_kv_cache(3)
+        prompts = model(ids, kv_cache=cache, slots=[2, 0], counts=[9, 4])
+        assert cache.lengths == [4, 0, 9]
+        torch.testing.assert_close(prompts[0], model(a)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prompts[1, :4], model(b)[0], atol=1e-5, rtol=1e-5)
+        last = model(following, kv_cache=cache, slots=[0, 2], counts=[1, 1], last_only=True)
+        assert cache.lengths == [5, 0, 10] and last.shape == (2, 1, 97)
+        torch.testing.assert_close(last[0, 0], model(torch.cat([b, following[:1]], 1))[0, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(last[1, 0], model(torch.cat([a, following[1:]], 1))[0, -1], atol=1e-5, rtol=1e-5)
+        cache.move(2, 1)
+        cache.lengths[1] = 9  # rewound to `a` alone: feeding the same token again gives the same logits
+        again = model(following[1:], kv_cache=cache, slots=[1], last_only=True)
+        torch.testing.assert_close(again[0, 0], last[1, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_ragged_feeds_are_checked():
+    model = small_model()
+    cache = model.new_kv_cache(2, max_len=8)
+    with torch.no_grad(), pytest.raises(ValueError, match="distinct"):
+        model(random_ids(2, 3), kv_cache=cache, slots=[1, 1])
+    with torch.no_grad(), pytest.raises(ValueError, match="counts must be in 1 … 3"):
+        model(random_ids(2, 3), kv_cache=cache, slots=[0, 1], counts=[3, 4])
+    cache.lengths = [6, 0]
+    with torch.no_grad(), pytest.raises(ValueError, match="9 positions do not fit"):
+        model(random_ids(2, 3), kv_cache=cache, slots=[0, 1])
+    with pytest.raises(ValueError, match="different numbers of positions"):
+        _ = cache.length
+    with pytest.raises(ValueError, match="pass one"):
+        model(random_ids(1, 3), slots=[0])
+
+
 # --- dtypes, devices, compile ------------------------------------------------------------------------
 
 

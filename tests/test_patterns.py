@@ -306,6 +306,16 @@ def test_a_published_llama3_layout_records_its_bos_and_size(published_llama3):
     assert tok.encode_array(" zqbaaa").dtype == "uint32"
 
 
+def test_a_prompt_starts_with_the_bos_token_as_tokenizers_adds_it(published_llama3):
+    """What a model reads for a prompt: the BOS the post-processor adds (tokenizers' default encode), then the
+    text; cropped to the last tokens, the BOS stays first."""
+    tok, reference = _published(published_llama3)
+    text = "Once upon a time, zqbaaa and the <|reserved_special_token_7|> end"
+    assert tok.encode_prompt(text) == reference.encode(text).ids
+    bos = tok.special_ids["<|begin_of_text|>"]
+    assert tok.encode_prompt(text, max_tokens=4) == [bos, *tok.encode(text)[-3:]]
+
+
 @cache
 def _published(path: Path) -> tuple[Tokenizer, tokenizers.Tokenizer]:
     return Tokenizer.load(path), tokenizers.Tokenizer.from_file(str(path))

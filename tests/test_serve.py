@@ -10,7 +10,7 @@ import openai
 import pytest
 from serving import byte_tokenizer, random_model, running_server
 
-import lmkit.serve.engine
+import lmkit.generate
 from lmkit.generate import generate, generation_config
 from lmkit.serve.engine import BatchEngine, Finished, SequenceRequest
 from lmkit.tokenizer import Tokenizer
@@ -50,8 +50,11 @@ def library(model, tokenizer, prompt: str, **options):
 def test_models_and_health(client, url) -> None:
     assert [card.id for card in client.models.list().data] == ["tiny"]
     assert client.models.retrieve("tiny").owned_by == "lmkit"
+    client.completions.create(model="tiny", prompt="x", max_tokens=10, seed=0, stop=None)
     health = httpx.get(f"{url}/health").json()
-    assert health["status"] == "ok" and health["model"] == "tiny"
+    assert health["status"] == "ok" and health["model"] == "tiny" and health["max_batch"] == 8
+    # The 10 tokens just generated count over a 5-second window: at least 2 per second.
+    assert (health["running"], health["waiting"]) == (0, 0) and health["tokens_per_second"] >= 2.0
 
 
 def test_completion_equals_the_library_with_the_same_seed(client, model, tokenizer) -> None:
@@ -143,15 +146,16 @@ def test_n_choices_use_seed_plus_their_index(client, model, tokenizer) -> None:
 
 
 def record_batch_sizes(monkeypatch) -> list[int]:
-    """The size of every batch the engine decodes from now on, in order (a list that fills as it runs)."""
+    """The sequences decoding together at every step the engine runs from now on, in order (a list that fills
+    as it runs)."""
     sizes: list[int] = []
+    step = lmkit.generate.DecodeSession.step
 
-    class RecordingDecoder(lmkit.serve.engine.BatchDecoder):
-        def __init__(self, model, prompts, max_new_tokens):
-            sizes.append(len(prompts))
-            super().__init__(model, prompts, max_new_tokens)
+    def recording_step(session):
+        sizes.append(len(session.sequences))
+        return step(session)
 
-    monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", RecordingDecoder)
+    monkeypatch.setattr(lmkit.generate.DecodeSession, "step", recording_step)
     return sizes
 
 
@@ -192,6 +196,35 @@ def test_concurrent_requests_are_batched_and_independent(client, model, tokenize
             text == library(model, tokenizer, request["prompt"], max_new_tokens=request["max_tokens"], **options).text
         )
     assert max(batch_sizes) >= 4, batch_sizes
+
+
+def test_requests_arriving_during_a_stream_join_it_and_equal_the_library(model, monkeypatch) -> None:
+    """Over HTTP: a second request (n = 2, a stop string, not streamed) is sent once the first stream has
+    produced text; it joins the running batch, and both responses equal the library's."""
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [])  # no <|endoftext|>: nothing ends early
+    sizes = record_batch_sizes(monkeypatch)
+    with running_server(model, tokenizer, max_batch=4) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+        second: list = []
+        sender = threading.Thread(
+            target=lambda: second.append(
+                client.completions.create(
+                    model="tiny", prompt="Then", n=2, max_tokens=30, temperature=1.2, seed=5, stop=["e "]
+                )
+            )
+        )
+        pieces = []
+        stream = client.completions.create(model="tiny", prompt="Once", max_tokens=400, seed=1, stream=True)
+        for chunk in stream:
+            pieces += [choice.text for choice in chunk.choices]
+            if len(pieces) == 1:
+                sender.start()
+        sender.join()
+    assert max(sizes) == 3, sizes  # the stream and both choices of the second request, decoded together
+    assert "".join(pieces) == library(model, tokenizer, "Once", max_new_tokens=400, seed=1).text
+    for choice in second[0].choices:
+        options = {"max_new_tokens": 30, "temperature": 1.2, "seed": 5 + choice.index, "stop": ["e "]}
+        assert choice.text == library(model, tokenizer, "Then", **options).text
 
 
 def wait_for_idle(url: str, seconds: float = 20) -> dict:
@@ -298,12 +331,20 @@ def test_the_api_key_is_required_when_set(model, tokenizer) -> None:
         assert httpx.get(f"{base}/health").status_code == 200
 
 
-def test_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch) -> None:
-    """The engine waits until arrivals pause, so a burst spread over more than the pause still batches. The
-    engine reads the test's clock, so the arrivals' spacing is exact and no sleep is needed."""
+def test_with_the_static_scheduler_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch) -> None:
+    """The static scheduler waits until arrivals pause, so a burst spread over more than the pause still batches.
+    The engine reads the test's clock, so the arrivals' spacing is exact and no sleep is needed."""
     batch_sizes = record_batch_sizes(monkeypatch)
     now = [0.0]
-    engine = BatchEngine(model, tokenizer, max_batch=8, gather_seconds=0.2, max_gather_seconds=5, clock=lambda: now[0])
+    engine = BatchEngine(
+        model,
+        tokenizer,
+        max_batch=8,
+        scheduler="static",
+        gather_seconds=0.2,
+        max_gather_seconds=5,
+        clock=lambda: now[0],
+    )
     finished = threading.Semaphore(0)
     engine.start()
     try:
@@ -314,12 +355,63 @@ def test_sequences_sent_in_a_burst_share_one_batch(model, tokenizer, monkeypatch
                 lambda event: finished.release() if isinstance(event, Finished) else None,
             )
             now[0] += 0.08
-        assert engine.load == {"running": 0, "waiting": 5}  # the pause has not come on the engine's clock
+        load = engine.load
+        assert (load["running"], load["waiting"]) == (0, 5)  # the pause has not come on the engine's clock
         now[0] += 0.2  # it comes: the five make one batch
         assert all(finished.acquire(timeout=30) for _ in range(5))
     finally:
         engine.stop()
-    assert batch_sizes == [5]
+    assert batch_sizes[0] == 5 and max(batch_sizes) == 5
+
+
+def staggered_arrivals(model, tokenizer, scheduler: str) -> dict[int, str]:
+    """A long sequence starts; its first text submits a second, whose first text submits a third: each
+    sequence's text. The callbacks run on the engine's worker, so each arrival lands at an exact point of the
+    others' decoding: no sleeps, no races."""
+    requests = [
+        SequenceRequest(list(b"Once"), generation_config(max_new_tokens=80, temperature=0.9, seed=1)),
+        SequenceRequest(list(b"a longer prompt, fed in chunks"), generation_config(max_new_tokens=12, seed=2)),
+        SequenceRequest(list(b"x"), generation_config(max_new_tokens=20, temperature=0, stop=("zz",))),
+    ]
+    texts: dict[int, str] = {}
+    finished = threading.Semaphore(0)
+    engine = BatchEngine(model, tokenizer, max_batch=4, prefill_chunk=8, scheduler=scheduler)
+
+    def submit(number: int) -> None:
+        def handle(event) -> None:
+            if isinstance(event, Finished):
+                texts[number] = event.text
+                finished.release()
+            elif number + 1 < len(requests) and number + 1 not in submitted:
+                submitted.add(number + 1)
+                submit(number + 1)
+
+        engine.submit([requests[number]], handle)
+
+    submitted = {0}
+    engine.start()
+    try:
+        submit(0)
+        assert all(finished.acquire(timeout=60) for _ in requests)
+    finally:
+        engine.stop()
+    return texts
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_sequences_arriving_one_by_one_join_the_running_batch(model, monkeypatch, scheduler) -> None:
+    """Continuous batching takes each arrival into the batch already decoding (the static scheduler does not,
+    which shows the check can fail); every result equals the library's, whenever it arrived."""
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [])  # no <|endoftext|>: nothing ends early
+    sizes = record_batch_sizes(monkeypatch)
+    texts = staggered_arrivals(model, tokenizer, scheduler)
+    assert max(sizes) == (3 if scheduler == "continuous" else 1), sizes
+    expected = [
+        generate(model, tokenizer, "Once", max_new_tokens=80, temperature=0.9, seed=1, top_p=0.95).text,
+        generate(model, tokenizer, "a longer prompt, fed in chunks", max_new_tokens=12, seed=2).text,
+        generate(model, tokenizer, "x", max_new_tokens=20, temperature=0, stop=["zz"]).text,
+    ]
+    assert [texts[number] for number in range(3)] == expected
 
 
 def test_a_failure_inside_the_server_is_a_500_in_openai_error_shape(model, tokenizer, monkeypatch) -> None:
@@ -341,14 +433,15 @@ def test_a_failure_inside_the_server_is_a_500_in_openai_error_shape(model, token
 def test_a_batch_that_fails_answers_500_and_the_server_goes_on(model, tokenizer, monkeypatch) -> None:
     calls = []
 
-    class FailingOnceDecoder(lmkit.serve.engine.BatchDecoder):
-        def step(self, pick):
-            calls.append(1)
-            if len(calls) == 1:
-                raise RuntimeError("out of memory")
-            return super().step(pick)
+    step = lmkit.generate.DecodeSession.step
 
-    monkeypatch.setattr(lmkit.serve.engine, "BatchDecoder", FailingOnceDecoder)
+    def failing_once(session):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return step(session)
+
+    monkeypatch.setattr(lmkit.generate.DecodeSession, "step", failing_once)
     with running_server(model, tokenizer) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.InternalServerError, match="generation failed: RuntimeError: out of memory"):
@@ -411,6 +504,7 @@ def test_a_request_past_the_queue_limit_gets_429_and_one_that_fits_is_served(mod
         body = {"model": "tiny", "prompt": "To be", "max_tokens": 2, "n": 5}
         response = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
         assert response.status_code == 429, response.text
+        assert response.headers["retry-after"] == "1"
         error = response.json()["error"]
         assert error["code"] == "server_busy" and "at most 4 sequences" in error["message"]
         body["n"] = 4

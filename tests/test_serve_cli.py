@@ -92,6 +92,17 @@ def test_binding_beyond_this_machine_warns_without_an_api_key(runner, checkpoint
     assert served[-1] == ("127.0.0.1", 8000) and "warning" not in result.stderr
 
 
+def test_the_kv_cache_memory_is_stated_at_start_up(runner, checkpoint, monkeypatch) -> None:
+    monkeypatch.setattr(lmkit.serve.app, "listening_socket", lambda host, port: None)
+    monkeypatch.setattr(lmkit.serve.app, "run_server", lambda app, listening: None)
+    result = runner.invoke(app, ["serve", str(checkpoint), "--device", "cpu", "--max-batch", "64"])
+    # keys and values x 2 layers x 64 slots x 32 positions x 32 numbers x 4 bytes = 1,048,576 bytes
+    assert "KV cache: 64 slots x 32 positions = 1.049 MB (allocated once); continuous batching" in result.stderr
+    options = ["--device", "cpu", "--max-batch", "2", "--scheduler", "static"]
+    result = runner.invoke(app, ["serve", str(checkpoint), *options])
+    assert "2 slots x 32 positions = 0.033 MB (per batch, at most); static batching" in result.stderr
+
+
 def test_a_port_in_use_is_one_line_before_the_model_is_loaded(runner, checkpoint, monkeypatch) -> None:
     loaded = []
     monkeypatch.setattr("lmkit.generate.load_model_and_tokenizer", lambda *args: loaded.append(args))
@@ -112,7 +123,11 @@ def test_bad_inputs_exit_2_with_one_line(runner, checkpoint, tmp_path) -> None:
     not_a_checkpoint = tmp_path / "notes.pt"
     not_a_checkpoint.write_text("hello")
     assert_input_error(runner.invoke(app, ["serve", str(not_a_checkpoint)]), "not a complete PyTorch checkpoint")
-    for option in (["--max-batch", "0"], ["--port", "70000"]):
+    assert_input_error(
+        runner.invoke(app, ["serve", str(checkpoint), "--scheduler", "fifo"]),
+        "--scheduler must be continuous or static, got 'fifo'",
+    )
+    for option in (["--max-batch", "0"], ["--port", "70000"], ["--prefill-chunk", "0"]):
         result = runner.invoke(app, ["serve", str(checkpoint), *option])
         assert result.exit_code == 2 and "Invalid value" in result.stderr
 

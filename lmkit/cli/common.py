@@ -30,6 +30,11 @@ def _plain(value: object) -> object:
     return value
 
 
+def byte_size(n: int) -> str:
+    """Bytes as GB, or MB below one GB (10^9 and 10^6 bytes)."""
+    return f"{n / 1e9:,.3f} GB" if n >= 1e9 else f"{n / 1e6:,.3f} MB"
+
+
 def print_json(facts: Mapping[str, object]) -> None:
     """Print `facts` as one JSON object on stdout, for scripts."""
     print(json.dumps(_plain(facts), ensure_ascii=False))

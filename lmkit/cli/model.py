@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lmkit.cli.common import print_json, print_table
+from lmkit.cli.common import byte_size, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True, help="Account for a Transformer LM's parameters, FLOPs, memory and time.")
 
@@ -46,11 +46,6 @@ def _count(n: float, unit: str = "") -> str:
     return f"{n:,} {unit}".rstrip()
 
 
-def _bytes(n: int) -> str:
-    """Bytes as GB, or MB below one GB (10^9 and 10^6 bytes)."""
-    return f"{n / 1e9:,.3f} GB" if n >= 1e9 else f"{n / 1e6:,.3f} MB"
-
-
 def _print_report(facts: dict) -> None:
     """The report as rich tables, one per topic."""
     from lmkit.accounting import FLOP_LABELS, GB
@@ -73,7 +68,7 @@ def _print_report(facts: dict) -> None:
     rows[f"largest batch in {facts['gpu_memory_gb']:g} GB"] = facts["max_batch_size"]
     print_table("Training memory (AdamW, float32)", rows)
     rows = {"sequences x tokens": f"{facts['batch_size']} x {facts['seq_len']}"}
-    rows.update({dtype: _bytes(n) for dtype, n in facts["kv_cache_bytes"].items()})
+    rows.update({dtype: byte_size(n) for dtype, n in facts["kv_cache_bytes"].items()})
     print_table("KV cache (generation)", rows)
     if "training_time" in facts:
         time = facts["training_time"]

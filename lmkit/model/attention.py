@@ -5,6 +5,7 @@ and the KV cache that lets generation feed one new token at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,15 +90,18 @@ class KVCache:
     Create it with `model.new_kv_cache(batch_size)`: buffers of shape
     (num_layers, batch_size, num_kv_heads, max_len, head_dim) on the model's device, in its dtype
     (num_kv_heads < num_heads with grouped-query attention, which shrinks the cache by that factor).
-    `length` is how many positions are filled, which is also the position of the next token fed.
+    Each of the batch_size slots holds one sequence; `lengths[s]` is how many positions slot s holds, which
+    is also the position of the next token fed to it.
 
         cache = model.new_kv_cache(batch_size=1)
         logits = model(prompt_ids, kv_cache=cache)      # (1, T0, V); cache.length == T0
         logits = model(next_id[:, None], kv_cache=cache)  # (1, 1, V) at position T0; cache.length == T0 + 1
 
-    Setting `cache.length = n` rewinds it (positions n and later are forgotten). The model raises
-    ValueError when a call would go past `max_len`; to keep generating, start a fresh cache and feed
-    the last tokens again.
+    A call feeds every slot the same number of tokens, or, with `slots` and `counts`, some slots each
+    their own number (see TransformerLM.forward): sequences of different lengths then share one batch, and a
+    sequence can take a slot another has left. Setting `cache.lengths[s] = n` (or `cache.length = n` for every
+    slot) rewinds it (positions n and later are forgotten). The model raises ValueError when a call would go
+    past `max_len`; to keep generating, rewind to 0 and feed the last tokens again.
     """
 
     def __init__(
@@ -113,32 +117,118 @@ class KVCache:
         shape = (num_layers, batch_size, num_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.lengths = [0] * batch_size  # on the host: which path a call takes is decided without a device sync
+        self._feed: CacheFeed | None = None
 
     @property
     def batch_size(self) -> int:
-        """Sequences per call."""
+        """Slots: sequences held at once."""
         return self.keys.shape[1]
 
     @property
     def max_len(self) -> int:
-        """The most positions the cache can hold."""
+        """The most positions a slot can hold."""
         return self.keys.shape[3]
 
-    def select_rows(self, rows: Tensor) -> None:
-        """Keep only the sequences at indices `rows` (1-D int64), in that order: a batch can drop finished ones."""
-        self.keys, self.values = self.keys[:, rows], self.values[:, rows]
+    @property
+    def length(self) -> int:
+        """The positions every slot holds (ValueError when slots differ: read `lengths`)."""
+        if len(set(self.lengths)) > 1:
+            raise ValueError(f"the slots hold different numbers of positions: {self.lengths}")
+        return self.lengths[0]
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.lengths = [value] * self.batch_size
+
+    def move(self, source: int, target: int) -> None:
+        """Copy slot `source`'s positions to slot `target` (which then holds that sequence)."""
+        end = self.lengths[source]
+        self.keys[:, target, :, :end] = self.keys[:, source, :, :end]
+        self.values[:, target, :, :end] = self.values[:, source, :, :end]
+        self.lengths[target] = end
+
+    def begin(self, batch: int, width: int, slots: Sequence[int] | None, counts: Sequence[int] | None) -> CacheFeed:
+        """Plan a call feeding `batch` rows of `width` tokens (see TransformerLM.forward for slots and counts);
+        `store` then writes each layer's keys and values by this plan and `end` advances the slots."""
+        if slots is None and batch != self.batch_size:
+            raise ValueError(f"batch of {batch} does not match the KV cache's {self.batch_size}")
+        slots = list(range(self.batch_size)) if slots is None else list(slots)
+        counts = [width] * batch if counts is None else list(counts)
+        if not len(slots) == len(counts) == batch:
+            raise ValueError(f"{batch} rows need as many slots and counts, got {len(slots)} and {len(counts)}")
+        if len(set(slots)) < batch or not all(0 <= slot < self.batch_size for slot in slots):
+            raise ValueError(f"slots must be distinct, each in 0 … {self.batch_size - 1}: got {slots}")
+        if not all(1 <= count <= width for count in counts):
+            raise ValueError(f"counts must be in 1 … {width}: got {counts}")
+        starts = [self.lengths[slot] for slot in slots]
+        over = max(start + count for start, count in zip(starts, counts, strict=True))
+        if over > self.max_len:
+            raise ValueError(
+                f"{over} positions do not fit: the model reads at most {self.max_len} "
+                "(crop the input, or rewind the KV cache and feed the last tokens)"
+            )
+        self._feed = CacheFeed(slots, counts, starts, width, self.keys.device)
+        return self._feed
 
     def store(self, layer_index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write one layer's new k, v (B, H, T, d) at positions length … length+T-1.
+        """Write one layer's new k, v (B, H, T, d) by the current plan (`begin`).
 
-        Returns that layer's keys and values for positions 0 … length+T-1. `length` itself is advanced
-        by the model once every layer has stored its part.
+        Returns that layer's keys and values for every position the fed rows may attend to, (B, H, L, d).
         """
-        end = self.length + k.shape[-2]
-        self.keys[layer_index, :, :, self.length : end] = k
-        self.values[layer_index, :, :, self.length : end] = v
-        return self.keys[layer_index, :, :, :end], self.values[layer_index, :, :, :end]
+        feed = self._feed
+        keys, values = self.keys[layer_index], self.values[layer_index]
+        if feed.uniform:
+            start, end = feed.starts[0], feed.starts[0] + feed.width
+            keys[feed.first : feed.last, :, start:end] = k
+            values[feed.first : feed.last, :, start:end] = v
+        else:
+            keys[feed.write_slots, :, feed.write_positions] = k[feed.write_rows, :, feed.write_columns]
+            values[feed.write_slots, :, feed.write_positions] = v[feed.write_rows, :, feed.write_columns]
+        if feed.contiguous:
+            return keys[feed.first : feed.last, :, : feed.span], values[feed.first : feed.last, :, : feed.span]
+        return keys[feed.slot_index, :, : feed.span], values[feed.slot_index, :, : feed.span]
+
+    def end(self) -> None:
+        """Advance each fed slot past the tokens it was given."""
+        feed, self._feed = self._feed, None
+        for slot, start, count in zip(feed.slots, feed.starts, feed.counts, strict=True):
+            self.lengths[slot] = start + count
+
+
+class CacheFeed:
+    """How one call writes to and reads from a KVCache: row b's first counts[b] tokens go to slot slots[b] at
+    positions starts[b] onwards; the rest of the row is padding, neither stored nor attended to.
+
+    `uniform` (every row fed `width` tokens from one start, into consecutive slots) writes and reads slices,
+    and attention uses its causal kernels; otherwise `mask` (B, 1, T, L) lets each query see its own slot's
+    positions up to itself, and `positions` (B, T) are the tokens' positions for RoPE.
+    """
+
+    def __init__(
+        self, slots: list[int], counts: list[int], starts: list[int], width: int, device: torch.device
+    ) -> None:
+        self.slots, self.counts, self.starts, self.width = slots, counts, starts, width
+        self.first, self.last = slots[0], slots[0] + len(slots)
+        self.contiguous = slots == list(range(self.first, self.last))
+        self.uniform = self.contiguous and len(set(starts)) == 1 and all(count == width for count in counts)
+        self.span = max(start + count for start, count in zip(starts, counts, strict=True))
+        self.slot_index = torch.tensor(slots, device=device)
+        self.positions = self.mask = self.last_index = None
+        if self.uniform:
+            return
+        offsets = torch.arange(width, device=device)
+        starts_t = torch.tensor(starts, device=device)
+        positions = starts_t[:, None] + offsets[None, :]
+        # Padding positions may pass the cache's end; they are clamped only so RoPE has a row to look up.
+        self.positions = positions.clamp(max=self.span - 1)
+        self.mask = (torch.arange(self.span, device=device)[None, None, :] <= positions[:, :, None])[:, None]
+        self.last_index = torch.tensor(counts, device=device) - 1
+        rows = [(row, column) for row, count in enumerate(counts) for column in range(count)]
+        self.write_rows = torch.tensor([row for row, _ in rows], device=device)
+        self.write_columns = torch.tensor([column for _, column in rows], device=device)
+        self.write_slots = self.slot_index[self.write_rows]
+        self.write_positions = starts_t[self.write_rows] + self.write_columns
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -194,13 +284,13 @@ class MultiHeadSelfAttention(nn.Module):
     ) -> Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model).
 
-        With a kv_cache, x holds the tokens at positions kv_cache.length onwards; their keys and values
-        are stored in the cache under `layer_index` and the queries attend to every cached position.
+        With a kv_cache (planned by the model: KVCache.begin), x holds each row's next tokens; their keys
+        and values are stored in the cache under `layer_index` and the queries attend to the cached positions.
         `rope_tables`: RoPE's (cos, sin) rows for x's positions, as the model looks them up once for all
-        layers; without them this module looks them up itself. `attn_mask` (B, 1, T, T) bool replaces the
-        causal mask (True: may attend), as for documents packed in a row (lmkit.model.documents).
+        layers; without them this module looks them up for positions 0 … T-1 itself. `attn_mask`
+        (B, 1, T, keys) bool replaces the causal mask (True: may attend), as for documents packed in a row
+        (lmkit.model.documents) or rows of a KV cache that hold different numbers of positions.
         """
-        start = 0 if kv_cache is None else kv_cache.length
         # Three products, not one with the weights concatenated: concatenating copies the three matrices on
         # every call, which is slower for training and 2-3x slower per decoded token (benchmarks/qkv_projection.py).
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -209,7 +299,7 @@ class MultiHeadSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
-            tables = rope_tables if rope_tables is not None else self.rope.tables(start, x.shape[1])
+            tables = rope_tables if rope_tables is not None else self.rope.tables(0, x.shape[1])
             q, k = rotate(q, tables), rotate(k, tables)
         if kv_cache is not None:
             k, v = kv_cache.store(layer_index, k, v)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -109,40 +111,51 @@ class TransformerLM(nn.Module):
         kv_cache: KVCache | None = None,
         documents: Documents | None = None,
         last_only: bool = False,
+        slots: Sequence[int] | None = None,
+        counts: Sequence[int] | None = None,
     ) -> Tensor:
         """(batch, seq) int64 token ids -> (batch, seq, vocab_size) unnormalised logits.
 
-        With a kv_cache the ids are the tokens at positions kv_cache.length onwards; the cache is
-        advanced past them. With `documents` (lmkit.model.documents) each token attends only within its
-        document, whose positions start at 0. `last_only` computes the logits of the last position alone,
-        (batch, 1, vocab_size): all that sampling needs, where a prompt's (seq, vocab_size) logits would cost
-        the LM head's work and memory seq times over. Raises ValueError if the sequence would run past the context
-        length.
+        With a kv_cache each row's ids are the tokens after those its cache slot holds, and the slot is advanced
+        past them. By default row b feeds slot b; `slots` names each row's slot instead, and `counts` how many
+        of the row's tokens are real (the rest is padding, neither stored nor attended to; its logits mean
+        nothing): rows of different lengths, at different positions, decode together. With `documents`
+        (lmkit.model.documents) each token attends only within its document, whose positions start at 0.
+        `last_only` computes the logits of each row's last real position alone, (batch, 1, vocab_size): all
+        that sampling needs, where a prompt's (seq, vocab_size) logits would cost the LM head's work and memory
+        seq times over. Raises ValueError if a sequence would run past the context length (or its cache slot).
         """
         if documents is not None and kv_cache is not None:
             raise ValueError("documents are for whole rows (training, scoring), not with a KV cache")
-        seq_len = token_ids.shape[-1]
-        start = 0 if kv_cache is None else kv_cache.length
-        limit = self.config.context_length if kv_cache is None else kv_cache.max_len
-        if start + seq_len > limit:
+        if kv_cache is None and (slots is not None or counts is not None):
+            raise ValueError("slots and counts place rows in a KV cache; pass one")
+        batch, seq_len = token_ids.shape
+        if kv_cache is None and seq_len > self.config.context_length:
             raise ValueError(
-                f"{start + seq_len} positions do not fit: the model reads at most {limit} "
+                f"{seq_len} positions do not fit: the model reads at most {self.config.context_length} "
                 "(crop the input, or start a fresh KV cache with the last tokens)"
             )
-        if kv_cache is not None and token_ids.shape[0] != kv_cache.batch_size:
-            raise ValueError(f"batch of {token_ids.shape[0]} does not match the KV cache's {kv_cache.batch_size}")
+        feed = None if kv_cache is None else kv_cache.begin(batch, seq_len, slots, counts)
         x = self.token_embeddings(token_ids)
-        rope_tables = None if self.rope is None else self.rope.tables(start, seq_len)
-        attn_mask = None
+        rope_tables, attn_mask = None, None
+        if feed is not None and self.rope is not None:
+            uniform = feed.positions is None
+            rope_tables = self.rope.tables(feed.starts[0], seq_len) if uniform else self.rope.tables_at(feed.positions)
+        elif self.rope is not None:
+            rope_tables = self.rope.tables(0, seq_len)
+        if feed is not None:
+            attn_mask = feed.mask
         if documents is not None:
             attn_mask = documents.mask
             rope_tables = None if self.rope is None else self.rope.tables_at(documents.positions)
         for index, layer in enumerate(self.layers):
             x = layer(x, kv_cache, index, rope_tables, attn_mask)
         if kv_cache is not None:
-            kv_cache.length += seq_len
-        x = self.ln_final(x[:, -1:] if last_only else x)
-        return self.lm_head(x)
+            kv_cache.end()
+        if last_only:
+            last = None if feed is None else feed.last_index
+            x = x[:, -1:] if last is None else x[torch.arange(batch, device=x.device), last][:, None]
+        return self.lm_head(self.ln_final(x))
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KVCache for `batch_size` sequences of up to `max_len` (default and most:

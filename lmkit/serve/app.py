@@ -1,6 +1,6 @@
 """The HTTP layer of `lmkit serve` (FastAPI): routes, the API key, errors in OpenAI's shape, streaming.
 
-    app = create_app(model, tokenizer, "tinystories")   # an ASGI app; `run_server` serves it with uvicorn
+    app = create_app(BatchEngine(model, tokenizer), "tinystories")   # an ASGI app; `run_server` serves it
 
 GET /health, GET / (the playground page), GET /v1/models, GET /v1/models/{id}, POST /v1/completions.
 The model itself runs on the engine's worker thread (lmkit.serve.engine); this layer only validates,
@@ -33,7 +33,6 @@ except ImportError:  # pragma: no cover - depends on the install
 from lmkit.chat import has_chat_tokens, render
 from lmkit.chat.template import IM_END
 from lmkit.generate import generation_config, token_logprobs
-from lmkit.model import TransformerLM
 from lmkit.serve.api import (
     APIError,
     ChatCompletionRequest,
@@ -51,7 +50,6 @@ from lmkit.serve.api import (
 )
 from lmkit.serve.drain import Drain, DrainExpired
 from lmkit.serve.engine import BatchEngine, Event, Failed, Finished, SequenceRequest, TextPiece, Ticket
-from lmkit.tokenizer import Tokenizer
 
 MAX_REQUEST_BYTES = 1_000_000
 # How often a request waiting for a whole (non-streamed) completion checks whether its client hung up.
@@ -90,9 +88,10 @@ class _Completions:
         if not self.engine.has_room(len(sequences)):
             raise APIError(
                 429,
-                f"the server is busy: it holds at most {self.engine.max_held} sequences (--max-queue); retry shortly",
+                f"the server is busy: it holds at most {self.engine.max_queue} sequences (--max-queue); retry shortly",
                 code="server_busy",
                 kind="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
             )
         counted_prompt = sum(map(len, prompt_ids))
         ident = f"{self.id_prefix}{secrets.token_hex(12)}"
@@ -107,7 +106,7 @@ class _Completions:
         for prompt in params.prompts:
             if not isinstance(prompt, str) and not all(0 <= token < vocab_size for token in prompt):
                 raise APIError(400, f"a prompt holds a token id outside 0 .. {vocab_size - 1}", param="prompt")
-        return [self.engine.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in params.prompts]
+        return [self.engine.tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in params.prompts]
 
     def _scores(self, params: CompletionRequest, prompt: list[int], new_ids: list[int]) -> dict[str, list] | None:
         """The choice's logprobs object (the prompt's tokens too with echo), or None when not asked for."""
@@ -338,26 +337,23 @@ def _shutting_down() -> APIError:
 
 
 def _error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def create_app(
-    model: TransformerLM,
-    tokenizer: Tokenizer,
+    engine: BatchEngine,
     model_name: str,
     *,
-    max_batch: int = 8,
-    max_queue: int = 256,
     api_key: str | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     shutdown_timeout: float = 10.0,
 ) -> FastAPI:
-    """The ASGI app serving `model` as `model_name`; its engine starts and stops with the app's lifespan.
+    """The ASGI app serving the engine's model as `model_name`; the engine starts and stops with the app's
+    lifespan.
 
     With `api_key`, the /v1 routes require `Authorization: Bearer <api_key>` (401 otherwise). A request whose
-    sequences would take the engine past `max_queue` held at once (decoding or waiting) gets 429.
+    sequences would take the engine past its `max_queue` held at once (decoding or waiting) gets 429.
     """
-    engine = BatchEngine(model, tokenizer, max_batch=max_batch, max_held=max_queue)
     drain = Drain(shutdown_timeout)
     created = int(time.time())
 

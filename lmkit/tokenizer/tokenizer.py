@@ -244,6 +244,16 @@ class Tokenizer:
         """The ids of `text`; each special token becomes its one id."""
         return array(self._typecode, self._encode_packed(text)).tolist()
 
+    def encode_prompt(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """The ids a model reads for `text`: the BOS token first when this tokenizer adds one (its layout's
+        `bos_token`, as a tokenizer.json post-processor like Llama 3's adds it), then the ids of `text`. With
+        `max_tokens` the text keeps only its last tokens, so that all fit with the BOS still first."""
+        ids = self.encode(text)
+        bos = [] if self.layout.bos_token is None else [self.special_ids[self.layout.bos_token]]
+        if max_tokens is not None:
+            ids = ids[max(0, len(ids) - (max_tokens - len(bos))) :]
+        return bos + ids
+
     def encode_array(self, text: str) -> np.ndarray:
         """The ids of `text` as a read-only numpy array of `self.dtype` (uint16 when every id fits, else uint32)."""
         return np.frombuffer(self._encode_packed(text), dtype=self.dtype)
