@@ -3,8 +3,11 @@ task defined in a local YAML and JSON Lines file (nothing downloaded) scores wha
 and the log-probabilities it read from the server equal the model's own."""
 
 import json
+import socket
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import lm_eval
 import pytest
 import torch
@@ -43,14 +46,15 @@ def served(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def write_task(folder: Path, questions: Path) -> None:
-    """The questions as an lm-eval task. lmkit scores a choice after the tokenizer's first special token and
-    the context, with the choice's text taken as written (it starts with its space): so the task's text starts
-    with <|endoftext|> (the exported tokenizer reads it as that token) and the delimiter is empty. Both
-    normalise by the choice's length in characters (acc_norm)."""
+    """The questions as an lm-eval task (its datasets cache in `folder`, not the user's). lmkit scores a choice
+    after the tokenizer's first special token and the context, with the choice's text taken as written (it
+    starts with its space): so the task's text starts with <|endoftext|> (the exported tokenizer reads it as
+    that token) and the delimiter is empty. Both normalise by the choice's length in characters (acc_norm)."""
     (folder / "lmkit_choices.yaml").write_text(
         "task: lmkit_choices\n"
         "dataset_path: json\n"
         f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(questions))}\n"
+        f"  cache_dir: {json.dumps(str(folder / 'datasets'))}\n"
         "test_split: test\n"
         "output_type: multiple_choice\n"
         f'doc_to_text: "{EOT}{{{{context}}}}"\n'
@@ -59,6 +63,34 @@ def write_task(folder: Path, questions: Path) -> None:
         'target_delimiter: ""\n'
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
     )
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def refuse_the_network(monkeypatch) -> list:
+    """Refuse, as a machine without a network would, to look up or connect to any host but this one (the test
+    server); return the list each refused host is added to (a caller may swallow the OSError)."""
+    refused: list = []
+    lookup, connect = socket.getaddrinfo, socket.socket.connect
+
+    def check(host) -> None:
+        if host not in LOOPBACK:
+            refused.append(host)
+            raise OSError(f"no network in this test: {host!r}")
+
+    def guarded_lookup(host, *args, **kwargs):
+        check(host)
+        return lookup(host, *args, **kwargs)
+
+    def guarded_connect(sock: socket.socket, address) -> None:
+        if isinstance(address, tuple):
+            check(address[0])
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_lookup)
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    return refused
 
 
 def direct_loglikelihood(model: TransformerLM, context: list[int], continuation: list[int]) -> float:
@@ -71,9 +103,12 @@ def direct_loglikelihood(model: TransformerLM, context: list[int], continuation:
 
 
 def test_lm_eval_scores_the_served_model_as_lmkit_eval_does(served, tmp_path, runner, monkeypatch) -> None:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    # HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1 are read when datasets and huggingface_hub are imported, which
+    # has happened: set what they set. Online, datasets would still ping S3 to count a load of the json builder;
+    # connections past this machine are refused and counted, which proves nothing else goes out either.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    refused = refuse_the_network(monkeypatch)
     checkpoint, hf_folder = served
     questions = tmp_path / "questions.jsonl"
     questions.write_text((FIXTURES / "choices.jsonl").read_text())
@@ -94,8 +129,10 @@ def test_lm_eval_scores_the_served_model_as_lmkit_eval_does(served, tmp_path, ru
             },
             tasks=["lmkit_choices"],
             task_manager=TaskManager(include_path=str(tmp_path)),
+            batch_size=4,  # four (context, choice) rows a request: prompts as a list of token-id lists
             log_samples=True,
         )
+    assert refused == [] and (tmp_path / "datasets").is_dir()
     ours = runner.invoke(app, ["eval", str(checkpoint), "--choices", str(questions), "--json", "--device", "cpu"])
     assert ours.exit_code == 0, ours.output
     report = json.loads(ours.stdout)["choices"]
