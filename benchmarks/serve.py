@@ -14,8 +14,9 @@ Each side runs `--rounds` times, alternating; the best round of each is quoted: 
 (usage.completion_tokens over wall-clock time) and the ratio.
 
 `--arrivals N`: N requests arrive as a Poisson process, prompts of 8-200 tokens (cut from the corpus) and
-max_tokens 16-256, all drawn from a fixed seed. The rate is `--load` times the server's capacity, measured first
-as the tokens/s of `--max-batch` concurrent requests divided by the mean max_tokens. The same arrivals are sent to
+max_tokens 16-256, all drawn from a fixed seed. The rate is `--load` times the server's capacity for this mix,
+measured first on the continuous server: the tokens/s of 2 x `--max-batch` requests drawn the same way and sent
+at once, divided by the mean max_tokens. The same arrivals are sent to
 a server with `--scheduler static` and to one with `--scheduler continuous`; for each: generated tokens/s (over
 first arrival to last answer), time to first token p50/p95 and request latency p50/p95.
 
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -207,10 +208,10 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), cuts[18]
 
 
-def capacity(client: openai.OpenAI, batch: int) -> float:
-    """Tokens/s of `batch` concurrent 64-token requests: what the server decodes at full width."""
-    speed, _ = many_clients(client, prompts(batch), 64)
-    return speed
+def capacity(client: openai.OpenAI, tokenizer: Tokenizer, count: int) -> float:
+    """Tokens/s of `count` requests of the arrival mix (their own seed) sent at once: the server at full width."""
+    burst = [replace(arrival, at=0.0) for arrival in arrival_process(tokenizer, count, rate=1.0, seed=1)]
+    return send_arrivals(client, burst)["tokens_per_second"]
 
 
 def run_arrivals(args: argparse.Namespace, checkpoint: Path, tokenizer: Tokenizer) -> None:
@@ -219,13 +220,13 @@ def run_arrivals(args: argparse.Namespace, checkpoint: Path, tokenizer: Tokenize
     mean_tokens = statistics.mean(arrival.max_tokens for arrival in draft)
     measured: dict[str, dict[str, object]] = {}
     rate = None
-    for scheduler in ("static", "continuous"):
+    for scheduler in ("continuous", "static"):
         port = free_port()
         server = start_server(checkpoint, port, args.max_batch, args.threads, scheduler)
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=600)
             if rate is None:  # from the first server, so both see the same arrivals
-                rate = args.load * capacity(client, args.max_batch) / mean_tokens
+                rate = args.load * capacity(client, tokenizer, 2 * args.max_batch) / mean_tokens
             arrivals = arrival_process(tokenizer, args.arrivals, rate)
             measured[scheduler] = send_arrivals(client, arrivals)
         finally:
@@ -244,7 +245,8 @@ def run_arrivals(args: argparse.Namespace, checkpoint: Path, tokenizer: Tokenize
     )
     header = ("scheduler", "tokens/s", "TTFT p50", "TTFT p95", "latency p50", "latency p95")
     print(f"{header[0]:<11} {header[1]:>9} {header[2]:>9} {header[3]:>9} {header[4]:>12} {header[5]:>12}  equal")
-    for scheduler, result in measured.items():
+    for scheduler in ("static", "continuous"):
+        result = measured[scheduler]
         equal = sum(text == want for text, want in zip(result["texts"], expected, strict=True))
         (ttft50, ttft95), (lat50, lat95) = result["ttft"], result["latency"]
         print(

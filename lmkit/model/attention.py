@@ -213,10 +213,10 @@ class CacheFeed:
         self.contiguous = slots == list(range(self.first, self.last))
         self.uniform = self.contiguous and len(set(starts)) == 1 and all(count == width for count in counts)
         self.span = max(start + count for start, count in zip(starts, counts, strict=True))
-        self.slot_index = torch.tensor(slots, device=device)
         self.positions = self.mask = self.last_index = None
-        if self.uniform:
+        if self.uniform:  # slices do it all: no index tensors to build (nor copy to the device)
             return
+        self.slot_index = torch.tensor(slots, device=device)
         offsets = torch.arange(width, device=device)
         starts_t = torch.tensor(starts, device=device)
         positions = starts_t[:, None] + offsets[None, :]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lmkit.model.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
+from lmkit.model.attention import CacheFeed, KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
 from lmkit.model.config import ModelConfig
 from lmkit.model.documents import Documents
 from lmkit.model.layers import Embedding, Linear, RMSNorm, SiLUFeedForward, SwiGLU
@@ -137,17 +137,7 @@ class TransformerLM(nn.Module):
             )
         feed = None if kv_cache is None else kv_cache.begin(batch, seq_len, slots, counts)
         x = self.token_embeddings(token_ids)
-        rope_tables, attn_mask = None, None
-        if feed is not None and self.rope is not None:
-            uniform = feed.positions is None
-            rope_tables = self.rope.tables(feed.starts[0], seq_len) if uniform else self.rope.tables_at(feed.positions)
-        elif self.rope is not None:
-            rope_tables = self.rope.tables(0, seq_len)
-        if feed is not None:
-            attn_mask = feed.mask
-        if documents is not None:
-            attn_mask = documents.mask
-            rope_tables = None if self.rope is None else self.rope.tables_at(documents.positions)
+        rope_tables, attn_mask = self._positions_and_mask(seq_len, feed, documents)
         for index, layer in enumerate(self.layers):
             x = layer(x, kv_cache, index, rope_tables, attn_mask)
         if kv_cache is not None:
@@ -156,6 +146,21 @@ class TransformerLM(nn.Module):
             last = None if feed is None else feed.last_index
             x = x[:, -1:] if last is None else x[torch.arange(batch, device=x.device), last][:, None]
         return self.lm_head(self.ln_final(x))
+
+    def _positions_and_mask(
+        self, seq_len: int, feed: CacheFeed | None, documents: Documents | None
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """RoPE's tables for the tokens' positions (None without RoPE), looked up once for every layer, and the
+        attention mask (None: causal). Positions run from the cache's start (0 without a cache) unless the
+        documents or a ragged cache feed give each row its own."""
+        start, positions, mask = 0, None, None
+        if feed is not None:
+            start, positions, mask = feed.starts[0], feed.positions, feed.mask
+        if documents is not None:
+            positions, mask = documents.positions, documents.mask
+        if self.rope is None:
+            return None, mask
+        return (self.rope.tables(start, seq_len) if positions is None else self.rope.tables_at(positions)), mask
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KVCache for `batch_size` sequences of up to `max_len` (default and most:
