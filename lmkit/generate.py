@@ -424,10 +424,9 @@ class _PromptBatch:
         if config.temperature > 0:
             seed = config.seed if config.seed is not None else secrets.randbits(32)
         context = model.config.context_length
-        encode = tokenizer.encode_prompt if add_bos else lambda text, limit: tokenizer.encode(text)[-limit:]
         self.sequences = [
             self.session.add(
-                encode(prompt, context),
+                tokenizer.encode_prompt(prompt, context, bos=add_bos),
                 config.model_copy(update={"seed": None if seed is None else seed + index}),
                 tag=index,
             )

@@ -244,15 +244,16 @@ class Tokenizer:
         """The ids of `text`; each special token becomes its one id."""
         return array(self._typecode, self._encode_packed(text)).tolist()
 
-    def encode_prompt(self, text: str, max_tokens: int | None = None) -> list[int]:
+    def encode_prompt(self, text: str, max_tokens: int | None = None, bos: bool = True) -> list[int]:
         """The ids a model reads for `text`: the BOS token first when this tokenizer adds one (its layout's
-        `bos_token`, as a tokenizer.json post-processor like Llama 3's adds it), then the ids of `text`. With
-        `max_tokens` the text keeps only its last tokens, so that all fit with the BOS still first."""
+        `bos_token`, as a tokenizer.json post-processor like Llama 3's adds it; `bos` False leaves it out), then
+        the ids of `text`. With `max_tokens` the text keeps only its last tokens, so that all fit with the BOS
+        still first."""
         ids = self.encode(text)
-        bos = [] if self.layout.bos_token is None else [self.special_ids[self.layout.bos_token]]
+        start = [self.special_ids[self.layout.bos_token]] if bos and self.layout.bos_token is not None else []
         if max_tokens is not None:
-            ids = ids[max(0, len(ids) - (max_tokens - len(bos))) :]
-        return bos + ids
+            ids = ids[max(0, len(ids) - (max_tokens - len(start))) :]
+        return start + ids
 
     def encode_array(self, text: str) -> np.ndarray:
         """The ids of `text` as a read-only numpy array of `self.dtype` (uint16 when every id fits, else uint32)."""
